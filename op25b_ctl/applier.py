@@ -1,0 +1,54 @@
+"""Read the live table, diff it against the desired one, check, then commit in one batch.
+
+The only place that sequences backend calls; it never decides *what* the table should be.
+"""
+
+from __future__ import annotations
+
+from op25b_ctl.backend import Backend
+from op25b_ctl.diff import diff
+from op25b_ctl.errors import NotOurTableError
+from op25b_ctl.ruleset import BASE_CHAIN, DISPATCH_CHAIN
+from op25b_ctl.table import Table
+from op25b_ctl.transaction import DeleteTable, Transaction
+
+
+def _ensure_ours(live: Table | None) -> None:
+    """Refuse to take over a table someone else made under our name."""
+    if live is None or not (live.chains or live.sets or live.counters):
+        return
+    if BASE_CHAIN in live.chains or DISPATCH_CHAIN in live.chains:
+        return
+    if any(not r.id.startswith("foreign:") for c in live.chains.values() for r in c.rules):
+        return
+    raise NotOurTableError(
+        f"table {live.spec} exists but was not created by op25b-ctl; "
+        "set gateway.table to another name or remove that table yourself"
+    )
+
+
+def plan(backend: Backend, desired: Table) -> Transaction:
+    """What `apply` would do now; reads the live table, changes nothing."""
+    live = backend.read(desired.family, desired.name)
+    _ensure_ours(live)
+    return diff(live, desired)
+
+
+def apply(backend: Backend, desired: Table, *, dry_run: bool = False) -> Transaction:
+    """Make the live table equal to `desired`; an empty transaction means it already was."""
+    tx = plan(backend, desired)
+    if tx:
+        backend.check(tx)
+        if not dry_run:
+            backend.apply(tx)
+    return tx
+
+
+def teardown(backend: Backend, family: str, name: str) -> bool:
+    """Delete our table (the emergency off switch); False if there was none."""
+    live = backend.read(family, name)
+    if live is None:
+        return False
+    _ensure_ours(live)
+    backend.apply(Transaction(family, name, (DeleteTable(),)))
+    return True

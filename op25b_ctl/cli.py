@@ -1,0 +1,304 @@
+"""`op25b-ctl`: a thin shell over the library; every command also speaks JSON for scripts.
+
+Exit status: 0 success (for `plan`, whether or not changes are pending), 1 nftables or
+runtime failure (live ruleset unchanged), 2 invalid policy or usage (nothing applied).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from op25b_ctl import __version__, applier
+from op25b_ctl.backend import Backend, NftBackend
+from op25b_ctl.errors import BackendError, NotOurTableError, Op25bError, PolicyError
+from op25b_ctl.loader import load_policy
+from op25b_ctl.model import Policy, split_families
+from op25b_ctl.modes import Decision, decide, modes
+from op25b_ctl.render import describe, render
+from op25b_ctl.ruleset import (
+    EXEMPTED_COUNTER,
+    FAMILY,
+    RELAYED_COUNTER,
+    blocked_counter,
+    desired_table,
+    mode_of_rules,
+    monitored_counter,
+    pool_chain,
+)
+from op25b_ctl.table import RULE_TAG, Table
+
+DEFAULT_POLICY = "/etc/op25b"
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+
+
+class Context:
+    """What a command needs; the backend is created lazily so `validate` needs no root."""
+
+    def __init__(self, args: argparse.Namespace, backend: Backend | None = None) -> None:
+        self.args = args
+        self._backend = backend
+        self.json = args.output == "json"
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            self._backend = NftBackend()
+        return self._backend
+
+    def policy(self) -> Policy:
+        return load_policy(self.args.policy)
+
+    def emit(self, data: dict[str, Any], text: Sequence[str]) -> None:
+        if self.json:
+            json.dump(data, sys.stdout, indent=2, sort_keys=True)
+            sys.stdout.write("\n")
+        else:
+            for line in text:
+                print(line)
+
+
+def _desired(policy: Policy) -> tuple[Table, dict[str, Decision]]:
+    decisions = decide(policy)
+    return desired_table(policy, modes(decisions)), decisions
+
+
+def cmd_validate(ctx: Context) -> int:
+    policy = ctx.policy()
+    decisions = decide(policy)
+    pools = []
+    for pool in policy.pools:
+        v4, v6 = split_families(pool.prefixes)
+        pools.append(
+            {
+                "name": pool.name,
+                "dynamic": pool.dynamic,
+                "mode": decisions[pool.name].mode,
+                "prefixes_v4": len(v4),
+                "prefixes_v6": len(v6),
+            }
+        )
+    data = {
+        "ok": True,
+        "table": f"{FAMILY} {policy.gateway.table}",
+        "action": policy.gateway.action,
+        "pools": pools,
+        "relays": [r.name for r in policy.relays],
+    }
+    n_prefixes = sum(len(p.prefixes) for p in policy.pools)
+    ctx.emit(
+        data,
+        [
+            f"policy OK: {len(policy.pools)} pools ({n_prefixes} prefixes), "
+            f"{len(policy.relays)} relays, table {FAMILY} {policy.gateway.table}, "
+            f"action {policy.gateway.action}"
+        ],
+    )
+    return EXIT_OK
+
+
+def _tx_report(ctx: Context, tx: Any, *, applied: bool, verb: str) -> int:
+    lines = describe(tx)
+    data = {"changes": len(tx.ops), "applied": applied, "diff": lines}
+    if ctx.args.script:
+        data["script"] = render(tx)
+    text = [f"{verb}: no changes; table {tx.spec} is up to date"] if not tx else [
+        f"{verb}: {len(tx.ops)} change(s) to table {tx.spec}",
+        *lines,
+    ]
+    if ctx.args.script and tx:
+        text += ["", "# nft script:", render(tx).rstrip()]
+    ctx.emit(data, text)
+    return EXIT_OK
+
+
+def cmd_plan(ctx: Context) -> int:
+    desired, _ = _desired(ctx.policy())
+    tx = applier.plan(ctx.backend, desired)
+    return _tx_report(ctx, tx, applied=False, verb="plan")
+
+
+def cmd_apply(ctx: Context) -> int:
+    desired, _ = _desired(ctx.policy())
+    tx = applier.apply(ctx.backend, desired, dry_run=ctx.args.dry_run)
+    return _tx_report(ctx, tx, applied=bool(tx) and not ctx.args.dry_run, verb="apply")
+
+
+def _live_view(table: str) -> tuple[dict[str, tuple[str, ...]] | None, dict[str, Any]]:
+    """Rule ids per chain and counter values, read over netlink (cheap at any table size)."""
+    from op25b_ctl import netlink
+
+    skeleton = netlink.read_skeleton(table, FAMILY)
+    if skeleton is None:
+        return None, {}
+    chains: dict[str, list[str]] = {c.name: [] for c in skeleton.chains}
+    for rule in skeleton.rules:
+        comment = rule.comment or ""
+        rid = comment[len(RULE_TAG) :] if comment.startswith(RULE_TAG) else f"foreign:{rule.handle}"
+        chains.setdefault(rule.chain, []).append(rid)
+    counters = netlink.read_counters(table, FAMILY)
+    return {k: tuple(v) for k, v in chains.items()}, counters
+
+
+def cmd_status(ctx: Context) -> int:
+    policy = ctx.policy()
+    desired, decisions = _desired(policy)
+    chains, counters = _live_view(policy.gateway.table)
+
+    def counter(name: str) -> dict[str, int]:
+        value = counters.get(name)
+        return {"packets": value.packets, "bytes": value.bytes} if value else {"packets": 0, "bytes": 0}
+
+    pools = []
+    for pool in policy.pools:
+        live_mode: str | None = None
+        chain = pool_chain(pool.name)
+        if chains is not None and pool.dynamic and chain in chains:
+            live_mode = mode_of_rules(pool.name, chains[chain], policy.gateway.action) or "unknown"
+        elif chains is not None and not pool.dynamic:
+            live_mode = "off"
+        v4, v6 = split_families(pool.prefixes)
+        pools.append(
+            {
+                "name": pool.name,
+                "dynamic": pool.dynamic,
+                "mode": decisions[pool.name].mode,
+                "reason": decisions[pool.name].reason,
+                "live_mode": live_mode,
+                "prefixes_v4": len(v4),
+                "prefixes_v6": len(v6),
+                "blocked": counter(blocked_counter(pool.name)),
+                "monitored": counter(monitored_counter(pool.name)),
+            }
+        )
+    in_sync = chains is not None and all(
+        chains.get(n) == c.rule_ids for n, c in desired.chains.items()
+    )
+    data = {
+        "table": f"{FAMILY} {policy.gateway.table}",
+        "present": chains is not None,
+        "rules_in_sync": in_sync,
+        "action": policy.gateway.action,
+        "pools": pools,
+        "relayed": counter(RELAYED_COUNTER),
+        "exempted": counter(EXEMPTED_COUNTER),
+    }
+    text = [
+        f"table {FAMILY} {policy.gateway.table}: "
+        + ("absent (no enforcement)" if chains is None else "present")
+        + ("" if chains is None else ("; rules in sync" if in_sync else "; rules DIFFER from policy"))
+        + f"; action {policy.gateway.action}",
+        f"{'POOL':<24} {'MODE':<8} {'LIVE':<8} {'V4':>6} {'V6':>6} "
+        f"{'BLOCKED PKTS':>13} {'BYTES':>11} {'MONITORED':>10}",
+    ]
+    for p in pools:
+        text.append(
+            f"{p['name']:<24} {p['mode']:<8} {p['live_mode'] or '-':<8} {p['prefixes_v4']:>6} "
+            f"{p['prefixes_v6']:>6} {p['blocked']['packets']:>13} {p['blocked']['bytes']:>11} "
+            f"{p['monitored']['packets']:>10}"
+        )
+    text.append(
+        f"relay-bound TCP/25 passed: {data['relayed']['packets']} packets; "
+        f"exempted: {data['exempted']['packets']} packets"
+    )
+    ctx.emit(data, text)
+    return EXIT_OK
+
+
+def cmd_teardown(ctx: Context) -> int:
+    if not ctx.args.yes:
+        print(
+            "op25b-ctl: teardown deletes the enforcement table; outbound TCP/25 will pass "
+            "unfiltered. Re-run with --yes to confirm.",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    table = ctx.args.table or ctx.policy().gateway.table
+    removed = applier.teardown(ctx.backend, FAMILY, table)
+    ctx.emit(
+        {"table": f"{FAMILY} {table}", "removed": removed},
+        [f"table {FAMILY} {table} " + ("deleted: enforcement is OFF" if removed else "was not present")],
+    )
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--policy",
+        type=Path,
+        default=Path(os.environ.get("OP25B_POLICY", DEFAULT_POLICY)),
+        metavar="DIR",
+        help="policy directory (default: $OP25B_POLICY or %(default)s)",
+    )
+    common.add_argument(
+        "-o", "--output", choices=("text", "json"), default="text", help="output format"
+    )
+    parser = argparse.ArgumentParser(
+        prog="op25b-ctl",
+        description="Outbound Port 25 Blocking controller: policy files -> nftables.",
+        epilog="Exit status: 0 ok, 1 nftables/runtime failure (nothing changed), "
+        "2 invalid policy or usage (nothing applied).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable[[Context], int], help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    add("validate", cmd_validate, "check the policy files; touch nothing")
+    p = add("plan", cmd_plan, "show what apply would change in the live table")
+    p.add_argument("--script", action="store_true", help="also print the nft script")
+    p = add("apply", cmd_apply, "make the live table match the policy, atomically")
+    p.add_argument("--dry-run", action="store_true", help="check with nftables, commit nothing")
+    p.add_argument("--script", action="store_true", help="also print the nft script")
+    add("status", cmd_status, "each pool's mode, prefixes and block counters")
+    p = add("teardown", cmd_teardown, "delete our table: the emergency off switch")
+    p.add_argument("--yes", action="store_true", help="confirm; required")
+    p.add_argument("--table", help="table name if the policy cannot be read (default: policy's)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, backend: Backend | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    ctx = Context(args, backend)
+    try:
+        code: int = args.func(ctx)
+        return code
+    except PolicyError as exc:
+        if ctx.json:
+            ctx.emit(
+                {
+                    "ok": False,
+                    "errors": [
+                        {"file": p.file, "line": p.line, "where": p.where, "message": p.message}
+                        for p in exc.problems
+                    ],
+                },
+                [],
+            )
+        for problem in exc.problems:
+            print(f"op25b-ctl: {problem}", file=sys.stderr)
+        print(f"op25b-ctl: policy invalid ({len(exc.problems)} problem(s)); nothing applied", file=sys.stderr)
+        return EXIT_INVALID
+    except NotOurTableError as exc:
+        print(f"op25b-ctl: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except (BackendError, Op25bError) as exc:
+        print(f"op25b-ctl: {exc}", file=sys.stderr)
+        print("op25b-ctl: live ruleset left unchanged", file=sys.stderr)
+        return EXIT_FAILED
+    except PermissionError as exc:
+        print(f"op25b-ctl: {exc} (nftables needs root or CAP_NET_ADMIN)", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Policy directory -> validated `Policy`, with errors that point at the user's file and line.
+
+The only module that reads policy files. YAML is parsed once into nodes; we keep the line of
+every mapping key and sequence item so a pydantic error location such as
+`('pools', 2, 'prefixes', 1)` becomes `pools.yaml:14: pools[2].prefixes[1]: ...`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from op25b_ctl.errors import PolicyError, Problem
+from op25b_ctl.model import (
+    GatewayFile,
+    Policy,
+    PoolsFile,
+    RelaysFile,
+    check_policy,
+    format_path,
+)
+
+Path_ = tuple[str | int, ...]
+M = TypeVar("M", bound=BaseModel)
+
+# file name -> (model, required)
+FILES: dict[str, tuple[type[BaseModel], bool]] = {
+    "gateway.yaml": (GatewayFile, False),
+    "pools.yaml": (PoolsFile, True),
+    "relays.yaml": (RelaysFile, True),
+}
+
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Doc:
+    """One parsed YAML file: its data and the line of each path in it."""
+
+    def __init__(self, name: str, text: str) -> None:
+        self.name = name
+        self.lines: dict[Path_, int] = {}
+        self.problems: list[Problem] = []
+        loader = _Loader(text)
+        try:
+            node = loader.get_single_node()
+            self.data: Any = loader.construct_document(node) if node is not None else None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = mark.line + 1 if mark is not None else None
+            reason = getattr(exc, "problem", None) or str(exc)
+            self.problems.append(Problem(name, "", f"not valid YAML: {reason}", line))
+            self.data = None
+            return
+        finally:
+            loader.dispose()
+        if node is not None:
+            self._walk(node, ())
+
+    def _walk(self, node: yaml.Node, path: Path_) -> None:
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for key, value in node.value:
+                k = str(key.value)
+                if k in seen:
+                    self.problems.append(
+                        Problem(self.name, format_path((*path, k)), "duplicate key", key.start_mark.line + 1)
+                    )
+                seen.add(k)
+                self.lines[(*path, k)] = key.start_mark.line + 1
+                self._walk(value, (*path, k))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._walk(item, (*path, i))
+
+    def line(self, path: Path_) -> int | None:
+        """The line of the deepest part of `path` that the file actually has."""
+        for end in range(len(path), -1, -1):
+            if path[:end] in self.lines:
+                return self.lines[path[:end]]
+        return None
+
+    def validate(self, model: type[M]) -> M | None:
+        if self.problems:
+            return None
+        data = {} if self.data is None else self.data
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            for err in exc.errors(include_url=False):
+                path: Path_ = tuple(err["loc"])
+                msg = err["msg"].removeprefix("Value error, ")
+                if err["type"] == "extra_forbidden":
+                    msg = "unknown key"
+                elif err["type"] != "missing" and not isinstance(err.get("input"), dict | list):
+                    got = repr(err.get("input"))
+                    msg = f"{msg} (got {got[:60]})" if "got" not in msg and "'" not in msg else msg
+                self.problems.append(Problem(self.name, format_path(path), msg, self.line(path)))
+            return None
+
+
+def load_policy(directory: Path | str) -> Policy:
+    """Read, validate and cross-check a policy directory; raise PolicyError with every problem."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise PolicyError([Problem(str(root), "", "policy directory not found")])
+    problems: list[Problem] = []
+    docs: dict[str, _Doc] = {}
+    for path in sorted(root.glob("*.y*ml")):
+        if path.name not in FILES:
+            problems.append(
+                Problem(path.name, "", f"unexpected policy file (known: {', '.join(sorted(FILES))})")
+            )
+            continue
+        try:
+            docs[path.name] = _Doc(path.name, path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(Problem(path.name, "", f"cannot read: {exc}"))
+    models: dict[str, BaseModel] = {}
+    for name, (model, required) in FILES.items():
+        doc = docs.get(name)
+        if doc is None:
+            if required and not any(p.file == name for p in problems):
+                problems.append(Problem(name, "", f"missing from {root}"))
+            elif not required:
+                models[name] = model()
+            continue
+        parsed = doc.validate(model)
+        problems.extend(doc.problems)
+        if parsed is not None:
+            models[name] = parsed
+    if problems:
+        raise PolicyError(problems)
+
+    gateway = models["gateway.yaml"]
+    pools = models["pools.yaml"]
+    relays = models["relays.yaml"]
+    assert isinstance(gateway, GatewayFile)
+    assert isinstance(pools, PoolsFile)
+    assert isinstance(relays, RelaysFile)
+    policy = Policy(gateway=gateway.gateway, pools=tuple(pools.pools), relays=tuple(relays.relays))
+    findings = check_policy(policy)
+    if findings:
+        raise PolicyError(
+            [
+                Problem(
+                    f.file,
+                    format_path(f.path),
+                    f.message,
+                    docs[f.file].line(f.path) if f.file in docs else None,
+                )
+                for f in findings
+            ]
+        )
+    return policy

@@ -1,0 +1,120 @@
+"""Desired table for a policy and the pools' modes: the rule design lives here.
+
+    chain gate   (base, hook forward)   [iifname {...}] tcp dport 25 jump smtp
+    chain smtp   relay-bound -> accept; exempt source -> accept;
+                 ip saddr vmap @pools_v4 / ip6 saddr vmap @pools_v6
+    chain pool_<name>   off: empty | monitor: counter | enforce: counter + drop/reject
+
+Per-packet cost is one interval-map lookup (an rbtree: O(log n)) whatever the number of
+prefixes. A pool's mode lives only in its own chain, so changing it rewrites one small chain
+and never the 100,000-element map; its counters are named objects, so they survive that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from op25b_ctl.model import Mode, Policy, split_families
+from op25b_ctl.table import Chain, Hook, NamedSet, Rule, Table
+
+FAMILY = "inet"
+BASE_CHAIN = "gate"
+DISPATCH_CHAIN = "smtp"
+RELAYED_COUNTER = "relayed"
+EXEMPTED_COUNTER = "exempted"
+SMTP_PORT = 25
+
+
+def pool_chain(pool: str) -> str:
+    return f"pool_{pool}"
+
+
+def blocked_counter(pool: str) -> str:
+    return f"blocked_{pool}"
+
+
+def monitored_counter(pool: str) -> str:
+    return f"monitored_{pool}"
+
+
+def pool_rules(pool: str, mode: Mode, action: str) -> tuple[Rule, ...]:
+    """The whole of a pool's chain for one mode; the only thing a mode change rewrites."""
+    if mode == "monitor":
+        return (Rule.of(f"counter name {monitored_counter(pool)}"),)
+    if mode == "enforce":
+        verdict = "reject with tcp reset" if action == "reject" else "drop"
+        return (Rule.of(f"counter name {blocked_counter(pool)} {verdict}"),)
+    return ()
+
+
+def mode_of_rules(pool: str, rule_ids: tuple[str, ...], action: str) -> Mode | None:
+    """Read a pool's mode back from its live chain; None if the chain matches no mode."""
+    for mode in ("off", "monitor", "enforce"):
+        if tuple(r.id for r in pool_rules(pool, mode, action)) == rule_ids:
+            return mode
+    return None
+
+
+def _prefix_set(name: str, key_type: str, prefixes: Iterable[str]) -> NamedSet:
+    assert key_type in ("ipv4_addr", "ipv6_addr")
+    return NamedSet(name, key_type, elements=dict.fromkeys(prefixes))  # type: ignore[arg-type]
+
+
+def desired_table(
+    policy: Policy,
+    modes: Mapping[str, Mode],
+    exemptions: Iterable[str] = (),
+) -> Table:
+    """Everything our table should hold; `modes` gives each dynamic pool's mode (default off)."""
+    gw = policy.gateway
+    dynamic = [p for p in policy.pools if p.dynamic]
+    relays_v4, relays_v6 = split_families(policy.relay_prefixes())
+    exempt_v4, exempt_v6 = split_families(exemptions)
+    map_v4: dict[str, str | None] = {}
+    map_v6: dict[str, str | None] = {}
+    chains: dict[str, Chain] = {}
+    counters = {RELAYED_COUNTER, EXEMPTED_COUNTER}
+    for pool in dynamic:
+        chain = pool_chain(pool.name)
+        chains[chain] = Chain(chain, pool_rules(pool.name, modes.get(pool.name, "off"), gw.action))
+        counters |= {blocked_counter(pool.name), monitored_counter(pool.name)}
+        v4, v6 = split_families(pool.prefixes)
+        map_v4.update(dict.fromkeys(v4, chain))
+        map_v6.update(dict.fromkeys(v6, chain))
+
+    chains[DISPATCH_CHAIN] = Chain(
+        DISPATCH_CHAIN,
+        tuple(
+            Rule.of(text)
+            for text in (
+                f"ip daddr @relays_v4 counter name {RELAYED_COUNTER} accept",
+                f"ip6 daddr @relays_v6 counter name {RELAYED_COUNTER} accept",
+                f"ip saddr @exempt_v4 counter name {EXEMPTED_COUNTER} accept",
+                f"ip6 saddr @exempt_v6 counter name {EXEMPTED_COUNTER} accept",
+                "ip saddr vmap @pools_v4",
+                "ip6 saddr vmap @pools_v6",
+            )
+        ),
+    )
+    match = f"tcp dport {SMTP_PORT} jump {DISPATCH_CHAIN}"
+    if gw.subscriber_interfaces:
+        names = ", ".join(f'"{name}"' for name in gw.subscriber_interfaces)
+        match = f"iifname {{ {names} }} {match}"
+    chains[BASE_CHAIN] = Chain(
+        BASE_CHAIN, (Rule.of(match),), Hook("forward", gw.priority, "accept")
+    )
+    sets = [
+        _prefix_set("relays_v4", "ipv4_addr", relays_v4),
+        _prefix_set("relays_v6", "ipv6_addr", relays_v6),
+        _prefix_set("exempt_v4", "ipv4_addr", exempt_v4),
+        _prefix_set("exempt_v6", "ipv6_addr", exempt_v6),
+        NamedSet("pools_v4", "ipv4_addr", verdict_map=True, elements=map_v4),
+        NamedSet("pools_v6", "ipv6_addr", verdict_map=True, elements=map_v6),
+    ]
+    return Table(
+        FAMILY,
+        gw.table,
+        chains=chains,
+        sets={s.name: s for s in sets},
+        counters=frozenset(counters),
+    )

@@ -1,0 +1,109 @@
+"""Typed operations of one nftables transaction, in the order the kernel must see them.
+
+A transaction is applied as a single netlink batch: all of it or none of it. Keeping it as
+data (not text) lets the in-memory backend apply it in tests and lets `plan` describe it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from op25b_ctl.table import Chain, Hook, NamedSet, Rule
+
+
+@dataclass(frozen=True)
+class AddTable:
+    comment: str
+
+
+@dataclass(frozen=True)
+class DeleteTable:
+    pass
+
+
+@dataclass(frozen=True)
+class AddCounter:
+    name: str
+
+
+@dataclass(frozen=True)
+class DeleteCounter:
+    name: str
+
+
+@dataclass(frozen=True)
+class AddSet:
+    set: NamedSet  # its shape only; elements come in AddElements
+
+
+@dataclass(frozen=True)
+class DeleteSet:
+    set: NamedSet
+
+
+@dataclass(frozen=True)
+class AddChain:
+    name: str
+    hook: Hook | None = None
+
+
+@dataclass(frozen=True)
+class DeleteChain:
+    name: str
+
+
+@dataclass(frozen=True)
+class FlushChain:
+    name: str
+
+
+@dataclass(frozen=True)
+class AddRule:
+    chain: str
+    rule: Rule
+
+
+@dataclass(frozen=True)
+class AddElements:
+    set: str
+    elements: Mapping[str, str | None]
+
+
+@dataclass(frozen=True)
+class DeleteElements:
+    set: str
+    keys: tuple[str, ...]
+
+
+Op = (
+    AddTable
+    | DeleteTable
+    | AddCounter
+    | DeleteCounter
+    | AddSet
+    | DeleteSet
+    | AddChain
+    | DeleteChain
+    | FlushChain
+    | AddRule
+    | AddElements
+    | DeleteElements
+)
+
+
+@dataclass(frozen=True)
+class Transaction:
+    family: str
+    table: str
+    ops: tuple[Op, ...] = field(default_factory=tuple)
+
+    def __bool__(self) -> bool:
+        return bool(self.ops)
+
+    @property
+    def spec(self) -> str:
+        return f"{self.family} {self.table}"
+
+    def rewrites_chain(self, chain: Chain) -> bool:
+        return any(isinstance(op, FlushChain) and op.name == chain.name for op in self.ops)
