@@ -11,22 +11,22 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from op25b_ctl import __version__, applier
+from op25b_ctl import __version__, applier, desired
 from op25b_ctl.backend import Backend, NftBackend
 from op25b_ctl.errors import BackendError, NotOurTableError, Op25bError, PolicyError
 from op25b_ctl.loader import load_policy
 from op25b_ctl.model import Policy, split_families
-from op25b_ctl.modes import Decision, decide, modes
+from op25b_ctl.modes import Decision, decide
 from op25b_ctl.render import describe, render
 from op25b_ctl.ruleset import (
     EXEMPTED_COUNTER,
     FAMILY,
     RELAYED_COUNTER,
     blocked_counter,
-    desired_table,
     mode_of_rules,
     monitored_counter,
     pool_chain,
@@ -64,14 +64,14 @@ class Context:
 
 
 def _desired(policy: Policy) -> tuple[Table, dict[str, Decision]]:
-    decisions = decide(policy)
-    return desired_table(policy, modes(decisions)), decisions
+    want = desired.from_policy(policy, datetime.now(UTC))
+    return want.table, want.decisions
 
 
 def cmd_validate(ctx: Context) -> int:
     policy = ctx.policy()
     decisions = decide(policy)
-    pools = []
+    pools: list[dict[str, Any]] = []
     for pool in policy.pools:
         v4, v6 = split_families(pool.prefixes)
         pools.append(
@@ -107,10 +107,14 @@ def _tx_report(ctx: Context, tx: Any, *, applied: bool, verb: str) -> int:
     data = {"changes": len(tx.ops), "applied": applied, "diff": lines}
     if ctx.args.script:
         data["script"] = render(tx)
-    text = [f"{verb}: no changes; table {tx.spec} is up to date"] if not tx else [
-        f"{verb}: {len(tx.ops)} change(s) to table {tx.spec}",
-        *lines,
-    ]
+    text = (
+        [f"{verb}: no changes; table {tx.spec} is up to date"]
+        if not tx
+        else [
+            f"{verb}: {len(tx.ops)} change(s) to table {tx.spec}",
+            *lines,
+        ]
+    )
     if ctx.args.script and tx:
         text += ["", "# nft script:", render(tx).rstrip()]
     ctx.emit(data, text)
@@ -152,9 +156,13 @@ def cmd_status(ctx: Context) -> int:
 
     def counter(name: str) -> dict[str, int]:
         value = counters.get(name)
-        return {"packets": value.packets, "bytes": value.bytes} if value else {"packets": 0, "bytes": 0}
+        return (
+            {"packets": value.packets, "bytes": value.bytes}
+            if value
+            else {"packets": 0, "bytes": 0}
+        )
 
-    pools = []
+    pools: list[dict[str, Any]] = []
     for pool in policy.pools:
         live_mode: str | None = None
         chain = pool_chain(pool.name)
@@ -179,7 +187,7 @@ def cmd_status(ctx: Context) -> int:
     in_sync = chains is not None and all(
         chains.get(n) == c.rule_ids for n, c in desired.chains.items()
     )
-    data = {
+    data: dict[str, Any] = {
         "table": f"{FAMILY} {policy.gateway.table}",
         "present": chains is not None,
         "rules_in_sync": in_sync,
@@ -191,7 +199,11 @@ def cmd_status(ctx: Context) -> int:
     text = [
         f"table {FAMILY} {policy.gateway.table}: "
         + ("absent (no enforcement)" if chains is None else "present")
-        + ("" if chains is None else ("; rules in sync" if in_sync else "; rules DIFFER from policy"))
+        + (
+            ""
+            if chains is None
+            else ("; rules in sync" if in_sync else "; rules DIFFER from policy")
+        )
         + f"; action {policy.gateway.action}",
         f"{'POOL':<24} {'MODE':<8} {'LIVE':<8} {'V4':>6} {'V6':>6} "
         f"{'BLOCKED PKTS':>13} {'BYTES':>11} {'MONITORED':>10}",
@@ -222,7 +234,10 @@ def cmd_teardown(ctx: Context) -> int:
     removed = applier.teardown(ctx.backend, FAMILY, table)
     ctx.emit(
         {"table": f"{FAMILY} {table}", "removed": removed},
-        [f"table {FAMILY} {table} " + ("deleted: enforcement is OFF" if removed else "was not present")],
+        [
+            f"table {FAMILY} {table} "
+            + ("deleted: enforcement is OFF" if removed else "was not present")
+        ],
     )
     return EXIT_OK
 
@@ -286,7 +301,10 @@ def main(argv: Sequence[str] | None = None, backend: Backend | None = None) -> i
             )
         for problem in exc.problems:
             print(f"op25b-ctl: {problem}", file=sys.stderr)
-        print(f"op25b-ctl: policy invalid ({len(exc.problems)} problem(s)); nothing applied", file=sys.stderr)
+        print(
+            f"op25b-ctl: policy invalid ({len(exc.problems)} problem(s)); nothing applied",
+            file=sys.stderr,
+        )
         return EXIT_INVALID
     except NotOurTableError as exc:
         print(f"op25b-ctl: {exc}", file=sys.stderr)

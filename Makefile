@@ -1,0 +1,39 @@
+# op25b-ctl: every target installs what it needs first (scripts/bootstrap is idempotent).
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: help setup demo test lint typecheck unit e2e bench clean
+
+help:
+	@echo "make demo       lab gateway in network namespaces + example NMTnet policy (root)"
+	@echo "make test       lint, type check, unit and end-to-end tests (e2e needs root)"
+	@echo "make unit       unit tests only (no root)"
+	@echo "make e2e        end-to-end tests only (root)"
+	@echo "make bench      ISP-scale benchmarks, writes docs/benchmarks.md (root)"
+	@echo "make clean      remove the virtualenv and caches"
+
+setup:
+	@scripts/bootstrap
+
+demo: setup
+	$(PY) -m op25b_ctl.demo
+
+lint: setup
+	$(VENV)/bin/ruff check op25b_ctl tests
+	$(VENV)/bin/ruff format --check op25b_ctl tests
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+unit: setup
+	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+e2e: setup
+	$(VENV)/bin/pytest tests/e2e $(PYTEST_ARGS)
+
+test: lint typecheck
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

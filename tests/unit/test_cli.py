@@ -1,0 +1,89 @@
+"""The CLI's contract: exit codes, JSON for scripts, nothing applied on bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from op25b_ctl.backend import MemoryBackend
+from op25b_ctl.cli import main
+from tests.policytools import EXAMPLE, edit, example_policy
+
+
+def run(
+    capsys: pytest.CaptureFixture[str], *argv: str, backend: MemoryBackend | None = None
+) -> tuple[int, str, str]:
+    code = main(list(argv), backend=backend or MemoryBackend())
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_validate_ok_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "validate", "--policy", str(EXAMPLE), "-o", "json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["ok"] is True
+    assert {p["name"]: p["mode"] for p in data["pools"]}["static-biz"] == "off"
+
+
+def test_invalid_policy_exits_2_and_applies_nothing(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    d = example_policy(tmp_path)
+    edit(d / "pools.yaml", "192.0.2.0/26", "192.0.2.1/26")
+    backend = MemoryBackend()
+    code, out, err = run(capsys, "apply", "--policy", str(d), "-o", "json", backend=backend)
+    assert code == 2
+    assert json.loads(out)["errors"][0]["line"] == 13
+    assert "pools.yaml:13: pools[0].prefixes[0]" in err
+    assert "nothing applied" in err
+    assert backend.applied == [] and backend.tables == {}
+
+
+def test_plan_apply_plan(capsys: pytest.CaptureFixture[str]) -> None:
+    backend = MemoryBackend()
+    code, out, _ = run(capsys, "plan", "--policy", str(EXAMPLE), "-o", "json", backend=backend)
+    assert code == 0 and json.loads(out)["changes"] > 0 and not backend.applied
+    code, out, _ = run(capsys, "apply", "--policy", str(EXAMPLE), "-o", "json", backend=backend)
+    assert code == 0 and json.loads(out)["applied"] is True
+    code, out, _ = run(capsys, "plan", "--policy", str(EXAMPLE), backend=backend)
+    assert code == 0 and "no changes" in out
+
+
+def test_apply_dry_run_commits_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    backend = MemoryBackend()
+    code, out, _ = run(
+        capsys, "apply", "--dry-run", "--policy", str(EXAMPLE), "-o", "json", backend=backend
+    )
+    assert code == 0 and json.loads(out)["applied"] is False
+    assert backend.tables == {}
+
+
+def test_backend_failure_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    backend = MemoryBackend()
+    backend.fail_next = "Error: simulated"
+    code, _, err = run(capsys, "apply", "--policy", str(EXAMPLE), backend=backend)
+    assert code == 1
+    assert "simulated" in err and "left unchanged" in err
+    assert backend.tables == {}
+
+
+def test_teardown_needs_confirmation(capsys: pytest.CaptureFixture[str]) -> None:
+    backend = MemoryBackend()
+    run(capsys, "apply", "--policy", str(EXAMPLE), backend=backend)
+    code, _, err = run(capsys, "teardown", "--policy", str(EXAMPLE), backend=backend)
+    assert code == 2 and "--yes" in err and backend.tables
+    code, out, _ = run(
+        capsys, "teardown", "--yes", "--policy", str(EXAMPLE), "-o", "json", backend=backend
+    )
+    assert code == 0 and json.loads(out)["removed"] is True and backend.tables == {}
+
+
+@pytest.mark.parametrize("command", ["validate", "plan", "apply", "status", "teardown"])
+def test_every_command_has_help(capsys: pytest.CaptureFixture[str], command: str) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    assert "--policy" in capsys.readouterr().out

@@ -1,0 +1,122 @@
+"""Validation: every kind of bad input is refused with the file, the field and the line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from op25b_ctl.errors import PolicyError
+from op25b_ctl.loader import load_policy
+from tests.policytools import EXAMPLE, edit, example_policy
+
+
+def problems(directory: Path) -> list[str]:
+    with pytest.raises(PolicyError) as exc:
+        load_policy(directory)
+    return [str(p) for p in exc.value.problems]
+
+
+def test_example_policy_is_valid() -> None:
+    policy = load_policy(EXAMPLE)
+    assert [p.name for p in policy.pools] == [
+        "flets-east-dyn-1",
+        "flets-east-dyn-2",
+        "flets-west-dyn-1",
+        "static-biz",
+    ]
+    assert policy.gateway.table == "op25b"
+    assert not policy.pool("static-biz").dynamic
+    assert policy.relay_prefixes() == ["203.0.113.25/32", "2001:db8:ff00::25/128"]
+
+
+def test_prefixes_are_normalised(tmp_path: Path) -> None:
+    d = example_policy(tmp_path)
+    edit(d / "pools.yaml", "2001:db8:1000::/40", "2001:DB8:1000:0::/40")
+    assert load_policy(d).pool("flets-east-dyn-1").prefixes[1] == "2001:db8:1000::/40"
+
+
+# (file, old text, new text, expected fragment of the one error, expected line)
+BAD = {
+    "malformed prefix": (
+        "pools.yaml",
+        "192.0.2.0/26",
+        "192.0.2.300/26",
+        "pools[0].prefixes[0]",
+        13,
+    ),
+    "host bits": ("pools.yaml", "192.0.2.0/26", "192.0.2.1/26", "did you mean 192.0.2.0/26", 13),
+    "prefix too long": (
+        "pools.yaml",
+        "192.0.2.0/26",
+        "192.0.2.0/33",
+        "not an IPv4 or IPv6 prefix",
+        13,
+    ),
+    "overlapping pools": ("pools.yaml", "192.0.2.64/26", "192.0.2.0/25", "overlaps", None),
+    "relay inside pool": ("relays.yaml", "203.0.113.25", "192.0.2.25", "inside subscriber pool", 5),
+    "duplicate name": ("pools.yaml", "flets-east-dyn-2", "flets-east-dyn-1", "duplicate name", 15),
+    "unsafe name": ("pools.yaml", "flets-west-dyn-1", "west; flush ruleset", "pools[2].name", 21),
+    "uppercase name": ("pools.yaml", "flets-west-dyn-1", "Flets-West", "pools[2].name", 21),
+    "unknown key": (
+        "pools.yaml",
+        "    tags: [flets, flets-west]",
+        "    tagz: [flets]",
+        "unknown key",
+        23,
+    ),
+    "empty pool": ("pools.yaml", "[198.51.100.0/25, 2001:db8:2000::/40]", "[]", "at least 1", 25),
+    "wrong type": ("pools.yaml", "    dynamic: false", '    dynamic: "no"', "valid boolean", 29),
+    "bad mode": ("pools.yaml", "mode: monitor", "mode: block", "pools[1].mode", 18),
+    "static enforced": (
+        "pools.yaml",
+        "    dynamic: false",
+        "    dynamic: false\n    mode: enforce",
+        "static pool",
+        30,
+    ),
+    "bad action": ("gateway.yaml", "action: reject", "action: accept", "gateway.action", 5),
+    "table not ours": ("gateway.yaml", "table: op25b", "table: filter", "gateway.table", 3),
+    "too broad": ("pools.yaml", "198.51.100.0/25", "0.0.0.0/0", "broader than /8", None),
+    "duplicate key": (
+        "relays.yaml",
+        "  - name: smtp-relay",
+        "  - name: smtp-relay\n    name: x",
+        "duplicate key",
+        None,
+    ),
+    "bad yaml": ("pools.yaml", "pools:", "pools: [", "not valid YAML", None),
+    "priority range": ("gateway.yaml", "priority: 0", "priority: 9000", "gateway.priority", 4),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_is_refused_with_location(tmp_path: Path, case: str) -> None:
+    file, old, new, fragment, line = BAD[case]
+    d = example_policy(tmp_path)
+    edit(d / file, old, new)
+    found = problems(d)
+    assert any(fragment in p for p in found), found
+    assert any(p.startswith(file) for p in found), found
+    if line is not None:
+        assert any(p.startswith(f"{file}:{line}:") for p in found), found
+
+
+def test_every_problem_is_reported_not_just_the_first(tmp_path: Path) -> None:
+    d = example_policy(tmp_path)
+    edit(d / "pools.yaml", "192.0.2.0/26", "192.0.2.1/26")
+    edit(d / "pools.yaml", "198.51.100.0/25", "198.51.100.999/25")
+    assert len(problems(d)) == 2
+
+
+def test_missing_and_unexpected_files(tmp_path: Path) -> None:
+    d = example_policy(tmp_path)
+    (d / "relays.yaml").unlink()
+    (d / "extra.yaml").write_text("x: 1\n")
+    found = problems(d)
+    assert any(p.startswith("relays.yaml: missing") for p in found), found
+    assert any(p.startswith("extra.yaml: unexpected policy file") for p in found), found
+
+
+def test_missing_directory(tmp_path: Path) -> None:
+    assert "policy directory not found" in problems(tmp_path / "nope")[0]

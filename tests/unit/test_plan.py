@@ -1,0 +1,161 @@
+"""Planner, diff and renderer: the pure path from policy to one nftables transaction."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from op25b_ctl import applier
+from op25b_ctl.backend import MemoryBackend
+from op25b_ctl.diff import diff
+from op25b_ctl.errors import BackendError, NotOurTableError
+from op25b_ctl.loader import load_policy
+from op25b_ctl.model import Mode, Policy
+from op25b_ctl.modes import decide, modes
+from op25b_ctl.render import render
+from op25b_ctl.ruleset import desired_table, mode_of_rules, pool_chain, pool_rules
+from op25b_ctl.table import Chain, Rule, Table
+from op25b_ctl.transaction import AddElements, AddRule, DeleteCounter, FlushChain
+from tests.policytools import EXAMPLE, REPO
+
+GOLDEN = REPO / "tests" / "golden" / "nmtnet-initial.nft"
+
+
+@pytest.fixture
+def policy() -> Policy:
+    return load_policy(EXAMPLE)
+
+
+def table_for(policy: Policy, **override: Mode) -> Table:
+    return desired_table(policy, {**modes(decide(policy)), **override})
+
+
+def test_initial_transaction_matches_golden_file(policy: Policy) -> None:
+    script = render(diff(None, table_for(policy)))
+    if not GOLDEN.exists():  # pragma: no cover - regenerate by deleting the file
+        GOLDEN.write_text(script)
+    assert script == GOLDEN.read_text()
+
+
+def test_static_pool_is_never_in_the_table(policy: Policy) -> None:
+    t = table_for(policy)
+    assert pool_chain("static-biz") not in t.chains
+    assert "192.0.2.128/26" not in t.sets["pools_v4"].elements
+    assert "2001:db8:3000::/40" not in t.sets["pools_v6"].elements
+
+
+def test_relays_and_submission_are_never_matched(policy: Policy) -> None:
+    t = table_for(policy)
+    gate = [r.text or "" for r in t.chains["gate"].rules]
+    assert gate == ["tcp dport 25 jump smtp"]  # 587 and 465 never enter our chains
+    smtp = [r.text or "" for r in t.chains["smtp"].rules]
+    assert smtp[0].startswith("ip daddr @relays_v4") and smtp[0].endswith("accept")
+    assert smtp[1].startswith("ip6 daddr @relays_v6") and smtp[1].endswith("accept")
+    assert t.sets["relays_v4"].elements.keys() == {"203.0.113.25/32"}
+
+
+@pytest.mark.parametrize("mode", ["off", "monitor", "enforce"])
+def test_mode_reads_back_from_rules(mode: Mode) -> None:
+    ids = tuple(r.id for r in pool_rules("p", mode, "drop"))
+    assert mode_of_rules("p", ids, "drop") == mode
+
+
+def test_apply_is_idempotent(policy: Policy) -> None:
+    backend = MemoryBackend()
+    first = applier.apply(backend, table_for(policy))
+    assert first
+    second = applier.apply(backend, table_for(policy))
+    assert not second.ops
+    assert len(backend.applied) == 1
+
+
+def test_one_pool_mode_change_rewrites_only_that_chain(policy: Policy) -> None:
+    backend = MemoryBackend()
+    applier.apply(backend, table_for(policy))
+    tx = applier.apply(backend, table_for(policy, **{"flets-east-dyn-2": "enforce"}))
+    assert [type(op) for op in tx.ops] == [FlushChain, AddRule]
+    assert {op.name if isinstance(op, FlushChain) else op.chain for op in tx.ops} == {
+        "pool_flets-east-dyn-2"
+    }
+    assert not any(isinstance(op, (AddElements, DeleteCounter)) for op in tx.ops)
+
+
+def test_prefix_change_touches_only_that_element(policy: Policy) -> None:
+    backend = MemoryBackend()
+    applier.apply(backend, table_for(policy))
+    pool = policy.pool("flets-east-dyn-1")
+    moved = pool.model_copy(update={"prefixes": [*pool.prefixes, "192.0.2.128/26"]})
+    others = tuple(p for p in policy.pools if p.name not in ("flets-east-dyn-1", "static-biz"))
+    changed = replace(policy, pools=(moved, *others))
+    tx = applier.apply(backend, desired_table(changed, modes(decide(changed))))
+    assert render(tx) == (
+        "add element inet op25b pools_v4 { 192.0.2.128/26 : jump pool_flets-east-dyn-1 }\n"
+    )
+
+
+def test_removing_a_pool_deletes_elements_before_its_chain(policy: Policy) -> None:
+    backend = MemoryBackend()
+    applier.apply(backend, table_for(policy))
+    fewer = replace(policy, pools=policy.pools[:2] + policy.pools[3:])
+    tx = applier.apply(backend, desired_table(fewer, modes(decide(fewer))))
+    lines = render(tx).splitlines()
+    assert lines.index("delete element inet op25b pools_v4 { 198.51.100.0/25 }") < lines.index(
+        "delete chain inet op25b pool_flets-west-dyn-1"
+    )
+    assert lines[-1] == "delete counter inet op25b monitored_flets-west-dyn-1"
+    assert not applier.plan(backend, desired_table(fewer, modes(decide(fewer))))
+
+
+def test_live_drift_is_repaired(policy: Policy) -> None:
+    backend = MemoryBackend()
+    want = table_for(policy)
+    applier.apply(backend, want)
+    live = backend.tables[("inet", "op25b")]
+    tampered = replace(
+        live,
+        chains={**live.chains, "smtp": Chain("smtp", (Rule("foreign:7"),))},
+        sets={
+            **live.sets,
+            "pools_v4": replace(
+                live.sets["pools_v4"], elements={"192.0.2.0/26": "pool_flets-east-dyn-1"}
+            ),
+        },
+    )
+    backend.tables[("inet", "op25b")] = tampered
+    tx = applier.apply(backend, want)
+    assert FlushChain("smtp") in tx.ops
+    assert not applier.plan(backend, want)
+
+
+def test_failed_apply_changes_nothing(policy: Policy) -> None:
+    backend = MemoryBackend()
+    applier.apply(backend, table_for(policy))
+    before = backend.tables.copy()
+    backend.fail_next = "simulated kernel refusal"
+    with pytest.raises(BackendError):
+        applier.apply(backend, table_for(policy, **{"flets-east-dyn-2": "enforce"}))
+    assert backend.tables == before
+
+
+def test_refuses_a_foreign_table_with_our_name(policy: Policy) -> None:
+    foreign = Table("inet", "op25b", chains={"input": Chain("input", (Rule("foreign:1"),))})
+    backend = MemoryBackend([foreign])
+    with pytest.raises(NotOurTableError):
+        applier.apply(backend, table_for(policy))
+    assert backend.tables[("inet", "op25b")] == foreign
+
+
+def test_teardown_deletes_only_our_table(policy: Policy) -> None:
+    other = Table("ip", "docker", chains={"x": Chain("x", (Rule("foreign:1"),))})
+    backend = MemoryBackend([other])
+    applier.apply(backend, table_for(policy))
+    assert applier.teardown(backend, "inet", "op25b")
+    assert backend.tables == {("ip", "docker"): other}
+    assert not applier.teardown(backend, "inet", "op25b")
+
+
+def test_golden_file_is_in_repo() -> None:
+    assert GOLDEN.exists(), f"{GOLDEN} missing: run the test suite once and commit it"
+    assert Path(GOLDEN).read_text().startswith("add table inet op25b")
