@@ -145,7 +145,10 @@ def _live_view(table: str) -> tuple[dict[str, tuple[str, ...]] | None, dict[str,
         comment = rule.comment or ""
         rid = comment[len(RULE_TAG) :] if comment.startswith(RULE_TAG) else f"foreign:{rule.handle}"
         chains.setdefault(rule.chain, []).append(rid)
-    counters = netlink.read_counters(table, FAMILY)
+    try:
+        counters = netlink.read_counters(table, FAMILY)
+    except netlink.TableNotFound:  # deleted between the two reads
+        return None, {}
     return {k: tuple(v) for k, v in chains.items()}, counters
 
 

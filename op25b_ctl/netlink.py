@@ -1,0 +1,355 @@
+"""Cheap reads of one nftables table over raw netlink (pyroute2), bypassing libnftables.
+
+Why this module exists: with nft 1.0.6, every libnftables command that needs its cache --
+listing counters, even a single one -- first loads every set element of the table. With
+100,000 interval elements that costs ~2 s per call. A netlink dump of objects, chains, rules or
+sets never carries set elements and costs a few tens of milliseconds. So the frequent, read-only
+questions are answered here: counter values (metrics), "did anything change?" (the ruleset
+generation) and the table's shape without elements (for the diff). Writes, and element
+listings, still go through libnftables.
+
+The process must already run in the network namespace whose ruleset it reads
+(`ip netns exec NS ...`): every call opens a fresh NFTSocket in the current namespace and closes
+it before returning.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST, nla
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_NFTABLES, nfgen_msg
+from pyroute2.netlink.nfnetlink.nftsocket import (
+    NFT_MSG_GETCHAIN,
+    NFT_MSG_GETGEN,
+    NFT_MSG_GETOBJ,
+    NFT_MSG_GETRULE,
+    NFT_MSG_GETSET,
+    NFT_MSG_GETTABLE,
+    NFT_MSG_NEWCHAIN,
+    NFT_MSG_NEWOBJ,
+    NFT_MSG_NEWRULE,
+    NFT_MSG_NEWSET,
+    NFT_MSG_NEWTABLE,
+    NFTSocket,
+    nft_gen_msg,
+)
+
+from op25b_ctl.errors import BackendError, Op25bError
+
+__all__ = [
+    "ChainInfo",
+    "CounterValue",
+    "RuleInfo",
+    "SetInfo",
+    "TableNotFound",
+    "TableSkeleton",
+    "read_counters",
+    "read_skeleton",
+    "ruleset_generation",
+]
+
+# Constants from include/uapi/linux/netfilter/nf_tables.h and netfilter.h.
+FAMILIES = {"inet": 1, "ip": 2, "ip6": 10}  # NFPROTO_INET, NFPROTO_IPV4, NFPROTO_IPV6
+NFT_OBJECT_COUNTER = 1
+NFT_SET_ANONYMOUS = 0x1
+NFT_SET_MAP = 0x8
+NFT_SET_OBJECT = 0x40
+NFTNL_UDATA_RULE_COMMENT = 0  # libnftnl's TLV type inside NFTA_RULE_USERDATA
+# NF_INET_* hook numbers, named as nft names them (ip, ip6 and inet tables).
+HOOKS = {0: "prerouting", 1: "input", 2: "forward", 3: "output", 4: "postrouting", 5: "ingress"}
+POLICIES = {0: "drop", 1: "accept"}  # NF_DROP, NF_ACCEPT
+# Dumps of one generation are retried this often if a commit lands in the middle of them.
+_SKELETON_ATTEMPTS = 3
+
+
+class TableNotFound(Op25bError):
+    """The table asked for does not exist (in this namespace and family)."""
+
+
+@dataclass(frozen=True)
+class CounterValue:
+    packets: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class ChainInfo:
+    name: str
+    hook: str | None  # 'forward', ...; None for a regular (non-base) chain
+    priority: int | None
+    policy: str | None  # 'accept' / 'drop'
+
+
+@dataclass(frozen=True)
+class RuleInfo:
+    chain: str
+    handle: int
+    comment: str | None
+
+
+@dataclass(frozen=True)
+class SetInfo:
+    name: str
+    flags: int  # NFT_SET_* bits as the kernel reports them
+    is_map: bool  # declared with `map`: data map (NFT_SET_MAP) or object map (NFT_SET_OBJECT)
+
+
+@dataclass(frozen=True)
+class TableSkeleton:
+    chains: tuple[ChainInfo, ...]
+    rules: tuple[RuleInfo, ...]
+    sets: tuple[SetInfo, ...]  # named sets and maps only; anonymous `{ 25, 465 }` sets left out
+    counters: frozenset[str]
+
+
+# Message classes. pyroute2 has none for objects, and its own classes decode every rule
+# expression and misread udata TLVs, so each class below maps only the attributes we read
+# (in kernel order); the others decode as cheap 'UNKNOWN' slots.
+
+
+class nft_obj_msg(nfgen_msg):  # type: ignore[misc]
+    nla_map = (
+        ("NFTA_OBJ_UNSPEC", "none"),
+        ("NFTA_OBJ_TABLE", "asciiz"),
+        ("NFTA_OBJ_NAME", "asciiz"),
+        ("NFTA_OBJ_TYPE", "be32"),
+        ("NFTA_OBJ_DATA", "counter"),  # only decoded as a counter; we keep type 1 only
+        ("NFTA_OBJ_USE", "be32"),
+        ("NFTA_OBJ_HANDLE", "be64"),
+        ("NFTA_OBJ_PAD", "none"),
+        ("NFTA_OBJ_USERDATA", "cdata"),
+    )
+
+    class counter(nla):  # type: ignore[misc]
+        nla_map = (
+            ("NFTA_COUNTER_UNSPEC", "none"),
+            ("NFTA_COUNTER_BYTES", "be64"),
+            ("NFTA_COUNTER_PACKETS", "be64"),
+            ("NFTA_COUNTER_PAD", "none"),
+        )
+
+
+class _table_msg(nfgen_msg):  # type: ignore[misc]
+    nla_map = (("NFTA_TABLE_UNSPEC", "none"), ("NFTA_TABLE_NAME", "asciiz"))
+
+
+class _chain_msg(nfgen_msg):  # type: ignore[misc]
+    nla_map = (
+        ("NFTA_CHAIN_UNSPEC", "none"),
+        ("NFTA_CHAIN_TABLE", "asciiz"),
+        ("NFTA_CHAIN_HANDLE", "be64"),
+        ("NFTA_CHAIN_NAME", "asciiz"),
+        ("NFTA_CHAIN_HOOK", "hook"),
+        ("NFTA_CHAIN_POLICY", "be32"),
+    )
+
+    class hook(nla):  # type: ignore[misc]
+        nla_map = (
+            ("NFTA_HOOK_UNSPEC", "none"),
+            ("NFTA_HOOK_HOOKNUM", "be32"),
+            ("NFTA_HOOK_PRIORITY", "sbe32"),
+        )
+
+
+class _rule_msg(nfgen_msg):  # type: ignore[misc]
+    nla_map = (
+        ("NFTA_RULE_UNSPEC", "none"),
+        ("NFTA_RULE_TABLE", "asciiz"),
+        ("NFTA_RULE_CHAIN", "asciiz"),
+        ("NFTA_RULE_HANDLE", "be64"),
+        ("NFTA_RULE_EXPRESSIONS", "none"),
+        ("NFTA_RULE_COMPAT", "none"),
+        ("NFTA_RULE_POSITION", "be64"),
+        ("NFTA_RULE_USERDATA", "cdata"),
+    )
+
+
+class _set_msg(nfgen_msg):  # type: ignore[misc]
+    nla_map = (
+        ("NFTA_SET_UNSPEC", "none"),
+        ("NFTA_SET_TABLE", "asciiz"),
+        ("NFTA_SET_NAME", "asciiz"),
+        ("NFTA_SET_FLAGS", "be32"),
+    )
+
+
+# Replies to GET* requests arrive as NEW* messages; decode them with the classes above.
+_POLICY = {
+    (NFNL_SUBSYS_NFTABLES << 8) | msg_type: msg_class
+    for msg_type, msg_class in (
+        (NFT_MSG_NEWOBJ, nft_obj_msg),
+        (NFT_MSG_NEWTABLE, _table_msg),
+        (NFT_MSG_NEWCHAIN, _chain_msg),
+        (NFT_MSG_NEWRULE, _rule_msg),
+        (NFT_MSG_NEWSET, _set_msg),
+    )
+}
+
+
+def read_counters(table: str, family: str = "inet") -> dict[str, CounterValue]:
+    """Named counter objects of one table (NFT_MSG_GETOBJ dump, filtered to that table and type
+    counter). {} if the table has none; raise TableNotFound if the table does not exist."""
+    with _socket(family) as sock:
+        counters = _counters(sock, table)
+        if not counters and not _table_exists(sock, table):
+            raise TableNotFound(f"table {family} {table} does not exist")
+    return counters
+
+
+def ruleset_generation() -> int:
+    """The kernel's nftables ruleset generation id (NFT_MSG_GETGEN): changes on every commit to
+    any table; lets a caller skip work when nothing changed."""
+    with _socket("inet") as sock:
+        return _generation(sock)
+
+
+def read_skeleton(table: str, family: str = "inet") -> TableSkeleton | None:
+    """Everything about the table except set elements, in a few netlink dumps; None if the table
+    does not exist. All dumps come from one ruleset generation (retried if a commit interleaves)."""
+    with _socket(family) as sock:
+        for _ in range(_SKELETON_ATTEMPTS):
+            before = _generation(sock)
+            skeleton = _skeleton(sock, table)
+            if _generation(sock) == before:
+                return skeleton
+    raise BackendError(f"ruleset kept changing while reading table {family} {table}")
+
+
+# -- internals ---------------------------------------------------------------------------------
+
+
+@contextmanager
+def _socket(family: str) -> Iterator[Any]:
+    """An NFTSocket for `family` in the current namespace; netlink errors become BackendError."""
+    if family not in FAMILIES:
+        raise ValueError(f"unsupported nftables family {family!r} (expected one of {FAMILIES})")
+    try:
+        sock = NFTSocket(nfgen_family=FAMILIES[family])
+    except OSError as e:
+        raise BackendError(f"cannot open an nftables netlink socket: {e}") from e
+    try:
+        sock.register_policy(_POLICY)
+        yield sock
+    except NetlinkError as e:
+        raise BackendError(f"nftables netlink request failed: {e}") from e
+    finally:
+        sock.close()
+
+
+def _dump(sock: Any, msg_class: type[Any], msg_type: int, **attrs: object) -> list[Any]:
+    msg = msg_class()
+    msg["attrs"] = list(attrs.items())
+    return list(sock.request_get(msg, msg_type, NLM_F_REQUEST | NLM_F_DUMP))
+
+
+def _generation(sock: Any) -> int:
+    (reply,) = sock.request_get(nft_gen_msg(), NFT_MSG_GETGEN, NLM_F_REQUEST)
+    return int(reply.get_attr("NFTA_GEN_ID"))
+
+
+def _table_exists(sock: Any, table: str) -> bool:
+    msg = _table_msg()
+    msg["attrs"] = [("NFTA_TABLE_NAME", table)]
+    try:
+        sock.request_get(msg, NFT_MSG_GETTABLE, NLM_F_REQUEST)
+    except NetlinkError as e:
+        if e.code == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+def _counters(sock: Any, table: str) -> dict[str, CounterValue]:
+    # The kernel filters object dumps by table and type; we check again (cheap, and robust).
+    objs = _dump(
+        sock, nft_obj_msg, NFT_MSG_GETOBJ, NFTA_OBJ_TABLE=table, NFTA_OBJ_TYPE=NFT_OBJECT_COUNTER
+    )
+    counters: dict[str, CounterValue] = {}
+    for obj in objs:
+        if obj.get_attr("NFTA_OBJ_TABLE") != table:
+            continue
+        if obj.get_attr("NFTA_OBJ_TYPE") != NFT_OBJECT_COUNTER:
+            continue
+        data = obj.get_attr("NFTA_OBJ_DATA")
+        counters[str(obj.get_attr("NFTA_OBJ_NAME"))] = CounterValue(
+            packets=int(data.get_attr("NFTA_COUNTER_PACKETS") or 0),
+            bytes=int(data.get_attr("NFTA_COUNTER_BYTES") or 0),
+        )
+    return counters
+
+
+def _skeleton(sock: Any, table: str) -> TableSkeleton | None:
+    if not _table_exists(sock, table):
+        return None
+    # Chain dumps ignore a table filter (older kernels); rule, set and object dumps honour it.
+    # Every reply is filtered by table name here as well.
+    chains = tuple(
+        _chain_info(c)
+        for c in _dump(sock, _chain_msg, NFT_MSG_GETCHAIN, NFTA_CHAIN_TABLE=table)
+        if c.get_attr("NFTA_CHAIN_TABLE") == table
+    )
+    rules = tuple(
+        RuleInfo(
+            chain=str(r.get_attr("NFTA_RULE_CHAIN")),
+            handle=int(r.get_attr("NFTA_RULE_HANDLE")),
+            comment=_rule_comment(r.get_attr("NFTA_RULE_USERDATA")),
+        )
+        for r in _dump(sock, _rule_msg, NFT_MSG_GETRULE, NFTA_RULE_TABLE=table)
+        if r.get_attr("NFTA_RULE_TABLE") == table
+    )
+    try:
+        set_msgs = _dump(sock, _set_msg, NFT_MSG_GETSET, NFTA_SET_TABLE=table)
+    except NetlinkError as e:  # the set dump checks the table: it vanished after our lookup
+        if e.code == errno.ENOENT:
+            return None
+        raise
+    sets = []
+    for s in set_msgs:
+        flags = int(s.get_attr("NFTA_SET_FLAGS") or 0)
+        if s.get_attr("NFTA_SET_TABLE") == table and not flags & NFT_SET_ANONYMOUS:
+            name = str(s.get_attr("NFTA_SET_NAME"))
+            sets.append(SetInfo(name=name, flags=flags, is_map=_is_map(flags)))
+    return TableSkeleton(
+        chains=chains, rules=rules, sets=tuple(sets), counters=frozenset(_counters(sock, table))
+    )
+
+
+def _chain_info(msg: Any) -> ChainInfo:
+    name = str(msg.get_attr("NFTA_CHAIN_NAME"))
+    hook = msg.get_attr("NFTA_CHAIN_HOOK")
+    if hook is None:
+        return ChainInfo(name=name, hook=None, priority=None, policy=None)
+    hooknum = int(hook.get_attr("NFTA_HOOK_HOOKNUM"))
+    policy = msg.get_attr("NFTA_CHAIN_POLICY")
+    return ChainInfo(
+        name=name,
+        hook=HOOKS.get(hooknum, str(hooknum)),
+        priority=int(hook.get_attr("NFTA_HOOK_PRIORITY")),
+        policy=None if policy is None else POLICIES.get(int(policy), str(policy)),
+    )
+
+
+def _is_map(flags: int) -> bool:
+    return bool(flags & (NFT_SET_MAP | NFT_SET_OBJECT))
+
+
+def _rule_comment(udata: bytes | None) -> str | None:
+    """The NFTNL_UDATA_RULE_COMMENT TLV (u8 type, u8 length, NUL-terminated value)."""
+    if not udata:
+        return None
+    offset = 0
+    while offset + 2 <= len(udata):
+        kind, length = udata[offset], udata[offset + 1]
+        value = udata[offset + 2 : offset + 2 + length]
+        if len(value) < length:
+            return None  # truncated: not libnftnl's format
+        if kind == NFTNL_UDATA_RULE_COMMENT:
+            return value.split(b"\0", 1)[0].decode("utf-8", "replace")
+        offset += 2 + length
+    return None
