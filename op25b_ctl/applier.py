@@ -5,10 +5,12 @@ The only place that sequences backend calls; it never decides *what* the table s
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from op25b_ctl.backend import Backend
 from op25b_ctl.diff import diff
 from op25b_ctl.errors import NotOurTableError
-from op25b_ctl.ruleset import BASE_CHAIN, DISPATCH_CHAIN
+from op25b_ctl.ruleset import BASE_CHAIN, DISPATCH_CHAIN, FINGERPRINT_PREFIX
 from op25b_ctl.table import Table
 from op25b_ctl.transaction import DeleteTable, Transaction
 
@@ -27,16 +29,36 @@ def _ensure_ours(live: Table | None) -> None:
     )
 
 
-def plan(backend: Backend, desired: Table) -> Transaction:
+def read_live(backend: Backend, desired: Table, *, trust_fingerprint: bool = False) -> Table | None:
+    """The live table, as cheaply as is safe.
+
+    With `trust_fingerprint`, a skeleton read (no elements) is enough when the kernel holds
+    the elements-fingerprint counter of the desired sets: the elements were written by us
+    in the transaction that wrote that name. Otherwise, or when it differs, every element is
+    read and compared (seconds at 100,000 prefixes).
+    """
+    if trust_fingerprint:
+        live = backend.read(desired.family, desired.name, elements=False)
+        if live is None or live.elements_known:
+            return live
+        fingerprints = {c for c in desired.counters if c.startswith(FINGERPRINT_PREFIX)}
+        if fingerprints <= live.counters and live.sets.keys() == desired.sets.keys():
+            return replace(live, sets=desired.sets, elements_known=True)
+    return backend.read(desired.family, desired.name)
+
+
+def plan(backend: Backend, desired: Table, *, trust_fingerprint: bool = False) -> Transaction:
     """What `apply` would do now; reads the live table, changes nothing."""
-    live = backend.read(desired.family, desired.name)
+    live = read_live(backend, desired, trust_fingerprint=trust_fingerprint)
     _ensure_ours(live)
     return diff(live, desired)
 
 
-def apply(backend: Backend, desired: Table, *, dry_run: bool = False) -> Transaction:
+def apply(
+    backend: Backend, desired: Table, *, dry_run: bool = False, trust_fingerprint: bool = False
+) -> Transaction:
     """Make the live table equal to `desired`; an empty transaction means it already was."""
-    tx = plan(backend, desired)
+    tx = plan(backend, desired, trust_fingerprint=trust_fingerprint)
     if tx:
         backend.check(tx)
         if not dry_run:
@@ -46,7 +68,7 @@ def apply(backend: Backend, desired: Table, *, dry_run: bool = False) -> Transac
 
 def teardown(backend: Backend, family: str, name: str) -> bool:
     """Delete our table (the emergency off switch); False if there was none."""
-    live = backend.read(family, name)
+    live = backend.read(family, name, elements=False)
     if live is None:
         return False
     _ensure_ours(live)

@@ -37,8 +37,12 @@ MAX_ERROR = 4000  # nft echoes the offending line; an element line can be huge
 
 
 class Backend(Protocol):
-    def read(self, family: str, name: str) -> Table | None:
-        """Our table as the kernel has it, or None if it does not exist."""
+    def read(self, family: str, name: str, *, elements: bool = True) -> Table | None:
+        """Our table as the kernel has it, or None if it does not exist.
+
+        `elements=False` may skip set elements (then `Table.elements_known` is False): that
+        is what keeps a read cheap when the sets hold 100,000 prefixes.
+        """
 
     def check(self, tx: Transaction) -> None:
         """Raise BackendError if nftables would refuse `tx`; change nothing."""
@@ -71,12 +75,20 @@ def parse_table(listing: dict[str, Any], family: str, name: str) -> Table:
     for item in listing.get("nftables", []):
         if "chain" in item:
             c = item["chain"]
-            hook = Hook(c["hook"], int(c["prio"]), c.get("policy", "accept"), c["type"]) if "hook" in c else None
+            hook = (
+                Hook(c["hook"], int(c["prio"]), c.get("policy", "accept"), c["type"])
+                if "hook" in c
+                else None
+            )
             chains[c["name"]] = Chain(c["name"], hook=hook)
         elif "rule" in item:
             r = item["rule"]
             comment = r.get("comment") or ""
-            rid = comment[len(RULE_TAG) :] if comment.startswith(RULE_TAG) else f"foreign:{r['handle']}"
+            rid = (
+                comment[len(RULE_TAG) :]
+                if comment.startswith(RULE_TAG)
+                else f"foreign:{r['handle']}"
+            )
             rules.setdefault(r["chain"], []).append(Rule(rid))
         elif "set" in item or "map" in item:
             s = item.get("set") or item["map"]
@@ -97,6 +109,33 @@ def parse_table(listing: dict[str, Any], family: str, name: str) -> Table:
             counters.add(item["counter"]["name"])
     chains = {n: replace(c, rules=tuple(rules.get(n, ()))) for n, c in chains.items()}
     return Table(family, name, chains, sets, frozenset(counters))
+
+
+def _read_skeleton(family: str, name: str) -> Table | None:
+    """Our table without set elements, from a few netlink dumps (no libnftables cache)."""
+    from op25b_ctl import netlink
+
+    skeleton = netlink.read_skeleton(name, family)
+    if skeleton is None:
+        return None
+    rules: dict[str, list[Rule]] = {}
+    for r in skeleton.rules:
+        comment = r.comment or ""
+        rid = comment[len(RULE_TAG) :] if comment.startswith(RULE_TAG) else f"foreign:{r.handle}"
+        rules.setdefault(r.chain, []).append(Rule(rid))
+    chains = {
+        c.name: Chain(
+            c.name,
+            tuple(rules.get(c.name, ())),
+            Hook(c.hook, c.priority or 0, c.policy or "accept") if c.hook else None,
+        )
+        for c in skeleton.chains
+    }
+    sets = {
+        s.name: NamedSet(s.name, "ipv6_addr" if s.name.endswith("_v6") else "ipv4_addr", s.is_map)
+        for s in skeleton.sets
+    }
+    return Table(family, name, chains, sets, skeleton.counters, elements_known=False)
 
 
 class NftBackend:
@@ -130,7 +169,9 @@ class NftBackend:
             if "table" in t
         }
 
-    def read(self, family: str, name: str) -> Table | None:
+    def read(self, family: str, name: str, *, elements: bool = True) -> Table | None:
+        if not elements:
+            return _read_skeleton(family, name)
         if (family, name) not in self.tables():
             return None
         listing = json.loads(self._cmd(f"list table {family} {name}", json_out=True))
@@ -152,8 +193,10 @@ class MemoryBackend:
         self.tables = {(t.family, t.name): t for t in tables}
         self.applied: list[Transaction] = []
         self.fail_next: str | None = None
+        self.reads: list[bool] = []
 
-    def read(self, family: str, name: str) -> Table | None:
+    def read(self, family: str, name: str, *, elements: bool = True) -> Table | None:
+        self.reads.append(elements)
         return self.tables.get((family, name))
 
     def check(self, tx: Transaction) -> None:
@@ -213,7 +256,9 @@ class MemoryBackend:
                 case AddRule(chain=c, rule=rule):
                     cur = need()
                     chain = cur.chains[c]
-                    t = replace(cur, chains={**cur.chains, c: replace(chain, rules=(*chain.rules, rule))})
+                    t = replace(
+                        cur, chains={**cur.chains, c: replace(chain, rules=(*chain.rules, rule))}
+                    )
                 case AddElements(set=n, elements=elements):
                     cur = need()
                     s = cur.sets[n]
@@ -223,7 +268,9 @@ class MemoryBackend:
                     overlap = set(elements) & set(s.elements)
                     if overlap:
                         raise BackendError(f"element exists: {sorted(overlap)[0]}")
-                    t = replace(cur, sets={**cur.sets, n: replace(s, elements={**s.elements, **elements})})
+                    t = replace(
+                        cur, sets={**cur.sets, n: replace(s, elements={**s.elements, **elements})}
+                    )
                 case DeleteElements(set=n, keys=keys):
                     cur = need()
                     s = cur.sets[n]

@@ -40,15 +40,15 @@ def diff(live: Table | None, desired: Table) -> Transaction:
 
     # A set whose type changed cannot be altered in place: drop and recreate it.
     recreate_sets = {
-        name for name, s in desired.sets.items() if name in cur.sets and not cur.sets[name].same_shape(s)
+        name
+        for name, s in desired.sets.items()
+        if name in cur.sets and not cur.sets[name].same_shape(s)
     }
     new_sets = [s for n, s in desired.sets.items() if n not in cur.sets or n in recreate_sets]
 
     # Base chains whose hook changed must be deleted and added again (no in-place change).
     rehook = {
-        n
-        for n, c in desired.chains.items()
-        if n in cur.chains and cur.chains[n].hook != c.hook
+        n for n, c in desired.chains.items() if n in cur.chains and cur.chains[n].hook != c.hook
     }
     new_chains = [c for n, c in desired.chains.items() if n not in cur.chains]
     gone_chains = [n for n in cur.chains if n not in desired.chains]
@@ -63,7 +63,13 @@ def diff(live: Table | None, desired: Table) -> Transaction:
     removals: list[Op] = []
     additions: list[Op] = []
     for name, want in desired.sets.items():
-        have = {} if name in recreate_sets else dict(cur.sets[name].elements) if name in cur.sets else {}
+        have = (
+            {}
+            if name in recreate_sets
+            else dict(cur.sets[name].elements)
+            if name in cur.sets
+            else {}
+        )
         stale = tuple(k for k, v in have.items() if k not in want.elements or want.elements[k] != v)
         fresh = {k: v for k, v in want.elements.items() if k not in have or have[k] != v}
         if stale:
@@ -78,7 +84,9 @@ def diff(live: Table | None, desired: Table) -> Transaction:
     flush = {c.name for c in rewrite} | set(gone_chains) | rehook
     if recreate_sets or any(n not in desired.sets for n in cur.sets):
         flush |= {n for n in cur.chains if cur.chains[n].rules}
-    flush_ops: list[Op] = [FlushChain(n) for n in sorted(flush) if cur.chains.get(n) and cur.chains[n].rules]
+    flush_ops: list[Op] = [
+        FlushChain(n) for n in sorted(flush) if cur.chains.get(n) and cur.chains[n].rules
+    ]
 
     ops += removals
     ops += flush_ops

@@ -1,9 +1,9 @@
 """Exceptions, so callers and the CLI can map failures to exit codes.
 
-    Op25bError                 base; anything op25b-ctl raises on purpose
-    ├── PolicyError            the policy files are invalid: exit 2, nothing applied
-    ├── NotOurTableError       a table of the configured name exists but was not made by us
-    └── BackendError           nftables refused or failed: exit 1, live ruleset unchanged
+Op25bError                 base; anything op25b-ctl raises on purpose
+├── PolicyError            the policy files are invalid: exit 2, nothing applied
+├── NotOurTableError       a table of the configured name exists but was not made by us
+└── BackendError           nftables refused or failed: exit 1, live ruleset unchanged
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ class Problem:
 
     def __str__(self) -> str:
         place = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{place}: {self.where}: {self.message}" if self.where else f"{place}: {self.message}"
+        return (
+            f"{place}: {self.where}: {self.message}" if self.where else f"{place}: {self.message}"
+        )
 
 
 class PolicyError(Op25bError):

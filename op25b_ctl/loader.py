@@ -67,7 +67,12 @@ class _Doc:
                 k = str(key.value)
                 if k in seen:
                     self.problems.append(
-                        Problem(self.name, format_path((*path, k)), "duplicate key", key.start_mark.line + 1)
+                        Problem(
+                            self.name,
+                            format_path((*path, k)),
+                            "duplicate key",
+                            key.start_mark.line + 1,
+                        )
                     )
                 seen.add(k)
                 self.lines[(*path, k)] = key.start_mark.line + 1
@@ -112,7 +117,9 @@ def load_policy(directory: Path | str) -> Policy:
     for path in sorted(root.glob("*.y*ml")):
         if path.name not in FILES:
             problems.append(
-                Problem(path.name, "", f"unexpected policy file (known: {', '.join(sorted(FILES))})")
+                Problem(
+                    path.name, "", f"unexpected policy file (known: {', '.join(sorted(FILES))})"
+                )
             )
             continue
         try:

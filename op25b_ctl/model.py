@@ -153,7 +153,11 @@ def check_policy(policy: Policy) -> list[Finding]:
         for i, name in enumerate(names):
             if name in seen:
                 found.append(
-                    Finding(file, (key, i, "name"), f"duplicate name {name!r} (also {key}[{seen[name]}])")
+                    Finding(
+                        file,
+                        (key, i, "name"),
+                        f"duplicate name {name!r} (also {key}[{seen[name]}])",
+                    )
                 )
             seen.setdefault(name, i)
 
@@ -164,7 +168,9 @@ def check_policy(policy: Policy) -> list[Finding]:
         for tag in pool.tags:
             if tag in pool_names:
                 found.append(
-                    Finding("pools.yaml", ("pools", i, "tags"), f"tag {tag!r} is also a pool's name")
+                    Finding(
+                        "pools.yaml", ("pools", i, "tags"), f"tag {tag!r} is also a pool's name"
+                    )
                 )
         if not pool.dynamic and pool.mode != "off":
             found.append(
@@ -192,9 +198,7 @@ def check_policy(policy: Policy) -> list[Finding]:
         for j, prefix in enumerate(pool.prefixes)
     ]
     for path, other, net, other_net in _overlaps(pool_items):
-        found.append(
-            Finding("pools.yaml", path, f"{net} overlaps {other_net} at {_fmt(other)}")
-        )
+        found.append(Finding("pools.yaml", path, f"{net} overlaps {other_net} at {_fmt(other)}"))
 
     relay_items = [
         (netaddr.IPNetwork(addr), ("relays", i, "addresses", j))
@@ -202,7 +206,8 @@ def check_policy(policy: Policy) -> list[Finding]:
         for j, addr in enumerate(relay.addresses)
     ]
     pool_set = {
-        version: netaddr.IPSet(n for n, _ in pool_items if n.version == version) for version in (4, 6)
+        version: netaddr.IPSet(n for n, _ in pool_items if n.version == version)
+        for version in (4, 6)
     }
     for net, path in relay_items:
         if pool_set[net.version].intersection(netaddr.IPSet([net])):

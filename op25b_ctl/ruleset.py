@@ -12,6 +12,7 @@ and never the 100,000-element map; its counters are named objects, so they survi
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 
 from op25b_ctl.model import Mode, Policy, split_families
@@ -23,6 +24,7 @@ DISPATCH_CHAIN = "smtp"
 RELAYED_COUNTER = "relayed"
 EXEMPTED_COUNTER = "exempted"
 SMTP_PORT = 25
+FINGERPRINT_PREFIX = "elements_"
 
 
 def pool_chain(pool: str) -> str:
@@ -35,6 +37,21 @@ def blocked_counter(pool: str) -> str:
 
 def monitored_counter(pool: str) -> str:
     return f"monitored_{pool}"
+
+
+def elements_fingerprint(sets: Iterable[NamedSet]) -> str:
+    """A name-safe digest of every set element we write.
+
+    It is kept in the kernel as the name of an (unused) counter, `elements_<digest>`, written
+    in the same transaction as the elements. Reading counter names costs one small netlink
+    dump, so a reconcile can trust the kernel's 100,000 elements without listing them.
+    """
+    h = hashlib.sha256()
+    for s in sorted(sets, key=lambda s: s.name):
+        h.update(f"{s.name}\0".encode())
+        for key in sorted(s.elements):
+            h.update(f"{key}={s.elements[key]}\n".encode())
+    return FINGERPRINT_PREFIX + h.hexdigest()[:16]
 
 
 def pool_rules(pool: str, mode: Mode, action: str) -> tuple[Rule, ...]:
@@ -111,6 +128,7 @@ def desired_table(
         NamedSet("pools_v4", "ipv4_addr", verdict_map=True, elements=map_v4),
         NamedSet("pools_v6", "ipv6_addr", verdict_map=True, elements=map_v6),
     ]
+    counters.add(elements_fingerprint(sets))
     return Table(
         FAMILY,
         gw.table,

@@ -74,6 +74,8 @@ class Table:
     chains: Mapping[str, Chain] = field(default_factory=dict)
     sets: Mapping[str, NamedSet] = field(default_factory=dict)
     counters: frozenset[str] = frozenset()
+    # False when read without elements (netlink skeleton): sets then carry none
+    elements_known: bool = True
 
     @property
     def spec(self) -> str:

@@ -90,9 +90,36 @@ def test_prefix_change_touches_only_that_element(policy: Policy) -> None:
     others = tuple(p for p in policy.pools if p.name not in ("flets-east-dyn-1", "static-biz"))
     changed = replace(policy, pools=(moved, *others))
     tx = applier.apply(backend, desired_table(changed, modes(decide(changed))))
-    assert render(tx) == (
-        "add element inet op25b pools_v4 { 192.0.2.128/26 : jump pool_flets-east-dyn-1 }\n"
+    lines = render(tx).splitlines()
+    # the element itself, plus the elements-fingerprint counter swapped in the same batch
+    assert lines[0].startswith("add counter inet op25b elements_")
+    assert (
+        lines[1]
+        == "add element inet op25b pools_v4 { 192.0.2.128/26 : jump pool_flets-east-dyn-1 }"
     )
+    assert lines[2].startswith("delete counter inet op25b elements_")
+    assert len(lines) == 3
+
+
+def test_fingerprint_lets_a_read_skip_elements(policy: Policy) -> None:
+    backend = MemoryBackend()
+    applier.apply(backend, table_for(policy))
+    live = backend.tables[("inet", "op25b")]
+    skeleton = replace(
+        live, sets={n: replace(s, elements={}) for n, s in live.sets.items()}, elements_known=False
+    )
+    backend.tables[("inet", "op25b")] = skeleton
+    backend.reads.clear()
+    tx = applier.apply(
+        backend, table_for(policy, **{"flets-east-dyn-2": "enforce"}), trust_fingerprint=True
+    )
+    assert [type(op) for op in tx.ops] == [FlushChain, AddRule]
+    assert backend.reads == [False]
+    # a stale fingerprint forces a full read
+    backend.tables[("inet", "op25b")] = replace(skeleton, counters=frozenset({"relayed"}))
+    backend.reads.clear()
+    applier.plan(backend, table_for(policy), trust_fingerprint=True)
+    assert backend.reads == [False, True]
 
 
 def test_removing_a_pool_deletes_elements_before_its_chain(policy: Policy) -> None:
@@ -104,7 +131,7 @@ def test_removing_a_pool_deletes_elements_before_its_chain(policy: Policy) -> No
     assert lines.index("delete element inet op25b pools_v4 { 198.51.100.0/25 }") < lines.index(
         "delete chain inet op25b pool_flets-west-dyn-1"
     )
-    assert lines[-1] == "delete counter inet op25b monitored_flets-west-dyn-1"
+    assert "delete counter inet op25b monitored_flets-west-dyn-1" in lines[-3:]
     assert not applier.plan(backend, desired_table(fewer, modes(decide(fewer))))
 
 
