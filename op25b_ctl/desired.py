@@ -23,6 +23,8 @@ class Desired:
     policy: Policy
     decisions: dict[str, Decision]
     table: Table
+    # when the answer changes next by itself (a rollout stage, an override expiring)
+    next_change: datetime | None = None
 
 
 def from_policy(policy: Policy, now: datetime) -> Desired:
@@ -31,5 +33,7 @@ def from_policy(policy: Policy, now: datetime) -> Desired:
     return Desired(policy, decisions, desired_table(policy, modes(decisions)))
 
 
-def compute(policy_dir: Path, now: datetime) -> Desired:
+def compute(policy_dir: Path, state_dir: Path | None, now: datetime) -> Desired:
+    """Desired state at `now` from the policy files and the operators' state (overrides)."""
+    del state_dir  # operator overrides live there (rollout work)
     return from_policy(load_policy(policy_dir), now)
