@@ -1,7 +1,8 @@
 """`op25b-ctl`: a thin shell over the library; every command also speaks JSON for scripts.
 
 Exit status: 0 success (for `plan`, whether or not changes are pending), 1 nftables or
-runtime failure (live ruleset unchanged), 2 invalid policy or usage (nothing applied).
+runtime failure (live ruleset unchanged), 2 invalid policy or usage (nothing applied),
+75 (EX_TEMPFAIL) another op25b-ctl command held the state lock (nothing changed; retry).
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from op25b_ctl import __version__, applier, desired
+from op25b_ctl import __version__, applier, desired, operate
 from op25b_ctl.backend import Backend, NftBackend
 from op25b_ctl.errors import BackendError, NotOurTableError, Op25bError, PolicyError
 from op25b_ctl.loader import load_policy
 from op25b_ctl.model import Policy, split_families
 from op25b_ctl.modes import Decision, decide
+from op25b_ctl.overrides import OverrideError, parse_when
 from op25b_ctl.render import describe, render
 from op25b_ctl.ruleset import (
     EXEMPTED_COUNTER,
@@ -31,19 +33,43 @@ from op25b_ctl.ruleset import (
     monitored_counter,
     pool_chain,
 )
+from op25b_ctl.state import DEFAULT_STATE_DIR, LockBusy, StateDir, StateError
 from op25b_ctl.table import RULE_TAG, Table
 
 DEFAULT_POLICY = "/etc/op25b"
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+EXIT_BUSY = 75  # EX_TEMPFAIL: the state lock was held; cron's next run will retry
 
 
 class Context:
     """What a command needs; the backend is created lazily so `validate` needs no root."""
 
-    def __init__(self, args: argparse.Namespace, backend: Backend | None = None) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        backend: Backend | None = None,
+        command: Sequence[str] = (),
+    ) -> None:
         self.args = args
         self._backend = backend
         self.json = args.output == "json"
+        self.command = list(command)
+        self._now: datetime | None = None
+
+    @property
+    def now(self) -> datetime:
+        """The time commands act at: the clock, or --now (for tests and dry runs)."""
+        if self._now is None:
+            clock = datetime.now(UTC)
+            self._now = parse_when(self.args.now, clock) if self.args.now else clock
+        return self._now
+
+    @property
+    def state(self) -> StateDir:
+        return StateDir(self.args.state_dir)
+
+    def lock(self, what: str) -> Any:
+        return self.state.lock(what, timeout=self.args.lock_timeout)
 
     @property
     def backend(self) -> Backend:
@@ -63,14 +89,14 @@ class Context:
                 print(line)
 
 
-def _desired(policy: Policy) -> tuple[Table, dict[str, Decision]]:
-    want = desired.from_policy(policy, datetime.now(UTC))
+def _desired(ctx: Context, policy: Policy) -> tuple[Table, dict[str, Decision]]:
+    want = desired.from_policy(policy, ctx.now, ctx.state.overrides().values())
     return want.table, want.decisions
 
 
 def cmd_validate(ctx: Context) -> int:
     policy = ctx.policy()
-    decisions = decide(policy)
+    decisions = decide(policy, ctx.now, ctx.state.overrides().values())
     pools: list[dict[str, Any]] = []
     for pool in policy.pools:
         v4, v6 = split_families(pool.prefixes)
@@ -122,15 +148,20 @@ def _tx_report(ctx: Context, tx: Any, *, applied: bool, verb: str) -> int:
 
 
 def cmd_plan(ctx: Context) -> int:
-    desired, _ = _desired(ctx.policy())
+    desired, _ = _desired(ctx, ctx.policy())
     tx = applier.plan(ctx.backend, desired)
     return _tx_report(ctx, tx, applied=False, verb="plan")
 
 
 def cmd_apply(ctx: Context) -> int:
-    desired, _ = _desired(ctx.policy())
-    tx = applier.apply(ctx.backend, desired, dry_run=ctx.args.dry_run)
-    return _tx_report(ctx, tx, applied=bool(tx) and not ctx.args.dry_run, verb="apply")
+    # overrides and due stages count (through desired.compute's path), and the change is
+    # audited, so `apply` never silently undoes an engineer's `pool rollback`
+    ctx.policy()  # invalid policy: exit 2 before taking the lock
+    with ctx.lock("apply"):
+        out = operate.apply_all(
+            ctx.backend, ctx.args.policy, ctx.state, ctx.now, ctx.command, dry_run=ctx.args.dry_run
+        )
+    return _tx_report(ctx, out.tx, applied=out.applied, verb="apply")
 
 
 def _live_view(table: str) -> tuple[dict[str, tuple[str, ...]] | None, dict[str, Any]]:
@@ -154,7 +185,7 @@ def _live_view(table: str) -> tuple[dict[str, tuple[str, ...]] | None, dict[str,
 
 def cmd_status(ctx: Context) -> int:
     policy = ctx.policy()
-    desired, decisions = _desired(policy)
+    desired, decisions = _desired(ctx, policy)
     chains, counters = _live_view(policy.gateway.table)
 
     def counter(name: str) -> dict[str, int]:
@@ -257,11 +288,30 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "-o", "--output", choices=("text", "json"), default="text", help="output format"
     )
+    common.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(os.environ.get("OP25B_STATE_DIR", DEFAULT_STATE_DIR)),
+        metavar="DIR",
+        help="overrides, audit log and lock (default: $OP25B_STATE_DIR or %(default)s)",
+    )
+    common.add_argument(
+        "--now",
+        metavar="TIME",
+        help="act as if it were TIME (ISO 8601 with UTC offset): for tests and dry runs",
+    )
+    common.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="wait this long for another op25b-ctl command to finish (default: %(default)s)",
+    )
     parser = argparse.ArgumentParser(
         prog="op25b-ctl",
         description="Outbound Port 25 Blocking controller: policy files -> nftables.",
         epilog="Exit status: 0 ok, 1 nftables/runtime failure (nothing changed), "
-        "2 invalid policy or usage (nothing applied).",
+        "2 invalid policy or usage (nothing applied), 75 state lock busy (retry).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -281,12 +331,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("teardown", cmd_teardown, "delete our table: the emergency off switch")
     p.add_argument("--yes", action="store_true", help="confirm; required")
     p.add_argument("--table", help="table name if the policy cannot be read (default: policy's)")
+    from op25b_ctl import cli_ops  # rollout, pool, audit, explain
+
+    cli_ops.register(sub, common)
     return parser
 
 
 def main(argv: Sequence[str] | None = None, backend: Backend | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    ctx = Context(args, backend)
+    ctx = Context(args, backend, ["op25b-ctl", *argv])
     try:
         code: int = args.func(ctx)
         return code
@@ -309,9 +363,17 @@ def main(argv: Sequence[str] | None = None, backend: Backend | None = None) -> i
             file=sys.stderr,
         )
         return EXIT_INVALID
-    except NotOurTableError as exc:
+    except (NotOurTableError, OverrideError) as exc:
         print(f"op25b-ctl: {exc}", file=sys.stderr)
+        if isinstance(exc, OverrideError):
+            print("op25b-ctl: nothing changed", file=sys.stderr)
         return EXIT_INVALID
+    except LockBusy as exc:
+        print(f"op25b-ctl: {exc}", file=sys.stderr)
+        return EXIT_BUSY
+    except StateError as exc:
+        print(f"op25b-ctl: state: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except (BackendError, Op25bError) as exc:
         print(f"op25b-ctl: {exc}", file=sys.stderr)
         print("op25b-ctl: live ruleset left unchanged", file=sys.stderr)

@@ -1,20 +1,23 @@
 """The one question every caller asks: what should the table hold at time `now`?
 
 CLI commands, `rollout tick` and the daemon all go through `compute`, so they can never
-disagree about the desired state. It reads the policy (and, with the rollout work, the
-operators' overrides) and is otherwise pure: time comes in as an argument.
+disagree about the desired state. It reads the policy and the operators' overrides (from the
+state directory) and is otherwise pure: time comes in as an argument.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from op25b_ctl.loader import load_policy
-from op25b_ctl.model import Policy
-from op25b_ctl.modes import Decision, decide, modes
+from op25b_ctl.model import Exemption, Policy
+from op25b_ctl.modes import Decision, active_exemptions, decide, modes, next_change
+from op25b_ctl.overrides import Override
 from op25b_ctl.ruleset import desired_table
+from op25b_ctl.state import StateDir
 from op25b_ctl.table import Table
 
 
@@ -25,15 +28,30 @@ class Desired:
     table: Table
     # when the answer changes next by itself (a rollout stage, an override expiring)
     next_change: datetime | None = None
+    exemptions: tuple[Exemption, ...] = ()
+    overrides: tuple[Override, ...] = field(default=())
 
 
-def from_policy(policy: Policy, now: datetime) -> Desired:
-    del now  # the rollout schedule makes modes depend on time
-    decisions = decide(policy)
-    return Desired(policy, decisions, desired_table(policy, modes(decisions)))
+def from_policy(policy: Policy, now: datetime, overrides: Iterable[Override] = ()) -> Desired:
+    """Desired state at `now` for an already loaded policy and a set of overrides."""
+    known = {p.name for p in policy.pools if p.dynamic}
+    # an override left behind for a pool that was removed or made static has no effect
+    overrides = tuple(o for o in overrides if o.pool in known)
+    decisions = decide(policy, now, overrides)
+    exempt = tuple(active_exemptions(policy, now))
+    table = desired_table(policy, modes(decisions), exemptions=[e.prefix for e in exempt])
+    return Desired(
+        policy,
+        decisions,
+        table,
+        next_change(policy, now, overrides),
+        exempt,
+        tuple(o for o in overrides if o.active(now)),
+    )
 
 
 def compute(policy_dir: Path, state_dir: Path | None, now: datetime) -> Desired:
     """Desired state at `now` from the policy files and the operators' state (overrides)."""
-    del state_dir  # operator overrides live there (rollout work)
-    return from_policy(load_policy(policy_dir), now)
+    policy = load_policy(policy_dir)
+    overrides = StateDir(state_dir).overrides().values() if state_dir is not None else ()
+    return from_policy(policy, now, overrides)

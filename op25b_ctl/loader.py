@@ -15,10 +15,12 @@ from pydantic import BaseModel, ValidationError
 
 from op25b_ctl.errors import PolicyError, Problem
 from op25b_ctl.model import (
+    ExemptionsFile,
     GatewayFile,
     Policy,
     PoolsFile,
     RelaysFile,
+    RolloutFile,
     check_policy,
     format_path,
 )
@@ -31,6 +33,8 @@ FILES: dict[str, tuple[type[BaseModel], bool]] = {
     "gateway.yaml": (GatewayFile, False),
     "pools.yaml": (PoolsFile, True),
     "relays.yaml": (RelaysFile, True),
+    "rollout.yaml": (RolloutFile, False),
+    "exemptions.yaml": (ExemptionsFile, False),
 }
 
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -100,6 +104,11 @@ class _Doc:
                 msg = err["msg"].removeprefix("Value error, ")
                 if err["type"] == "extra_forbidden":
                     msg = "unknown key"
+                elif isinstance(err.get("input"), bool) and err["type"] != "bool_type":
+                    msg = (
+                        f"{msg} (YAML read a bare on/off/yes/no as the boolean "
+                        f'{str(err["input"]).lower()}: quote it, e.g. "off")'
+                    )
                 elif err["type"] != "missing" and not isinstance(err.get("input"), dict | list):
                     got = repr(err.get("input"))
                     msg = f"{msg} (got {got[:60]})" if "got" not in msg and "'" not in msg else msg
@@ -148,7 +157,18 @@ def load_policy(directory: Path | str) -> Policy:
     assert isinstance(gateway, GatewayFile)
     assert isinstance(pools, PoolsFile)
     assert isinstance(relays, RelaysFile)
-    policy = Policy(gateway=gateway.gateway, pools=tuple(pools.pools), relays=tuple(relays.relays))
+    rollout = models["rollout.yaml"]
+    exemptions = models["exemptions.yaml"]
+    assert isinstance(rollout, RolloutFile)
+    assert isinstance(exemptions, ExemptionsFile)
+    policy = Policy(
+        gateway=gateway.gateway,
+        pools=tuple(pools.pools),
+        relays=tuple(relays.relays),
+        stages=tuple(rollout.stages),
+        exemptions=tuple(exemptions.exemptions),
+        timezone=rollout.timezone,
+    )
     findings = check_policy(policy)
     if findings:
         raise PolicyError(

@@ -8,15 +8,27 @@ loader can point at the user's file and line.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from datetime import date, datetime
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import netaddr
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
 
 Mode = Literal["off", "monitor", "enforce"]
 MODES: tuple[Mode, ...] = ("off", "monitor", "enforce")
+# off < monitor < enforce: a stage moving a pool down this order is a step backwards.
+MODE_RANK: dict[str, int] = {m: i for i, m in enumerate(MODES)}
+DEFAULT_TIMEZONE = "Asia/Tokyo"  # NMTnet's operations work in Japan time
 Action = Literal["drop", "reject"]
 
 # Names end up inside nftables identifiers (chains, counters), which nft 1.0.6 does not
@@ -41,6 +53,63 @@ def _prefix(value: str) -> str:
 
 
 Prefix = Annotated[str, StringConstraints(strict=True), AfterValidator(_prefix)]
+
+
+def aware_datetime(value: Any) -> datetime:
+    """An ISO 8601 time that carries its UTC offset; a naive time is refused, not guessed.
+
+    YAML already turns `2011-01-31T00:00:00+09:00` into a datetime; strings (JSON state,
+    command-line input) are parsed here. A bare date or a time without offset would depend on
+    the zone of whoever reads it, which is how a stage fires nine hours early.
+    """
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not an ISO 8601 time (e.g. 2011-01-31T00:00:00+09:00)"
+            ) from None
+        date_only = parsed.tzinfo is None and len(value.strip()) <= 10
+        value = parsed.date() if date_only else parsed
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(
+                f"{value.isoformat()} has no UTC offset; write it with one, e.g. "
+                f"{value.isoformat()}+09:00 for Japan time"
+            )
+        return value
+    if isinstance(value, date):
+        raise ValueError(
+            f"{value.isoformat()} is a date without a time and UTC offset; write e.g. "
+            f"{value.isoformat()}T00:00:00+09:00"
+        )
+    raise ValueError(f"expected an ISO 8601 time with UTC offset (got {type(value).__name__})")
+
+
+AwareDatetime = Annotated[datetime, BeforeValidator(aware_datetime)]
+
+
+def _tbd_or_time(value: Any) -> datetime | Literal["tbd"]:
+    if isinstance(value, str) and value.strip().lower() == "tbd":
+        return "tbd"
+    return aware_datetime(value)
+
+
+StageTime = Annotated[datetime | Literal["tbd"], BeforeValidator(_tbd_or_time)]
+
+
+def _zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"{value!r} is not a known time zone (e.g. Asia/Tokyo)") from None
+    return value
+
+
+TimeZone = Annotated[str, StringConstraints(strict=True), AfterValidator(_zone)]
+Ticket = Annotated[
+    str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/#-]{0,63}$")
+]
 
 
 class _Strict(BaseModel):
@@ -75,6 +144,39 @@ class Relay(_Strict):
     addresses: list[Prefix] = Field(min_length=1)
 
 
+class Stage(_Strict):
+    """One step of the rollout: at `at`, the selected dynamic pools move to `mode`.
+
+    `at: tbd` is a stage whose date is not fixed yet ("being adjusted", as the notice says):
+    it is listed in the calendar but never fires until someone writes a date.
+    """
+
+    name: Name
+    at: StageTime
+    mode: Mode
+    description: str = ""
+    pools: list[Name] = []
+    tags: list[Name] = []
+    # moving a pool down (enforce -> monitor/off, monitor -> off) must be said out loud
+    allow_backwards: bool = False
+
+    @property
+    def scheduled(self) -> datetime | None:
+        return None if self.at == "tbd" else self.at
+
+
+class Exemption(_Strict):
+    """A subscriber prefix inside a blocked pool that is let through (opt-out on application)."""
+
+    prefix: Prefix
+    ticket: Ticket
+    expires: AwareDatetime | None = None
+    reason: str = ""
+
+    def active(self, now: datetime) -> bool:
+        return self.expires is None or now < self.expires
+
+
 class GatewayFile(_Strict):
     gateway: Gateway = Gateway()
 
@@ -87,6 +189,15 @@ class RelaysFile(_Strict):
     relays: list[Relay] = Field(min_length=1)
 
 
+class RolloutFile(_Strict):
+    timezone: TimeZone = DEFAULT_TIMEZONE
+    stages: list[Stage] = []
+
+
+class ExemptionsFile(_Strict):
+    exemptions: list[Exemption] = []
+
+
 @dataclass(frozen=True)
 class Policy:
     """The whole validated policy, as the planner sees it."""
@@ -94,6 +205,23 @@ class Policy:
     gateway: Gateway
     pools: tuple[Pool, ...]
     relays: tuple[Relay, ...]
+    stages: tuple[Stage, ...] = ()
+    exemptions: tuple[Exemption, ...] = ()
+    timezone: str = DEFAULT_TIMEZONE
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def stage_pools(self, stage: Stage) -> list[str]:
+        """The dynamic pools a stage selects, by name or by tag, in pools.yaml order."""
+        wanted = set(stage.pools)
+        tags = set(stage.tags)
+        return [
+            p.name
+            for p in self.pools
+            if p.name in wanted or (p.dynamic and tags.intersection(p.tags))
+        ]
 
     def pool(self, name: str) -> Pool:
         for pool in self.pools:
@@ -226,6 +354,136 @@ def check_policy(policy: Policy) -> list[Finding]:
             )
     for path, other, net, other_net in _overlaps(relay_items):
         found.append(Finding("relays.yaml", path, f"{net} overlaps {other_net} at {_fmt(other)}"))
+    found += _check_rollout(policy)
+    found += _check_exemptions(policy, pool_items)
+    return found
+
+
+def _check_rollout(policy: Policy) -> list[Finding]:
+    """Stages name real pools, run in time order, and never step a pool back silently."""
+    found: list[Finding] = []
+    f = "rollout.yaml"
+    pools = {p.name: p for p in policy.pools}
+    tags = {t for p in policy.pools if p.dynamic for t in p.tags}
+    current: dict[str, str] = {p.name: p.mode for p in policy.pools}  # baseline (pools.yaml)
+    seen: dict[str, int] = {}
+    last: tuple[int, datetime] | None = None
+    tbd_at: int | None = None
+    for i, stage in enumerate(policy.stages):
+        where = ("stages", i)
+        if stage.name in seen:
+            found.append(
+                Finding(
+                    f,
+                    (*where, "name"),
+                    f"duplicate stage name {stage.name!r} (also stages[{seen[stage.name]}])",
+                )
+            )
+        seen.setdefault(stage.name, i)
+        if not stage.pools and not stage.tags:
+            found.append(Finding(f, where, "stage selects no pools: give `pools:` and/or `tags:`"))
+        for j, name in enumerate(stage.pools):
+            if name not in pools:
+                found.append(
+                    Finding(
+                        f,
+                        (*where, "pools", j),
+                        f"unknown pool {name!r} (known: {', '.join(pools)})",
+                    )
+                )
+            elif not pools[name].dynamic:
+                found.append(
+                    Finding(
+                        f,
+                        (*where, "pools", j),
+                        f"{name!r} is a static pool: OP25B stages apply to dynamic pools",
+                    )
+                )
+        for j, tag in enumerate(stage.tags):
+            if tag not in tags:
+                found.append(
+                    Finding(
+                        f,
+                        (*where, "tags", j),
+                        f"no dynamic pool has tag {tag!r} (known: {', '.join(sorted(tags))})",
+                    )
+                )
+        at = stage.scheduled
+        if at is None:
+            tbd_at = i if tbd_at is None else tbd_at
+        elif tbd_at is not None:
+            found.append(
+                Finding(
+                    f,
+                    (*where, "at"),
+                    f"dated stage after stages[{tbd_at}] whose date is tbd; list tbd stages last",
+                )
+            )
+        elif last is not None and at < last[1]:
+            found.append(
+                Finding(
+                    f,
+                    (*where, "at"),
+                    f"stage out of order: {at.isoformat()} is before stages[{last[0]}] ({last[1].isoformat()})",
+                )
+            )
+        if at is not None:
+            last = (i, at) if last is None or at >= last[1] else last
+        for name in policy.stage_pools(stage):
+            before = current.get(name, "off")
+            if MODE_RANK[stage.mode] < MODE_RANK[before] and not stage.allow_backwards:
+                found.append(
+                    Finding(
+                        f,
+                        (*where, "mode"),
+                        f"moves pool {name!r} backwards ({before} -> {stage.mode}); "
+                        "add `allow_backwards: true` if that is intended",
+                    )
+                )
+            current[name] = stage.mode
+    return found
+
+
+def _check_exemptions(
+    policy: Policy, pool_items: Sequence[tuple[netaddr.IPNetwork, tuple[str | int, ...]]]
+) -> list[Finding]:
+    """Each exemption is a part of one dynamic pool (not all of it) and overlaps no other."""
+    found: list[Finding] = []
+    f = "exemptions.yaml"
+    items = []
+    for i, ex in enumerate(policy.exemptions):
+        net = netaddr.IPNetwork(ex.prefix)
+        items.append((net, ("exemptions", i, "prefix")))
+        owner = [
+            (pnet, policy.pools[int(path[1])])
+            for pnet, path in pool_items
+            if pnet.version == net.version and pnet.first <= net.first and net.last <= pnet.last
+        ]
+        if not owner:
+            found.append(
+                Finding(
+                    f, ("exemptions", i, "prefix"), f"{ex.prefix} is not inside any subscriber pool"
+                )
+            )
+        elif not owner[0][1].dynamic:
+            found.append(
+                Finding(
+                    f,
+                    ("exemptions", i, "prefix"),
+                    f"{ex.prefix} is in static pool {owner[0][1].name!r}, which is never blocked",
+                )
+            )
+        elif owner[0][0].prefixlen == net.prefixlen:
+            found.append(
+                Finding(
+                    f,
+                    ("exemptions", i, "prefix"),
+                    f"{ex.prefix} is the whole of a prefix of pool {owner[0][1].name!r}; "
+                    "to let a pool through use `op25b-ctl pool rollback`",
+                )
+            )
+    for path, other, net, other_net in _overlaps(items):
+        found.append(Finding(f, path, f"{net} overlaps {other_net} at {_fmt(other)}"))
     return found
 
 

@@ -67,7 +67,7 @@ BAD = {
     ),
     "empty pool": ("pools.yaml", "[198.51.100.0/25, 2001:db8:2000::/40]", "[]", "at least 1", 25),
     "wrong type": ("pools.yaml", "    dynamic: false", '    dynamic: "no"', "valid boolean", 29),
-    "bad mode": ("pools.yaml", "mode: monitor", "mode: block", "pools[1].mode", 18),
+    "bad mode": ("pools.yaml", 'mode: "off"   #', "mode: block   #", "pools[0].mode", 12),
     "static enforced": (
         "pools.yaml",
         "    dynamic: false",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,9 @@ from op25b_ctl.transaction import AddElements, AddRule, DeleteCounter, FlushChai
 from tests.policytools import EXAMPLE, REPO
 
 GOLDEN = REPO / "tests" / "golden" / "nmtnet-initial.nft"
+# the example's rollout schedule is all in the past: at any time after it, the modes are
+# flets-east-dyn-1 enforce, flets-east-dyn-2 monitor (its stage is tbd), flets-west-dyn-1 enforce
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -29,7 +33,7 @@ def policy() -> Policy:
 
 
 def table_for(policy: Policy, **override: Mode) -> Table:
-    return desired_table(policy, {**modes(decide(policy)), **override})
+    return desired_table(policy, {**modes(decide(policy, NOW)), **override})
 
 
 def test_initial_transaction_matches_golden_file(policy: Policy) -> None:
@@ -89,7 +93,7 @@ def test_prefix_change_touches_only_that_element(policy: Policy) -> None:
     moved = pool.model_copy(update={"prefixes": [*pool.prefixes, "192.0.2.128/26"]})
     others = tuple(p for p in policy.pools if p.name not in ("flets-east-dyn-1", "static-biz"))
     changed = replace(policy, pools=(moved, *others))
-    tx = applier.apply(backend, desired_table(changed, modes(decide(changed))))
+    tx = applier.apply(backend, desired_table(changed, modes(decide(changed, NOW))))
     lines = render(tx).splitlines()
     # the element itself, plus the elements-fingerprint counter swapped in the same batch
     assert lines[0].startswith("add counter inet op25b elements_")
@@ -126,13 +130,13 @@ def test_removing_a_pool_deletes_elements_before_its_chain(policy: Policy) -> No
     backend = MemoryBackend()
     applier.apply(backend, table_for(policy))
     fewer = replace(policy, pools=policy.pools[:2] + policy.pools[3:])
-    tx = applier.apply(backend, desired_table(fewer, modes(decide(fewer))))
+    tx = applier.apply(backend, desired_table(fewer, modes(decide(fewer, NOW))))
     lines = render(tx).splitlines()
     assert lines.index("delete element inet op25b pools_v4 { 198.51.100.0/25 }") < lines.index(
         "delete chain inet op25b pool_flets-west-dyn-1"
     )
     assert "delete counter inet op25b monitored_flets-west-dyn-1" in lines[-3:]
-    assert not applier.plan(backend, desired_table(fewer, modes(decide(fewer))))
+    assert not applier.plan(backend, desired_table(fewer, modes(decide(fewer, NOW))))
 
 
 def test_live_drift_is_repaired(policy: Policy) -> None:

@@ -1,0 +1,413 @@
+"""`op25b-ctl pool|rollout|audit|explain`: the commands engineers and cron drive.
+
+A thin shell like `cli`: argument parsing and output here, the sequences in `operate`, the
+answers in `modes`/`desired`. Registered into `cli.build_parser` by `register`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import netaddr
+
+from op25b_ctl import audit, operate
+from op25b_ctl.desired import Desired, from_policy
+from op25b_ctl.model import Policy
+from op25b_ctl.modes import local, upcoming
+from op25b_ctl.overrides import ACTION_MODE, Action, OverrideError, parse_when
+from op25b_ctl.ruleset import BASE_CHAIN, DISPATCH_CHAIN, FAMILY, FINGERPRINT_PREFIX, pool_chain
+
+if TYPE_CHECKING:
+    from op25b_ctl.cli import Context
+
+EXIT_OK = 0
+
+
+def _when(policy: Policy, at: datetime | None) -> str:
+    return local(policy, at)
+
+
+def _outcome_json(policy: Policy, out: operate.Outcome) -> dict[str, Any]:
+    return {
+        "applied": out.applied,
+        "ops": len(out.tx.ops),
+        "changes": {p: {"before": b, "after": a} for p, (b, a) in out.changes.items()},
+        "stages_done": out.new_stages,
+        "overrides_expired": [o.pool for o in out.expired],
+        "next_change": _when(policy, out.desired.next_change) if out.desired.next_change else None,
+        "summary": out.summary(),
+    }
+
+
+# ---------------------------------------------------------------------------- pool
+
+
+def cmd_pool(ctx: Context) -> int:
+    args = ctx.args
+    action: Action | None = None if args.pool_action == "clear" else args.pool_action
+    policy = ctx.policy()  # invalid policy: exit 2 before the lock is taken
+    until = parse_when(args.until, ctx.now) if getattr(args, "until", None) else None
+    with ctx.lock(f"pool {args.pool_action} {args.name}"):
+        out = operate.set_override(
+            ctx.backend,
+            args.policy,
+            ctx.state,
+            ctx.now,
+            ctx.command,
+            pool=args.name,
+            action=action,
+            reason=args.reason or "",
+            until=until,
+            dry_run=args.dry_run,
+        )
+    decision = out.desired.decisions.get(args.name)
+    data = {
+        "pool": args.name,
+        "action": args.pool_action,
+        "mode": decision.mode if decision else None,
+        "reason": decision.reason if decision else None,
+        "until": until.isoformat() if until else None,
+        **_outcome_json(policy, out),
+    }
+    verb = "would change" if args.dry_run else "changed"
+    text = [
+        f"pool {args.name}: {decision.mode if decision else '?'} ({decision.reason if decision else ''})",
+        f"gateway {verb}: {out.summary()}",
+    ]
+    ctx.emit(data, text)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------- rollout
+
+
+def cmd_tick(ctx: Context) -> int:
+    ctx.policy()
+    with ctx.lock("rollout tick"):
+        out = operate.tick(
+            ctx.backend, ctx.args.policy, ctx.state, ctx.now, ctx.command, dry_run=ctx.args.dry_run
+        )
+    policy = out.desired.policy
+    data = {"now": _when(policy, ctx.now), **_outcome_json(policy, out)}
+    changed = bool(out.tx or out.expired or out.new_stages)
+    line = f"op25b-ctl rollout tick {_when(policy, ctx.now)}: " + (
+        "(dry run) " if ctx.args.dry_run else ""
+    )
+    # silent when nothing changed, so cron mails only when something did
+    text = [line + out.summary()] if changed or ctx.args.verbose else []
+    ctx.emit(data, text)
+    return EXIT_OK
+
+
+def _stage_state(
+    at: datetime | None, name: str, when: datetime, done: dict[str, str], now: datetime
+) -> str:
+    if at is None:
+        return "tbd"
+    if name in done:
+        return "done"
+    if at <= when:
+        return "due" if at <= now else "due by then"
+    delta = at - when
+    return f"in {delta.days}d {delta.seconds // 3600}h"
+
+
+def cmd_rollout_status(ctx: Context) -> int:
+    policy = ctx.policy()
+    when = parse_when(ctx.args.at, ctx.now) if ctx.args.at else ctx.now
+    overrides = ctx.state.overrides()
+    done = ctx.state.applied_stages()
+    want = from_policy(policy, when, overrides.values())
+    stages: list[dict[str, Any]] = [
+        {
+            "name": s.name,
+            "at": _when(policy, s.scheduled),
+            "mode": s.mode,
+            "pools": policy.stage_pools(s),
+            "description": s.description,
+            "state": _stage_state(s.scheduled, s.name, when, done, ctx.now),
+            "applied_at": done.get(s.name),
+        }
+        for s in policy.stages
+    ]
+    data: dict[str, Any] = {
+        "timezone": policy.timezone,
+        "at": _when(policy, when),
+        "stages": stages,
+        "modes": {
+            n: {"mode": d.mode, "source": d.source, "reason": d.reason}
+            for n, d in want.decisions.items()
+        },
+        "overrides": [{**o.to_json(), "active": o.active(when)} for o in overrides.values()],
+        "exemptions": [
+            {
+                "prefix": e.prefix,
+                "ticket": e.ticket,
+                "expires": _when(policy, e.expires) if e.expires else None,
+                "active": e.active(when),
+                "reason": e.reason,
+            }
+            for e in policy.exemptions
+        ],
+        "upcoming": [
+            {"at": _when(policy, c.at), "kind": c.kind, "what": c.what}
+            for c in upcoming(policy, when, overrides.values())
+        ],
+    }
+    text = [f"rollout calendar ({policy.timezone}) at {data['at']}"]
+    if not stages:
+        text.append("  no stages (rollout.yaml absent or empty): pools stay at their baseline")
+    else:
+        text.append(f"  {'STAGE':<20} {'AT':<23} {'MODE':<8} {'STATE':<12} POOLS")
+        for st in stages:
+            text.append(
+                f"  {st['name']:<20} {st['at']:<23} {st['mode']:<8} {st['state']:<12} "
+                + ", ".join(st["pools"])
+            )
+    text.append("modes:")
+    for name, d in want.decisions.items():
+        text.append(f"  {name:<24} {d.mode:<8} {d.reason}")
+    text.append("overrides:" + ("" if overrides else " none"))
+    for o in overrides.values():
+        state = "active" if o.active(when) else "EXPIRED (next tick removes it)"
+        until = _when(policy, o.until) if o.until else "no expiry"
+        text.append(f"  {o.pool:<24} {o.action:<8} {state}, until {until}, by {o.user}: {o.reason}")
+    text.append("exemptions:" + ("" if policy.exemptions else " none"))
+    for e in data["exemptions"]:
+        text.append(
+            f"  {e['prefix']:<24} {e['ticket']:<16} "
+            + ("active" if e["active"] else "expired")
+            + (
+                (" until " if e["active"] else " at ") + e["expires"]
+                if e["expires"]
+                else ", no expiry"
+            )
+        )
+    nxt = data["upcoming"][0] if data["upcoming"] else None
+    tbd = [s.name for s in policy.stages if s.scheduled is None]
+    text.append(
+        f"next change: {nxt['at']} {nxt['what']}"
+        if nxt
+        else "next change: none scheduled"
+        + (f" ({len(tbd)} stage(s) with date tbd: {', '.join(tbd)})" if tbd else "")
+    )
+    ctx.emit(data, text)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------- audit
+
+
+def cmd_audit(ctx: Context) -> int:
+    entries = audit.read(ctx.state.audit_file)
+    if ctx.args.pool:
+        entries = [
+            e
+            for e in entries
+            if e.get("pool") == ctx.args.pool or ctx.args.pool in e.get("changes", {})
+        ]
+    entries = entries[-ctx.args.lines :] if ctx.args.lines > 0 else entries
+    text = []
+    for e in entries:
+        changes = ", ".join(
+            f"{p} {c.get('before') or 'absent'}->{c.get('after')}"
+            for p, c in (e.get("changes") or {}).items()
+        )
+        text.append(
+            f"{e.get('at')}  {e.get('user')}  {e.get('action')}"
+            + (f" {e['pool']}" if e.get("pool") else "")
+            + (f"  [{changes}]" if changes else "")
+            + (f"  reason: {e['reason']}" if e.get("reason") else "")
+            + f"  ({' '.join(e.get('command') or [])})"
+        )
+    if not entries:
+        text.append(f"no audit entries in {ctx.state.audit_file}")
+    ctx.emit({"entries": entries}, text)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------- explain
+
+
+def _live_check(ctx: Context, want: Desired, pool: str | None) -> tuple[bool | None, list[str]]:
+    """Does the live table implement `want` where it matters? (cheap: no element listing)
+
+    The elements-fingerprint counter proves the kernel's sets hold exactly the desired
+    prefixes (pools, relays, exemptions); chain rule ids prove the modes and the dispatch.
+    """
+    live = ctx.backend.read(FAMILY, want.table.name, elements=False)
+    if live is None:
+        return None, [f"table {FAMILY} {want.table.name} is absent: nothing is blocked"]
+    problems: list[str] = []
+    fp = {c for c in want.table.counters if c.startswith(FINGERPRINT_PREFIX)}
+    if not fp <= live.counters:
+        problems.append("live set elements differ from the model (run `op25b-ctl apply`)")
+    chains = [BASE_CHAIN, DISPATCH_CHAIN] + ([pool_chain(pool)] if pool else [])
+    for name in chains:
+        wanted = want.table.chains.get(name)
+        got = live.chains.get(name)
+        if wanted is None:
+            continue
+        if got is None or tuple(r.id for r in got.rules) != wanted.rule_ids:
+            problems.append(f"live chain {name} differs from the model (run `op25b-ctl apply`)")
+    return not problems, problems
+
+
+def cmd_explain(ctx: Context) -> int:
+    policy = ctx.policy()
+    when = parse_when(ctx.args.at, ctx.now) if ctx.args.at else ctx.now
+    try:
+        addr = netaddr.IPAddress(ctx.args.address)
+        dest = netaddr.IPAddress(ctx.args.to) if ctx.args.to else None
+    except (netaddr.AddrFormatError, ValueError) as exc:
+        raise OverrideError(f"not an IP address: {exc}") from None
+    if dest is not None and dest.version != addr.version:
+        raise OverrideError("--to must be of the same address family as ADDRESS")
+    want = from_policy(policy, when, ctx.state.overrides().values())
+    pool = next(
+        (p for p in policy.pools for pref in p.prefixes if addr in netaddr.IPNetwork(pref)), None
+    )
+    exemption = next((e for e in policy.exemptions if addr in netaddr.IPNetwork(e.prefix)), None)
+    relay = (
+        next((r for r in policy.relays for a in r.addresses if dest in netaddr.IPNetwork(a)), None)
+        if dest is not None
+        else None
+    )
+    decision = want.decisions[pool.name] if pool else None
+    why: list[str] = []
+    verdict: str
+    if pool is None:
+        verdict = "passes"
+        why.append("not in any subscriber pool: OP25B does not apply")
+    else:
+        assert decision is not None
+        why.append(
+            f"pool {pool.name} ({'dynamic' if pool.dynamic else 'static'}): mode {decision.mode}: {decision.reason}"
+        )
+        if relay is not None:
+            verdict = "passes"
+            why.append(f"destination {dest} is NMTnet relay {relay.name!r}: always allowed")
+        elif exemption is not None and exemption.active(when):
+            verdict = "passes"
+            why.append(
+                f"exempted by {exemption.prefix} (ticket {exemption.ticket}"
+                + (f", until {_when(policy, exemption.expires)}" if exemption.expires else "")
+                + ")"
+            )
+        elif decision.mode == "enforce":
+            verdict = "blocked"
+            why.append(
+                f"TCP/25 to {'non-relay destinations' if dest is None else dest} is "
+                + ("rejected (TCP reset)" if policy.gateway.action == "reject" else "dropped")
+            )
+        elif decision.mode == "monitor":
+            verdict = "passes"
+            why.append("monitor: TCP/25 passes and is counted")
+        else:
+            verdict = "passes"
+            why.append("off: TCP/25 passes")
+        if exemption is not None and not exemption.active(when):
+            why.append(f"exemption {exemption.prefix} ({exemption.ticket}) has expired")
+    live_ok, live_notes = (None, ["live table not checked (--at given)"])
+    if not ctx.args.at:
+        live_ok, live_notes = _live_check(ctx, want, pool.name if pool and pool.dynamic else None)
+        if live_ok is None and verdict == "blocked":
+            verdict = "passes (table absent)"
+    data = {
+        "address": str(addr),
+        "to": str(dest) if dest else None,
+        "at": _when(policy, when),
+        "pool": pool.name if pool else None,
+        "mode": decision.mode if decision else None,
+        "source": decision.source if decision else None,
+        "exemption": exemption.ticket if exemption else None,
+        "relay": relay.name if relay else None,
+        "tcp25": verdict,
+        "why": why,
+        "live_agrees": live_ok,
+        "live": live_notes,
+    }
+    target = dest if dest is not None else "other networks' mail servers"
+    text = [f"TCP/25 from {addr} to {target}: {verdict.upper()}", *[f"  {w}" for w in why]]
+    text.append(
+        "  live table: "
+        + ("agrees with the model" if live_ok else "; ".join(live_notes) or "not checked")
+    )
+    ctx.emit(data, text)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------- wiring
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add the pool/rollout/audit/explain commands to op25b-ctl's subparsers."""
+
+    def leaf(
+        parent: Any, name: str, func: Callable[[Context], int], help: str
+    ) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = parent.add_parser(
+            name, parents=[common], help=help, description=help
+        )
+        p.set_defaults(func=func)
+        return p
+
+    pool = sub.add_parser(
+        "pool",
+        help="per-pool override: enforce, monitor, rollback, clear",
+        description="Override one pool's mode at once, ahead of the rollout schedule, until "
+        "it expires or is cleared. Only that pool's chain is rewritten; other pools and "
+        "their counters are untouched. --until takes an ISO 8601 time with UTC offset "
+        "(2011-01-31T18:00+09:00) or a duration (90m, 4h, 2d).",
+    )
+    pool_sub = pool.add_subparsers(dest="pool_action", required=True, metavar="ACTION")
+    for action, help in (
+        ("enforce", "block TCP/25 from the pool now"),
+        ("monitor", "let TCP/25 pass but count it"),
+        ("rollback", "lift OP25B from the pool now (off: nothing blocked or counted)"),
+    ):
+        assert action in ACTION_MODE
+        p = leaf(pool_sub, action, cmd_pool, help)
+        p.add_argument("name", metavar="NAME", help="pool name (pools.yaml)")
+        p.add_argument("--reason", required=True, help="why (recorded in the audit log)")
+        p.add_argument("--until", metavar="TIME", help="expiry: ISO time with offset or 4h/2d")
+        p.add_argument("--dry-run", action="store_true", help="check with nftables, change nothing")
+    p = leaf(pool_sub, "clear", cmd_pool, "remove the pool's override: the schedule rules again")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--reason", default="", help="why (recorded in the audit log)")
+    p.add_argument("--dry-run", action="store_true", help="check with nftables, change nothing")
+
+    rollout = sub.add_parser(
+        "rollout",
+        help="the staged rollout: tick (for cron) and status (the calendar)",
+        description="Staged rollout from rollout.yaml.",
+    )
+    r_sub = rollout.add_subparsers(dest="rollout_action", required=True, metavar="ACTION")
+    p = leaf(
+        r_sub,
+        "tick",
+        cmd_tick,
+        "apply whatever is due now; idempotent, locked, silent unless something changed "
+        "(for cron / the systemd timer)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="check with nftables, change nothing")
+    p.add_argument("-v", "--verbose", action="store_true", help="print a line even if no change")
+    p = leaf(r_sub, "status", cmd_rollout_status, "the calendar: stages, pools, done or due")
+    p.add_argument("--at", metavar="TIME", help="preview the calendar and modes at TIME")
+
+    p = leaf(sub, "audit", cmd_audit, "show the audit log (who changed what, when, why)")
+    p.add_argument("-n", "--lines", type=int, default=20, help="last N entries (0: all)")
+    p.add_argument("--pool", metavar="NAME", help="only entries about this pool")
+
+    p = leaf(
+        sub,
+        "explain",
+        cmd_explain,
+        "which pool holds ADDRESS, its mode and why, and whether its TCP/25 is blocked",
+    )
+    p.add_argument("address", metavar="ADDRESS")
+    p.add_argument("--to", metavar="ADDRESS", help="destination (default: any non-relay)")
+    p.add_argument("--at", metavar="TIME", help="answer for TIME (model only, no live check)")

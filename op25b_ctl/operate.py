@@ -1,0 +1,219 @@
+"""Changing the gateway on an operator's or cron's behalf: overrides, ticks, bookkeeping.
+
+The sequences behind `pool enforce|monitor|rollback|clear`, `rollout tick` and `apply`:
+compute the desired state at `now` (through `desired.from_policy`, like every caller), apply
+it with the cheap fingerprint read (a one-pool change is one chain rewrite at any table size),
+then record what happened (state files, audit log). Callers hold the state lock around these.
+
+Ordering for crashes: an override is saved *before* the gateway is changed, so a crash in
+between leaves the intent on disk and the next tick converges to it; if nftables refuses the
+change, the previous overrides file is put back and nothing is left half done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from op25b_ctl import applier, audit
+from op25b_ctl.backend import Backend
+from op25b_ctl.desired import Desired, from_policy
+from op25b_ctl.loader import load_policy
+from op25b_ctl.model import Mode, Policy
+from op25b_ctl.overrides import Action, Override, OverrideError, check
+from op25b_ctl.ruleset import mode_of_rules, pool_chain
+from op25b_ctl.state import StateDir
+from op25b_ctl.transaction import Transaction
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one command did (or, with dry_run, would do)."""
+
+    desired: Desired
+    tx: Transaction
+    changes: dict[str, tuple[Mode | None, Mode]]  # pool -> (live before, after)
+    applied: bool
+    new_stages: list[str] = field(default_factory=list)
+    expired: list[Override] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """The one-line log of what changed: `pool before->after, ...; N nft op(s)`."""
+        parts = [f"{p} {b or 'absent'}->{a}" for p, (b, a) in self.changes.items()]
+        parts += [f"stage {s} done" for s in self.new_stages]
+        parts += [f"override on {o.pool} expired" for o in self.expired]
+        if not parts and self.tx:
+            parts.append("table repaired")
+        if not parts:
+            return "no changes"
+        return f"{'; '.join(parts)} ({len(self.tx.ops)} nft op(s))"
+
+
+def live_modes(backend: Backend, policy: Policy) -> dict[str, Mode | None]:
+    """Each dynamic pool's mode as the live chain says (None: table or chain absent/foreign)."""
+    live = backend.read("inet", policy.gateway.table, elements=False)
+    out: dict[str, Mode | None] = {}
+    for pool in policy.pools:
+        if not pool.dynamic:
+            continue
+        chain = live.chains.get(pool_chain(pool.name)) if live else None
+        out[pool.name] = (
+            mode_of_rules(pool.name, tuple(r.id for r in chain.rules), policy.gateway.action)
+            if chain is not None
+            else None
+        )
+    return out
+
+
+def due_stages(policy: Policy, now: datetime) -> list[str]:
+    return [s.name for s in policy.stages if s.scheduled is not None and s.scheduled <= now]
+
+
+def converge(
+    backend: Backend,
+    policy: Policy,
+    now: datetime,
+    overrides: Iterable[Override],
+    *,
+    dry_run: bool = False,
+) -> Outcome:
+    """Make the gateway match the desired state at `now`; report pools whose mode changed."""
+    want = from_policy(policy, now, overrides)
+    before = live_modes(backend, policy)
+    tx = applier.apply(backend, want.table, dry_run=dry_run, trust_fingerprint=True)
+    changes: dict[str, tuple[Mode | None, Mode]] = {
+        name: (before[name], d.mode)
+        for name, d in want.decisions.items()
+        if name in before and before[name] != d.mode
+    }
+    return Outcome(want, tx, changes, applied=bool(tx) and not dry_run)
+
+
+def _record(
+    state: StateDir,
+    out: Outcome,
+    now: datetime,
+    *,
+    action: str,
+    command: Sequence[str],
+    reason: str = "",
+    pool: str | None = None,
+    detail: str = "",
+    force: bool = False,
+) -> Outcome:
+    """Bookkeeping after a successful change: stages applied, one audit line."""
+    new = state.mark_applied(due_stages(out.desired.policy, now), now)
+    out = Outcome(out.desired, out.tx, out.changes, out.applied, new, out.expired)
+    if out.tx or out.expired or new or force:
+        audit.append(
+            state.audit_file,
+            audit.Entry(
+                at=now,
+                user=audit.invoking_user(),
+                command=command,
+                action=action,
+                reason=reason,
+                pool=pool,
+                changes=dict(out.changes),
+                ops=len(out.tx.ops),
+                detail=detail or out.summary(),
+            ),
+        )
+    return out
+
+
+def tick(
+    backend: Backend,
+    policy_dir: Path,
+    state: StateDir,
+    now: datetime,
+    command: Sequence[str],
+    *,
+    dry_run: bool = False,
+) -> Outcome:
+    """Apply whatever is due at `now`; prune expired overrides. Idempotent."""
+    policy = load_policy(policy_dir)
+    overrides = state.overrides()
+    active = {p: o for p, o in overrides.items() if o.active(now)}
+    expired = [o for o in overrides.values() if not o.active(now)]
+    out = converge(backend, policy, now, active.values(), dry_run=dry_run)
+    out = Outcome(out.desired, out.tx, out.changes, out.applied, [], expired)
+    if dry_run:
+        return out
+    if expired:
+        state.save_overrides(active)
+    return _record(state, out, now, action="rollout tick", command=command)
+
+
+def apply_all(
+    backend: Backend,
+    policy_dir: Path,
+    state: StateDir,
+    now: datetime,
+    command: Sequence[str],
+    *,
+    dry_run: bool = False,
+) -> Outcome:
+    """`op25b-ctl apply`: like a tick, but leaves expired overrides in the file for tick."""
+    policy = load_policy(policy_dir)
+    out = converge(backend, policy, now, state.overrides().values(), dry_run=dry_run)
+    if dry_run:
+        return out
+    return _record(state, out, now, action="apply", command=command)
+
+
+def set_override(
+    backend: Backend,
+    policy_dir: Path,
+    state: StateDir,
+    now: datetime,
+    command: Sequence[str],
+    *,
+    pool: str,
+    action: Action | None,
+    reason: str,
+    until: datetime | None = None,
+    dry_run: bool = False,
+) -> Outcome:
+    """Set (action) or clear (action None) one pool's override and apply it at once."""
+    policy = load_policy(policy_dir)
+    old = state.overrides()
+    new = dict(old)
+    if action is None:
+        if pool not in {p.name for p in policy.pools} and pool not in old:
+            raise OverrideError(
+                f"unknown pool {pool!r} (known: {', '.join(p.name for p in policy.pools)})"
+            )
+        new.pop(pool, None)
+    else:
+        check(policy, pool, reason, until, now)
+        new[pool] = Override(pool, action, reason, audit.invoking_user(), now, until)
+    if dry_run:
+        return converge(backend, policy, now, new.values(), dry_run=True)
+    if new != old:
+        state.save_overrides(new)
+    try:
+        out = converge(backend, policy, now, new.values())
+    except BaseException:
+        if new != old:
+            state.save_overrides(old)  # nftables refused: the intent did not happen
+        raise
+    verb = f"pool {action}" if action else "pool clear"
+    detail = out.summary()
+    if until is not None:
+        detail += f"; until {until.isoformat()}"
+    if action is None and pool not in old:
+        detail = f"no override on {pool}; " + detail
+    return _record(
+        state,
+        out,
+        now,
+        action=verb,
+        command=command,
+        reason=reason,
+        pool=pool,
+        detail=detail,
+        force=True,
+    )

@@ -1,0 +1,178 @@
+"""(I/O) The controller's own state directory: overrides, rollout bookkeeping, the lock.
+
+    <state-dir>/overrides.json   active operator overrides, one per pool
+    <state-dir>/rollout.json     which stages have been applied, and when (for the calendar)
+    <state-dir>/audit.jsonl      append-only audit log (see `audit`)
+    <state-dir>/lock             flock(2) lock: one changing command at a time
+
+Every file is replaced atomically (temp file in the same directory, fsync, rename, fsync of
+the directory), so a crash leaves either the old or the new file, never half of one. Readers
+need no lock for that reason; writers hold `lock()` around read-modify-write-apply.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from op25b_ctl.errors import Op25bError
+from op25b_ctl.overrides import Override, OverrideError
+
+DEFAULT_STATE_DIR = "/var/lib/op25b"
+FORMAT = 1
+
+
+class StateError(Op25bError):
+    """The state directory cannot be read or written, or holds a malformed file."""
+
+
+class LockBusy(Op25bError):
+    """Another op25b-ctl command holds the lock; nothing was changed."""
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text` so that a crash leaves the old or the new file, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+class StateDir:
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    @property
+    def overrides_file(self) -> Path:
+        return self.path / "overrides.json"
+
+    @property
+    def rollout_file(self) -> Path:
+        return self.path / "rollout.json"
+
+    @property
+    def audit_file(self) -> Path:
+        return self.path / "audit.jsonl"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / "lock"
+
+    def _read_json(self, path: Path) -> dict[str, Any]:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise StateError(f"cannot read {path}: {exc}") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise StateError(f"{path}: not valid JSON ({exc}); fix or remove it") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise StateError(f"{path}: not an op25b-ctl state file (format {FORMAT} expected)")
+        return data
+
+    def _write_json(self, path: Path, data: dict[str, Any]) -> None:
+        try:
+            write_atomic(
+                path, json.dumps({"format": FORMAT, **data}, indent=2, sort_keys=True) + "\n"
+            )
+        except OSError as exc:
+            raise StateError(f"cannot write {path}: {exc}") from None
+
+    # ------------------------------------------------------------------ overrides
+
+    def overrides(self) -> dict[str, Override]:
+        """Overrides by pool, as last written (expired ones included until pruned)."""
+        data = self._read_json(self.overrides_file)
+        records = data.get("overrides", {})
+        if not isinstance(records, dict):
+            raise StateError(f"{self.overrides_file}: `overrides` must be a mapping")
+        out: dict[str, Override] = {}
+        for pool, record in records.items():
+            try:
+                out[pool] = Override.from_json(record)
+            except OverrideError as exc:
+                raise StateError(f"{self.overrides_file}: {exc}") from None
+        return out
+
+    def save_overrides(self, overrides: dict[str, Override]) -> None:
+        self._write_json(
+            self.overrides_file,
+            {"overrides": {p: o.to_json() for p, o in sorted(overrides.items())}},
+        )
+
+    # ------------------------------------------------------------------ rollout bookkeeping
+
+    def applied_stages(self) -> dict[str, str]:
+        """Stage name -> when a command first applied the table with that stage due."""
+        stages = self._read_json(self.rollout_file).get("applied_stages", {})
+        return {str(k): str(v) for k, v in stages.items()} if isinstance(stages, dict) else {}
+
+    def mark_applied(self, names: list[str], when: datetime) -> list[str]:
+        """Record stages as applied; returns those that were not recorded before."""
+        known = self.applied_stages()
+        new = [n for n in names if n not in known]
+        if new:
+            known.update(dict.fromkeys(new, when.isoformat()))
+            self._write_json(self.rollout_file, {"applied_stages": known})
+        return new
+
+    # ------------------------------------------------------------------ lock
+
+    @contextlib.contextmanager
+    def lock(self, what: str, timeout: float = 30.0) -> Iterator[None]:
+        """Hold the state lock (flock, released by the kernel even if we crash)."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True, mode=0o750)
+            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o640)
+        except OSError as exc:
+            raise StateError(f"cannot open lock {self.lock_file}: {exc}") from None
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        holder = self._holder(fd)
+                        raise LockBusy(
+                            f"another op25b-ctl command holds {self.lock_file}"
+                            f"{f' ({holder})' if holder else ''}; waited {timeout:g}s, "
+                            "changed nothing; try again (or --lock-timeout SECONDS)"
+                        ) from None
+                    time.sleep(0.05)  # poll the lock; flock has no timed wait
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()}: {what}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
+
+    @staticmethod
+    def _holder(fd: int) -> str:
+        with contextlib.suppress(OSError):
+            return os.pread(fd, 200, 0).decode(errors="replace").strip()
+        return ""

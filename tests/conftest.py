@@ -1,0 +1,14 @@
+"""Every test gets its own state directory: no test may touch /var/lib/op25b."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("OP25B_STATE_DIR", str(path))
+    return path
