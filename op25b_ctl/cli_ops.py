@@ -10,12 +10,14 @@ import argparse
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 import netaddr
 
 from op25b_ctl import audit, operate
 from op25b_ctl.desired import Desired, from_policy
-from op25b_ctl.model import Policy
+from op25b_ctl.errors import Op25bError
+from op25b_ctl.model import DEFAULT_TIMEZONE, Policy
 from op25b_ctl.modes import local, upcoming
 from op25b_ctl.overrides import ACTION_MODE, Action, OverrideError, parse_when
 from op25b_ctl.ruleset import BASE_CHAIN, DISPATCH_CHAIN, FAMILY, FINGERPRINT_PREFIX, pool_chain
@@ -210,6 +212,17 @@ def cmd_audit(ctx: Context) -> int:
             if e.get("pool") == ctx.args.pool or ctx.args.pool in e.get("changes", {})
         ]
     entries = entries[-ctx.args.lines :] if ctx.args.lines > 0 else entries
+    try:
+        zone = ctx.policy().zone
+    except Op25bError:  # the log must stay readable when the policy is broken
+        zone = ZoneInfo(DEFAULT_TIMEZONE)
+
+    def shown(at: Any) -> str:
+        try:
+            return datetime.fromisoformat(str(at)).astimezone(zone).isoformat(timespec="seconds")
+        except ValueError:
+            return str(at)
+
     text = []
     for e in entries:
         changes = ", ".join(
@@ -217,7 +230,7 @@ def cmd_audit(ctx: Context) -> int:
             for p, c in (e.get("changes") or {}).items()
         )
         text.append(
-            f"{e.get('at')}  {e.get('user')}  {e.get('action')}"
+            f"{shown(e.get('at'))}  {e.get('user')}  {e.get('action')}"
             + (f" {e['pool']}" if e.get("pool") else "")
             + (f"  [{changes}]" if changes else "")
             + (f"  reason: {e['reason']}" if e.get("reason") else "")

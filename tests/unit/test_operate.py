@@ -1,0 +1,278 @@
+"""Overrides, ticks, audit and explain through the CLI, against the in-memory backend."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from op25b_ctl import state as state_mod
+from op25b_ctl.backend import MemoryBackend
+from op25b_ctl.cli import main
+from op25b_ctl.state import StateDir
+from op25b_ctl.transaction import AddRule, FlushChain
+from tests.policytools import EXAMPLE, edit, example_policy
+
+E1, E2, W1 = "flets-east-dyn-1", "flets-east-dyn-2", "flets-west-dyn-1"
+ENFORCE_E1 = "2011-01-17T10:00:00+09:00"
+
+
+class Gw:
+    """The CLI against one in-memory gateway and one state directory."""
+
+    def __init__(self, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+        self.capsys = capsys
+        self.backend = MemoryBackend()
+        self.state = StateDir(tmp_path / "state")
+        self.policy = EXAMPLE
+
+    def __call__(self, *argv: str, now: str | None = None) -> tuple[int, str, str]:
+        common = ["--policy", str(self.policy), "--state-dir", str(self.state.path)]
+        if now:
+            common += ["--now", now]
+        code = main([*argv, *common], backend=self.backend)
+        out, err = self.capsys.readouterr()
+        return code, out, err
+
+    def json(self, *argv: str, now: str | None = None) -> dict:  # type: ignore[type-arg]
+        code, out, err = self(*argv, "-o", "json", now=now)
+        assert code == 0, err
+        return json.loads(out)  # type: ignore[no-any-return]
+
+    def live_modes(self) -> dict[str, str]:
+        table = self.backend.tables[("inet", "op25b")]
+        out = {}
+        for name, chain in table.chains.items():
+            if name.startswith("pool_"):
+                text = " ".join(r.text or "" for r in chain.rules)
+                out[name[5:]] = (
+                    "enforce"
+                    if "blocked_" in text
+                    else "monitor"
+                    if "monitored_" in text
+                    else "off"
+                )
+        return out
+
+    def audit(self) -> list[dict]:  # type: ignore[type-arg]
+        return self.json("audit", "-n", "0")["entries"]  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def gw(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Gw:
+    return Gw(capsys, tmp_path)
+
+
+def test_tick_walks_the_schedule_and_is_idempotent(gw: Gw) -> None:
+    code, out, _ = gw("rollout", "tick", now="2010-10-26T00:00:00+09:00")
+    assert code == 0
+    assert out.count("\n") == 1 and "settings-change" in out
+    assert gw.live_modes() == {E1: "monitor", E2: "monitor", W1: "monitor"}
+    applied = len(gw.backend.applied)
+    # same minute again, and the next minute: nothing due, nothing printed, nothing applied
+    for now in ("2010-10-26T00:00:00+09:00", "2010-10-26T00:01:00+09:00"):
+        code, out, _ = gw("rollout", "tick", now=now)
+        assert (code, out) == (0, "")
+    assert len(gw.backend.applied) == applied
+    code, out, _ = gw("rollout", "tick", now=ENFORCE_E1)
+    assert f"{E1} monitor->enforce" in out and "stage enforce-east-1 done" in out
+    assert [type(op) for op in gw.backend.applied[-1].ops] == [FlushChain, AddRule]
+    assert gw.live_modes() == {E1: "enforce", E2: "monitor", W1: "monitor"}
+    status = gw.json("rollout", "status", now=ENFORCE_E1)
+    assert [s["state"] for s in status["stages"]] == ["done", "done", "in 7d 0h", "tbd"]
+
+
+def test_rollback_changes_one_chain_and_survives_restart(gw: Gw) -> None:
+    gw("apply")
+    assert gw.live_modes() == {E1: "enforce", E2: "monitor", W1: "enforce"}
+    data = gw.json("pool", "rollback", E1, "--reason", "INC-42 relay outage", "--until", "4h")
+    assert data["changes"] == {E1: {"before": "enforce", "after": "off"}}
+    assert [type(op) for op in gw.backend.applied[-1].ops] == [FlushChain, AddRule][:1]
+    assert {op.name for op in gw.backend.applied[-1].ops} == {f"pool_{E1}"}  # type: ignore[attr-defined]
+    assert gw.live_modes() == {E1: "off", E2: "monitor", W1: "enforce"}
+    # a "restart": a fresh process reads the state; apply and tick keep the override
+    assert gw("apply")[1].startswith("apply: no changes")
+    assert gw("rollout", "tick") == (0, "", "")
+    assert gw.live_modes()[E1] == "off"
+    status = gw.json("status")
+    mode = {p["name"]: p for p in status["pools"]}[E1]
+    assert mode["mode"] == "off" and "INC-42" in mode["reason"]
+    entry = gw.audit()[-1]
+    assert entry["action"] == "pool rollback" and entry["pool"] == E1
+    assert entry["reason"] == "INC-42 relay outage" and entry["user"]
+    assert entry["changes"] == {E1: {"before": "enforce", "after": "off"}}
+    assert entry["command"][:4] == ["op25b-ctl", "pool", "rollback", E1]
+
+
+def test_override_expires_and_tick_restores_schedule(gw: Gw) -> None:
+    gw("apply", now="2011-02-01T09:00:00+09:00")
+    gw(
+        "pool", "monitor", W1, "--reason", "complaint", "--until", "2011-02-01T12:00+09:00",
+        now="2011-02-01T09:00:00+09:00",
+    )  # fmt: skip
+    assert gw.live_modes()[W1] == "monitor"
+    assert gw("rollout", "tick", now="2011-02-01T11:59:00+09:00")[1] == ""
+    code, out, _ = gw("rollout", "tick", now="2011-02-01T12:00:00+09:00")
+    assert code == 0 and f"{W1} monitor->enforce" in out and f"override on {W1} expired" in out
+    assert gw.state.overrides() == {}
+    assert gw.audit()[-1]["action"] == "rollout tick"
+
+
+def test_clear_returns_to_schedule(gw: Gw) -> None:
+    gw("pool", "enforce", E2, "--reason", "spam wave from pool 2")
+    assert gw.live_modes()[E2] == "enforce"
+    data = gw.json("pool", "clear", E2, "--reason", "wave over")
+    assert data["changes"] == {E2: {"before": "enforce", "after": "monitor"}}
+    assert gw.state.overrides() == {}
+    assert [e["action"] for e in gw.audit()] == ["pool enforce", "pool clear"]
+
+
+@pytest.mark.parametrize(
+    "argv,fragment",
+    [
+        (["pool", "enforce", "flets-north", "--reason", "x"], "unknown pool 'flets-north'"),
+        (["pool", "enforce", "static-biz", "--reason", "x"], "static pool"),
+        (["pool", "rollback", E1, "--reason", "x", "--until", "2011-01-31T18:00"], "no UTC offset"),
+        (["pool", "rollback", E1, "--reason", "x", "--until", "2001-01-01T00:00Z"], "not in the future"),
+        (["pool", "rollback", E1, "--reason", ""], "--reason"),
+    ],
+)  # fmt: skip
+def test_bad_override_changes_nothing(gw: Gw, argv: list[str], fragment: str) -> None:
+    gw("apply")
+    before = dict(gw.backend.tables)
+    code, _, err = gw(*argv)
+    assert code == 2 and fragment in err and "nothing changed" in err
+    assert gw.backend.tables == before
+    assert gw.state.overrides() == {}
+    assert [e["action"] for e in gw.audit()] == ["apply"]
+
+
+def test_bad_schedule_changes_nothing(gw: Gw, tmp_path: Path) -> None:
+    gw("apply")
+    before = dict(gw.backend.tables)
+    gw.policy = example_policy(tmp_path / "p")
+    edit(gw.policy / "rollout.yaml", "at: 2011-01-24T10:00:00+09:00", "at: 2011-01-24T10:00:00")
+    for argv in (["rollout", "tick"], ["pool", "rollback", E1, "--reason", "x"], ["apply"]):
+        code, _, err = gw(*argv)
+        assert code == 2 and "rollout.yaml:" in err and "no UTC offset" in err
+    assert gw.backend.tables == before
+
+
+def test_nft_refusal_restores_overrides(gw: Gw) -> None:
+    gw("apply")
+    gw.backend.fail_next = "simulated refusal"
+    code, _, err = gw("pool", "rollback", E1, "--reason", "x")
+    assert code == 1 and "simulated refusal" in err
+    assert gw.state.overrides() == {}
+    assert gw.live_modes()[E1] == "enforce"
+
+
+def test_lock_busy_exits_75(gw: Gw) -> None:
+    gw.state.path.mkdir(parents=True)
+    fd = os.open(gw.state.lock_file, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, b"pid 1: rollout tick\n")
+        code, _, err = gw("pool", "rollback", E1, "--reason", "x", "--lock-timeout", "0.2")
+    finally:
+        os.close(fd)
+    assert code == 75 and "holds" in err and "rollout tick" in err
+    assert gw.backend.tables == {}
+
+
+def test_atomic_write_leaves_old_file_on_crash(gw: Gw, monkeypatch: pytest.MonkeyPatch) -> None:
+    gw("pool", "rollback", E1, "--reason", "first")
+    before = gw.state.overrides_file.read_text()
+
+    def crash(src: str, dst: str) -> None:
+        raise OSError("simulated crash before rename")
+
+    monkeypatch.setattr(state_mod.os, "replace", crash)
+    code, _, err = gw("pool", "enforce", E2, "--reason", "second")
+    assert code == 1 and "simulated crash" in err
+    assert gw.state.overrides_file.read_text() == before
+    assert sorted(p.name for p in gw.state.path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_corrupt_state_is_a_clear_error(gw: Gw) -> None:
+    gw.state.path.mkdir(parents=True)
+    gw.state.overrides_file.write_text('{"format": 1, "overrides": {"x": {"pool": "x"}}}')
+    code, _, err = gw("rollout", "tick")
+    assert code == 1 and "overrides.json" in err and "malformed override" in err
+    assert gw.backend.tables == {}
+
+
+@pytest.mark.parametrize(
+    "address,to,verdict,fragment",
+    [
+        ("192.0.2.10", "203.0.113.99", "blocked", "rollout stage 'enforce-east-1'"),
+        ("192.0.2.10", "203.0.113.25", "passes", "relay 'smtp-relay'"),
+        ("192.0.2.49", None, "passes", "NMT-2011-0042"),
+        ("192.0.2.70", None, "passes", "monitor"),
+        ("192.0.2.130", None, "passes", "static pool"),
+        ("192.0.2.200", None, "passes", "not in any subscriber pool"),
+        ("2001:db8:1000:ff00::1", None, "blocked", "has expired"),
+    ],
+)
+def test_explain(gw: Gw, address: str, to: str | None, verdict: str, fragment: str) -> None:
+    gw("apply")
+    data = gw.json("explain", address, *(["--to", to] if to else []))
+    assert data["tcp25"] == verdict
+    assert any(fragment in w for w in data["why"]), data["why"]
+    assert data["live_agrees"] is True
+
+
+def test_explain_sees_live_drift_and_overrides(gw: Gw) -> None:
+    data = gw.json("explain", "192.0.2.10")
+    assert data["live_agrees"] is None and data["tcp25"] == "passes (table absent)"
+    gw("apply")
+    gw("pool", "rollback", E1, "--reason", "INC-9")
+    data = gw.json("explain", "192.0.2.10")
+    assert data["tcp25"] == "passes" and data["source"] == "override"
+    gw.state.save_overrides({})  # someone removed the state behind our back
+    data = gw.json("explain", "192.0.2.10")
+    assert data["tcp25"] == "blocked" and data["live_agrees"] is False
+    assert "pool_flets-east-dyn-1 differs" in " ".join(data["live"])
+
+
+def test_rollout_status_preview(gw: Gw) -> None:
+    code, out, _ = gw(
+        "rollout", "status", "--at", "2011-01-20T00:00+09:00", now="2010-12-01T00:00+09:00"
+    )
+    assert code == 0
+    assert "enforce-east-1       2011-01-17T10:00+09:00  enforce  due by then" in out
+    assert "next change: 2011-01-24T10:00+09:00" in out
+    assert f"{E1}         enforce" in out
+
+
+def test_audit_filters_by_pool(gw: Gw) -> None:
+    gw("apply", now="2011-02-01T09:00:00+09:00")
+    gw("pool", "rollback", E1, "--reason", "a", now="2011-02-01T09:00:00+09:00")
+    gw("pool", "monitor", W1, "--reason", "b", now="2011-02-01T09:30:00Z")
+    code, out, _ = gw("audit", "--pool", W1)
+    lines = out.splitlines()
+    # the first apply changed W1 too; the rollback of E1 did not
+    assert code == 0 and len(lines) == 2 and " apply  [" in lines[0]
+    assert lines[1].startswith("2011-02-01T18:30:00+09:00  ")  # shown in the policy's zone
+    assert "pool monitor flets-west-dyn-1  [flets-west-dyn-1 enforce->monitor]  reason: b" in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["pool", "rollback"],
+        ["pool", "clear"],
+        ["rollout", "tick"],
+        ["rollout", "status"],
+        ["audit"],
+        ["explain"],
+    ],
+)
+def test_new_commands_have_help(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--help"])
+    assert exc.value.code == 0
+    assert "--state-dir" in capsys.readouterr().out
