@@ -25,7 +25,9 @@ from op25b_ctl.model import Mode, Policy
 from op25b_ctl.overrides import Action, Override, OverrideError, check
 from op25b_ctl.ruleset import mode_of_rules, pool_chain
 from op25b_ctl.state import StateDir
-from op25b_ctl.transaction import Transaction
+from op25b_ctl.transaction import AddElements, DeleteElements, Transaction
+
+EXEMPT_SET_PREFIX = "exempt_"  # ruleset's exempt_v4 / exempt_v6
 
 
 @dataclass(frozen=True)
@@ -39,9 +41,33 @@ class Outcome:
     new_stages: list[str] = field(default_factory=list)
     expired: list[Override] = field(default_factory=list)
 
+    def exemptions_added(self) -> list[str]:
+        return [
+            k
+            for op in self.tx.ops
+            if isinstance(op, AddElements) and op.set.startswith(EXEMPT_SET_PREFIX)
+            for k in op.elements
+        ]
+
+    def exemptions_removed(self) -> list[str]:
+        return [
+            k
+            for op in self.tx.ops
+            if isinstance(op, DeleteElements) and op.set.startswith(EXEMPT_SET_PREFIX)
+            for k in op.keys
+        ]
+
     def summary(self) -> str:
         """The one-line log of what changed: `pool before->after, ...; N nft op(s)`."""
         parts = [f"{p} {b or 'absent'}->{a}" for p, (b, a) in self.changes.items()]
+        for verb, keys in (
+            ("added", self.exemptions_added()),
+            ("removed", self.exemptions_removed()),
+        ):
+            if len(keys) > 3:
+                parts.append(f"{len(keys)} exemptions {verb}")
+            else:
+                parts += [f"exemption {k} {verb}" for k in keys]
         parts += [f"stage {s} done" for s in self.new_stages]
         parts += [f"override on {o.pool} expired" for o in self.expired]
         if not parts and self.tx:

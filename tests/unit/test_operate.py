@@ -276,3 +276,14 @@ def test_new_commands_have_help(capsys: pytest.CaptureFixture[str], argv: list[s
         main([*argv, "--help"])
     assert exc.value.code == 0
     assert "--state-dir" in capsys.readouterr().out
+
+
+def test_tick_removes_expired_exemption(gw: Gw) -> None:
+    gw("rollout", "tick", now="2011-03-31T23:59:00+09:00")
+    table = gw.backend.tables[("inet", "op25b")]
+    assert "2001:db8:1000:ff00::/56" in table.sets["exempt_v6"].elements
+    code, out, _ = gw("rollout", "tick", now="2011-03-31T23:59:59+09:00")
+    assert code == 0 and "exemption 2001:db8:1000:ff00::/56 removed" in out
+    table = gw.backend.tables[("inet", "op25b")]
+    assert table.sets["exempt_v6"].elements == {}
+    assert table.sets["exempt_v4"].elements.keys() == {"192.0.2.48/30"}
