@@ -7,6 +7,7 @@ answers in `modes`/`desired`. Registered into `cli.build_parser` by `register`.
 from __future__ import annotations
 
 import argparse
+import shlex
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -234,7 +235,7 @@ def cmd_audit(ctx: Context) -> int:
             + (f" {e['pool']}" if e.get("pool") else "")
             + (f"  [{changes}]" if changes else "")
             + (f"  reason: {e['reason']}" if e.get("reason") else "")
-            + f"  ({' '.join(e.get('command') or [])})"
+            + f"  ({shlex.join(e.get('command') or [])})"
         )
     if not entries:
         text.append(f"no audit entries in {ctx.state.audit_file}")

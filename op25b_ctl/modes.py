@@ -69,7 +69,7 @@ def decide(
             out[name] = Decision("off", "static pool: never blocked", "static")
         elif name in active:
             o = active[name]
-            until = f" until {o.until.isoformat()}" if o.until else " (no expiry)"
+            until = f" until {local(policy, o.until)}" if o.until else " (no expiry)"
             out[name] = Decision(
                 o.mode,
                 f"override `pool {o.action}` by {o.user or '?'}{until}: {o.reason}",
