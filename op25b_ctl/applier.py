@@ -58,7 +58,16 @@ def apply(
     backend: Backend, desired: Table, *, dry_run: bool = False, trust_fingerprint: bool = False
 ) -> Transaction:
     """Make the live table equal to `desired`; an empty transaction means it already was."""
-    tx = plan(backend, desired, trust_fingerprint=trust_fingerprint)
+    live = read_live(backend, desired, trust_fingerprint=trust_fingerprint)
+    return apply_to(backend, live, desired, dry_run=dry_run)
+
+
+def apply_to(
+    backend: Backend, live: Table | None, desired: Table, *, dry_run: bool = False
+) -> Transaction:
+    """`apply` for a caller that has just read the live table itself (from `read_live`)."""
+    _ensure_ours(live)
+    tx = diff(live, desired)
     if tx:
         backend.check(tx)
         if not dry_run:

@@ -156,10 +156,10 @@ def cmd_plan(ctx: Context) -> int:
 def cmd_apply(ctx: Context) -> int:
     # overrides and due stages count (through desired.compute's path), and the change is
     # audited, so `apply` never silently undoes an engineer's `pool rollback`
-    ctx.policy()  # invalid policy: exit 2 before taking the lock
+    policy = ctx.policy()  # invalid policy: exit 2 before taking the lock
     with ctx.lock("apply"):
         out = operate.apply_all(
-            ctx.backend, ctx.args.policy, ctx.state, ctx.now, ctx.command, dry_run=ctx.args.dry_run
+            ctx.backend, policy, ctx.state, ctx.now, ctx.command, dry_run=ctx.args.dry_run
         )
     return _tx_report(ctx, out.tx, applied=out.applied, verb="apply")
 

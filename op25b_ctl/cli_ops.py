@@ -56,7 +56,7 @@ def cmd_pool(ctx: Context) -> int:
     with ctx.lock(f"pool {args.pool_action} {args.name}"):
         out = operate.set_override(
             ctx.backend,
-            args.policy,
+            policy,
             ctx.state,
             ctx.now,
             ctx.command,
@@ -88,12 +88,11 @@ def cmd_pool(ctx: Context) -> int:
 
 
 def cmd_tick(ctx: Context) -> int:
-    ctx.policy()
+    policy = ctx.policy()  # invalid policy: exit 2 before taking the lock
     with ctx.lock("rollout tick"):
         out = operate.tick(
-            ctx.backend, ctx.args.policy, ctx.state, ctx.now, ctx.command, dry_run=ctx.args.dry_run
+            ctx.backend, policy, ctx.state, ctx.now, ctx.command, dry_run=ctx.args.dry_run
         )
-    policy = out.desired.policy
     data = {"now": _when(policy, ctx.now), **_outcome_json(policy, out)}
     changed = bool(out.tx or out.expired or out.new_stages)
     line = f"op25b-ctl rollout tick {_when(policy, ctx.now)}: " + (

@@ -8,6 +8,7 @@ loader can point at the user's file and line.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -451,13 +452,18 @@ def _check_exemptions(
     found: list[Finding] = []
     f = "exemptions.yaml"
     items = []
+    # pool prefixes do not overlap (checked above), so the one that could hold an exemption
+    # is the last one starting at or before it: a bisect, not a scan of 100,000 prefixes
+    spans = sorted((n.version, n.first, n.last, n, path) for n, path in pool_items)
+    starts = [(v, first) for v, first, *_ in spans]
     for i, ex in enumerate(policy.exemptions):
         net = netaddr.IPNetwork(ex.prefix)
         items.append((net, ("exemptions", i, "prefix")))
+        k = bisect.bisect_right(starts, (net.version, net.first)) - 1
         owner = [
             (pnet, policy.pools[int(path[1])])
-            for pnet, path in pool_items
-            if pnet.version == net.version and pnet.first <= net.first and net.last <= pnet.last
+            for version, _, last, pnet, path in spans[max(k, 0) : k + 1]
+            if version == net.version and net.last <= last and pnet.first <= net.first
         ]
         if not owner:
             found.append(

@@ -1,6 +1,7 @@
 """Changing the gateway on an operator's or cron's behalf: overrides, ticks, bookkeeping.
 
-The sequences behind `pool enforce|monitor|rollback|clear`, `rollout tick` and `apply`:
+The policy is loaded once by the caller (at 100,000 prefixes loading dominates a command's
+time) and passed in. The sequences behind `pool enforce|monitor|rollback|clear`, `rollout tick` and `apply`:
 compute the desired state at `now` (through `desired.from_policy`, like every caller), apply
 it with the cheap fingerprint read (a one-pool change is one chain rewrite at any table size),
 then record what happened (state files, audit log). Callers hold the state lock around these.
@@ -15,16 +16,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 
 from op25b_ctl import applier, audit
 from op25b_ctl.backend import Backend
 from op25b_ctl.desired import Desired, from_policy
-from op25b_ctl.loader import load_policy
 from op25b_ctl.model import Mode, Policy
 from op25b_ctl.overrides import Action, Override, OverrideError, check
 from op25b_ctl.ruleset import mode_of_rules, pool_chain
 from op25b_ctl.state import StateDir
+from op25b_ctl.table import Table
 from op25b_ctl.transaction import AddElements, DeleteElements, Transaction
 
 EXEMPT_SET_PREFIX = "exempt_"  # ruleset's exempt_v4 / exempt_v6
@@ -59,7 +59,13 @@ class Outcome:
 
     def summary(self) -> str:
         """The one-line log of what changed: `pool before->after, ...; N nft op(s)`."""
-        parts = [f"{p} {b or 'absent'}->{a}" for p, (b, a) in self.changes.items()]
+        groups: dict[tuple[Mode | None, Mode], list[str]] = {}
+        for pool, change in self.changes.items():
+            groups.setdefault(change, []).append(pool)
+        parts = []
+        for (before, after), pools in groups.items():
+            names = ", ".join(pools[:5]) + (f" (+{len(pools) - 5} more)" if len(pools) > 5 else "")
+            parts.append(f"{names} {before or 'absent'}->{after}")
         for verb, keys in (
             ("added", self.exemptions_added()),
             ("removed", self.exemptions_removed()),
@@ -77,9 +83,8 @@ class Outcome:
         return f"{'; '.join(parts)} ({len(self.tx.ops)} nft op(s))"
 
 
-def live_modes(backend: Backend, policy: Policy) -> dict[str, Mode | None]:
+def live_modes(policy: Policy, live: Table | None) -> dict[str, Mode | None]:
     """Each dynamic pool's mode as the live chain says (None: table or chain absent/foreign)."""
-    live = backend.read("inet", policy.gateway.table, elements=False)
     out: dict[str, Mode | None] = {}
     for pool in policy.pools:
         if not pool.dynamic:
@@ -107,8 +112,10 @@ def converge(
 ) -> Outcome:
     """Make the gateway match the desired state at `now`; report pools whose mode changed."""
     want = from_policy(policy, now, overrides)
-    before = live_modes(backend, policy)
-    tx = applier.apply(backend, want.table, dry_run=dry_run, trust_fingerprint=True)
+    # one cheap read (netlink skeleton + elements fingerprint) serves the report and the diff
+    live = applier.read_live(backend, want.table, trust_fingerprint=True)
+    before = live_modes(policy, live)
+    tx = applier.apply_to(backend, live, want.table, dry_run=dry_run)
     changes: dict[str, tuple[Mode | None, Mode]] = {
         name: (before[name], d.mode)
         for name, d in want.decisions.items()
@@ -152,7 +159,7 @@ def _record(
 
 def tick(
     backend: Backend,
-    policy_dir: Path,
+    policy: Policy,
     state: StateDir,
     now: datetime,
     command: Sequence[str],
@@ -160,7 +167,6 @@ def tick(
     dry_run: bool = False,
 ) -> Outcome:
     """Apply whatever is due at `now`; prune expired overrides. Idempotent."""
-    policy = load_policy(policy_dir)
     overrides = state.overrides()
     active = {p: o for p, o in overrides.items() if o.active(now)}
     expired = [o for o in overrides.values() if not o.active(now)]
@@ -175,7 +181,7 @@ def tick(
 
 def apply_all(
     backend: Backend,
-    policy_dir: Path,
+    policy: Policy,
     state: StateDir,
     now: datetime,
     command: Sequence[str],
@@ -183,7 +189,6 @@ def apply_all(
     dry_run: bool = False,
 ) -> Outcome:
     """`op25b-ctl apply`: like a tick, but leaves expired overrides in the file for tick."""
-    policy = load_policy(policy_dir)
     out = converge(backend, policy, now, state.overrides().values(), dry_run=dry_run)
     if dry_run:
         return out
@@ -192,7 +197,7 @@ def apply_all(
 
 def set_override(
     backend: Backend,
-    policy_dir: Path,
+    policy: Policy,
     state: StateDir,
     now: datetime,
     command: Sequence[str],
@@ -204,7 +209,6 @@ def set_override(
     dry_run: bool = False,
 ) -> Outcome:
     """Set (action) or clear (action None) one pool's override and apply it at once."""
-    policy = load_policy(policy_dir)
     old = state.overrides()
     new = dict(old)
     if action is None:
