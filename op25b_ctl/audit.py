@@ -12,7 +12,7 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,8 @@ class Entry:
     def to_json(self) -> dict[str, Any]:
         return {
             "at": self.at.isoformat(),
+            # the wall clock, which differs from `at` only when --now was given
+            "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "user": self.user,
             "command": list(self.command),
             "action": self.action,

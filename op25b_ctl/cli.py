@@ -115,6 +115,8 @@ def cmd_validate(ctx: Context) -> int:
         "action": policy.gateway.action,
         "pools": pools,
         "relays": [r.name for r in policy.relays],
+        "stages": [s.name for s in policy.stages],
+        "exemptions": len(policy.exemptions),
     }
     n_prefixes = sum(len(p.prefixes) for p in policy.pools)
     ctx.emit(
@@ -122,7 +124,8 @@ def cmd_validate(ctx: Context) -> int:
         [
             f"policy OK: {len(policy.pools)} pools ({n_prefixes} prefixes), "
             f"{len(policy.relays)} relays, table {FAMILY} {policy.gateway.table}, "
-            f"action {policy.gateway.action}"
+            f"action {policy.gateway.action}, {len(policy.stages)} rollout stages, "
+            f"{len(policy.exemptions)} exemptions"
         ],
     )
     return EXIT_OK
