@@ -109,12 +109,12 @@ def _stage_state(
 ) -> str:
     if at is None:
         return "tbd"
+    if at > when:  # also when a stage already applied was moved later ("date adjusted")
+        delta = at - when
+        return f"in {delta.days}d {delta.seconds // 3600}h"
     if name in done:
         return "done"
-    if at <= when:
-        return "due" if at <= now else "due by then"
-    delta = at - when
-    return f"in {delta.days}d {delta.seconds // 3600}h"
+    return "due" if at <= now else "due by then"
 
 
 def cmd_rollout_status(ctx: Context) -> int:

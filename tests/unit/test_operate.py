@@ -287,3 +287,17 @@ def test_tick_removes_expired_exemption(gw: Gw) -> None:
     table = gw.backend.tables[("inet", "op25b")]
     assert table.sets["exempt_v6"].elements == {}
     assert table.sets["exempt_v4"].elements.keys() == {"192.0.2.48/30"}
+
+
+def test_moved_stage_date_is_scheduled_again(gw: Gw, tmp_path: Path) -> None:
+    gw.policy = example_policy(tmp_path / "p")
+    gw("rollout", "tick", now="2011-01-25T00:00:00+09:00")
+    assert gw.live_modes()[W1] == "enforce"
+    # the date is "adjusted": West moves to February; the next tick takes the pool back
+    edit(
+        gw.policy / "rollout.yaml", "at: 2011-01-24T10:00:00+09:00", "at: 2011-02-07T10:00:00+09:00"
+    )
+    code, out, _ = gw("rollout", "tick", now="2011-01-25T00:01:00+09:00")
+    assert code == 0 and f"{W1} enforce->monitor" in out
+    status = gw.json("rollout", "status", now="2011-01-25T00:01:00+09:00")
+    assert [s["state"] for s in status["stages"]] == ["done", "done", "in 13d 9h", "tbd"]
