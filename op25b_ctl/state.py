@@ -3,7 +3,9 @@
     <state-dir>/overrides.json   active operator overrides, one per pool
     <state-dir>/rollout.json     which stages have been applied, and when (for the calendar)
     <state-dir>/audit.jsonl      append-only audit log (see `audit`)
-    <state-dir>/lock             flock(2) lock: one changing command at a time
+    <state-dir>/.lock            flock(2) lock: one changing command at a time (a dot file,
+                                 so watchers of the directory, like the daemon's input
+                                 fingerprint, do not take every lock for a state change)
 
 Every file is replaced atomically (temp file in the same directory, fsync, rename, fsync of
 the directory), so a crash leaves either the old or the new file, never half of one. Readers
@@ -77,7 +79,7 @@ class StateDir:
 
     @property
     def lock_file(self) -> Path:
-        return self.path / "lock"
+        return self.path / ".lock"
 
     def _read_json(self, path: Path) -> dict[str, Any]:
         try:
