@@ -88,11 +88,23 @@ def cmd_pool(ctx: Context) -> int:
 
 
 def cmd_tick(ctx: Context) -> int:
+    generation = _generation_reader(ctx)
+    digest = operate.inputs_digest(ctx.args.policy, ctx.state)  # before the policy is read
+    if generation is not None and not ctx.args.dry_run:
+        with ctx.lock("rollout tick (idle check)"):
+            idle = operate.tick_is_idle(ctx.state, digest, ctx.now, generation())
+        if idle:
+            data = {"now": ctx.now.isoformat(), "applied": False, "ops": 0, "idle": True}
+            ctx.emit(data, ["op25b-ctl rollout tick: idle"] if ctx.args.verbose else [])
+            return EXIT_OK
     policy = ctx.policy()  # invalid policy: exit 2 before taking the lock
     with ctx.lock("rollout tick"):
+        before = generation() if generation is not None else 0
         out = operate.tick(
             ctx.backend, policy, ctx.state, ctx.now, ctx.command, dry_run=ctx.args.dry_run
         )
+        if generation is not None and not ctx.args.dry_run:
+            operate.remember_tick(ctx.state, digest, ctx.now, out, before, generation())
     data = {"now": _when(policy, ctx.now), **_outcome_json(policy, out)}
     changed = bool(out.tx or out.expired or out.new_stages)
     line = f"op25b-ctl rollout tick {_when(policy, ctx.now)}: " + (
@@ -102,6 +114,17 @@ def cmd_tick(ctx: Context) -> int:
     text = [line + out.summary()] if changed or ctx.args.verbose else []
     ctx.emit(data, text)
     return EXIT_OK
+
+
+def _generation_reader(ctx: Context) -> Callable[[], int] | None:
+    """The kernel's ruleset generation for the real backend; None (always a full tick) else."""
+    from op25b_ctl.backend import NftBackend
+
+    if not isinstance(ctx.backend, NftBackend):
+        return None
+    from op25b_ctl import netlink
+
+    return netlink.ruleset_generation
 
 
 def _stage_state(

@@ -13,9 +13,11 @@ change, the previous overrides file is put back and nothing is left half done.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 from op25b_ctl import applier, audit
 from op25b_ctl.backend import Backend
@@ -177,6 +179,61 @@ def tick(
     if expired:
         state.save_overrides(active)
     return _record(state, out, now, action="rollout tick", command=command)
+
+
+def inputs_digest(policy_dir: Path, state: StateDir) -> str:
+    """sha256 over the policy files and the overrides: what a tick's answer depends on
+    besides the time and the live table (milliseconds even for a 100,000-prefix policy)."""
+    h = hashlib.sha256()
+    for path in [*sorted(Path(policy_dir).glob("*.y*ml")), state.overrides_file]:
+        h.update(path.name.encode() + b"\0")
+        try:
+            h.update(path.read_bytes())
+        except OSError:
+            h.update(b"\0absent")
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def tick_is_idle(state: StateDir, digest: str, now: datetime, generation: int) -> bool:
+    """True if a full tick now would change nothing, judged without loading the policy.
+
+    Same policy and overrides as the last full tick, nothing due since (now is between that
+    tick and the next change it computed), and no commit to any nftables table since (the
+    kernel's ruleset generation): then the desired table and the live one are both as that
+    tick left them, equal. Anything else, including a clock that went backwards, means the
+    full tick runs.
+    """
+    rec = state.tick_cache()
+    try:
+        at = datetime.fromisoformat(rec["at"])
+        nxt = datetime.fromisoformat(rec["next_change"]) if rec.get("next_change") else None
+        return bool(
+            rec["inputs"] == digest
+            and rec["generation"] == generation
+            and at <= now
+            and (nxt is None or now < nxt)
+        )
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def remember_tick(
+    state: StateDir, digest: str, now: datetime, out: Outcome, before: int, after: int
+) -> None:
+    """Record the tick for `tick_is_idle`, unless another commit slipped in around ours."""
+    if after - before > (1 if out.applied else 0):
+        state.forget_tick_cache()
+        return
+    nxt = out.desired.next_change
+    state.save_tick_cache(
+        {
+            "inputs": digest,
+            "at": now.isoformat(),
+            "next_change": nxt.isoformat() if nxt else None,
+            "generation": after,
+        }
+    )
 
 
 def apply_all(

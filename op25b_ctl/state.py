@@ -3,6 +3,8 @@
     <state-dir>/overrides.json   active operator overrides, one per pool
     <state-dir>/rollout.json     which stages have been applied, and when (for the calendar)
     <state-dir>/audit.jsonl      append-only audit log (see `audit`)
+    <state-dir>/.tick.json       cache: what the last full tick saw (lets an idle tick skip
+                                 loading a 100,000-prefix policy); safe to delete
     <state-dir>/.lock            flock(2) lock: one changing command at a time (a dot file,
                                  so watchers of the directory, like the daemon's input
                                  fingerprint, do not take every lock for a state change)
@@ -141,6 +143,26 @@ class StateDir:
             known.update(dict.fromkeys(new, when.isoformat()))
             self._write_json(self.rollout_file, {"applied_stages": known})
         return new
+
+    # ------------------------------------------------------------------ tick cache
+
+    @property
+    def tick_cache_file(self) -> Path:
+        return self.path / ".tick.json"
+
+    def tick_cache(self) -> dict[str, Any]:
+        """The last full tick's inputs digest, time, next change and ruleset generation."""
+        try:
+            return self._read_json(self.tick_cache_file)
+        except StateError:
+            return {}  # a cache: unreadable means "do the full tick"
+
+    def save_tick_cache(self, record: dict[str, Any]) -> None:
+        self._write_json(self.tick_cache_file, record)
+
+    def forget_tick_cache(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.tick_cache_file.unlink()
 
     # ------------------------------------------------------------------ lock
 

@@ -71,8 +71,10 @@ def test_tick_at_enforcement_date_starts_blocking(served: Lab, tmp_path: Path) -
     assert "settings-change done" in out and len(out.splitlines()) == 1
     a4, a6, b4 = (DYN_A.v4, FOREIGN_MX.v4), (DYN_A.v6, FOREIGN_MX.v6), (DYN_B.v4, FOREIGN_MX.v4)
     assert outcomes(served, a4, a6, b4) == ["connected"] * 3  # monitor: counted, not blocked
-    # the same minute again: nothing due, nothing printed (cron sends no mail)
+    # the same minute again: nothing due, nothing printed (cron sends no mail), and the
+    # policy is not even loaded: inputs, time window and ruleset generation are unchanged
     assert gw.run("rollout", "tick", "--now", BEFORE_E1).stdout == ""
+    assert gw.json("rollout", "tick", "--now", BEFORE_E1)["idle"] is True
 
     out = gw.run("rollout", "tick", "--now", AT_E1).stdout
     assert f"{E1} monitor->enforce" in out and "stage enforce-east-1 done" in out
@@ -184,3 +186,15 @@ def test_bad_schedule_or_override_leaves_live_ruleset_unchanged(
     assert "rollout.yaml:" in bad.stderr and "unknown pool 'flets-wets-dyn-1'" in bad.stderr
     assert gw.ruleset() == before
     assert outcomes(served, (DYN_W.v4, FOREIGN_MX.v4)) == ["refused"]
+
+
+def test_tick_repairs_a_tampered_pool_chain(served: Lab, tmp_path: Path) -> None:
+    gw = Gw(served, tmp_path)
+    gw.run("rollout", "tick", "--now", NOW_2026)
+    assert gw.json("rollout", "tick", "--now", NOW_2026)["idle"] is True
+    served.run(served.ns_gw, ["nft", "flush", "chain", "inet", "op25b", f"pool_{E1}"])
+    assert outcomes(served, (DYN_A.v4, FOREIGN_MX.v4)) == ["connected"]
+    # the ruleset generation moved: the tick does the full comparison and repairs the chain
+    out = gw.run("rollout", "tick", "--now", NOW_2026).stdout
+    assert f"{E1} off->enforce" in out
+    assert outcomes(served, (DYN_A.v4, FOREIGN_MX.v4)) == ["refused"]

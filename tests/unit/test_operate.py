@@ -302,3 +302,37 @@ def test_moved_stage_date_is_scheduled_again(gw: Gw, tmp_path: Path) -> None:
     assert code == 0 and f"{W1} enforce->monitor" in out
     status = gw.json("rollout", "status", now="2011-01-25T00:01:00+09:00")
     assert [s["state"] for s in status["stages"]] == ["done", "done", "in 13d 9h", "tbd"]
+
+
+def test_idle_tick_cache(tmp_path: Path) -> None:
+    from datetime import datetime
+
+    from op25b_ctl import operate
+    from op25b_ctl.desired import from_policy
+    from op25b_ctl.loader import load_policy
+    from op25b_ctl.transaction import Transaction
+
+    state = StateDir(tmp_path / "state")
+    policy_dir = example_policy(tmp_path / "p")
+    now = datetime.fromisoformat("2011-01-17T09:00:00+09:00")
+    digest = operate.inputs_digest(policy_dir, state)
+    assert not operate.tick_is_idle(state, digest, now, 7)  # no cache yet
+    want = from_policy(load_policy(policy_dir), now)
+    applied = operate.Outcome(want, Transaction("inet", "op25b", ()), {}, applied=True)
+    operate.remember_tick(state, digest, now, applied, before=6, after=7)
+    assert operate.tick_is_idle(state, digest, now, 7)
+    later = datetime.fromisoformat("2011-01-17T09:59:59+09:00")
+    assert operate.tick_is_idle(state, digest, later, 7)
+    # the stage at 10:00 is due; the ruleset changed; the clock went back; the inputs changed
+    assert not operate.tick_is_idle(state, digest, datetime.fromisoformat(ENFORCE_E1), 7)
+    assert not operate.tick_is_idle(state, digest, later, 8)
+    assert not operate.tick_is_idle(
+        state, digest, datetime.fromisoformat("2011-01-17T08:00:00+09:00"), 7
+    )
+    state.save_overrides({})
+    assert operate.inputs_digest(policy_dir, state) != digest
+    edit(policy_dir / "exemptions.yaml", "NMT-2011-0042", "NMT-2011-0044")
+    assert operate.inputs_digest(policy_dir, StateDir(tmp_path / "other")) != digest
+    # someone else committed around our apply: no cache, the next tick does the full work
+    operate.remember_tick(state, digest, now, applied, before=6, after=8)
+    assert not state.tick_cache_file.exists()
