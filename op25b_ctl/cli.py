@@ -96,7 +96,11 @@ def _desired(ctx: Context, policy: Policy) -> tuple[Table, dict[str, Decision]]:
 
 def cmd_validate(ctx: Context) -> int:
     policy = ctx.policy()
-    decisions = decide(policy, ctx.now, ctx.state.overrides().values())
+    try:
+        overrides = list(ctx.state.overrides().values())
+    except StateError:  # validating the files needs no (readable) state directory
+        overrides = []
+    decisions = decide(policy, ctx.now, overrides)
     pools: list[dict[str, Any]] = []
     for pool in policy.pools:
         v4, v6 = split_families(pool.prefixes)

@@ -198,6 +198,8 @@ def cmd_rollout_status(ctx: Context) -> int:
     text.append("overrides:" + ("" if overrides else " none"))
     for o in overrides.values():
         state = "active" if o.active(when) else "EXPIRED (next tick removes it)"
+        if o.pool not in want.decisions or want.decisions[o.pool].source == "static":
+            state = "IGNORED: no such dynamic pool in the policy (pool clear removes it)"
         until = _when(policy, o.until) if o.until else "no expiry"
         text.append(f"  {o.pool:<24} {o.action:<8} {state}, until {until}, by {o.user}: {o.reason}")
     text.append("exemptions:" + ("" if policy.exemptions else " none"))
