@@ -216,3 +216,21 @@ def test_refused_transaction_leaves_everything_as_it_was(gateway: Lab) -> None:
     assert cp.returncode == 0, cp.stderr
     assert "refused:" in cp.stdout and "overlap" in cp.stdout
     assert ruleset(lab) == before  # the flush in the same batch did not happen either
+
+
+@pytest.mark.parametrize(
+    ("interfaces", "expected"), [("[sub0]", Outcome.REFUSED), ("[ppp9]", Outcome.CONNECTED)]
+)
+def test_subscriber_interfaces_limit_where_we_enforce(
+    gateway: Lab, tmp_path: Path, interfaces: str, expected: Outcome
+) -> None:
+    lab = gateway
+    policy = example_policy(tmp_path)
+    edit(
+        policy / "gateway.yaml",
+        "  # subscriber_interfaces: [ppp0, ppp1]",
+        f"  subscriber_interfaces: {interfaces}",
+    )
+    assert ctl(lab, "apply", "--policy", str(policy)).returncode == 0
+    target = (DYN_A.v4, FOREIGN_MX.v4, 25)
+    assert outcomes(lab, [target])[target] == expected
