@@ -1,8 +1,9 @@
 """`op25b-ctl`: a thin shell over the library; every command also speaks JSON for scripts.
 
 Exit status: 0 success (for `plan`, whether or not changes are pending), 1 nftables or
-runtime failure (live ruleset unchanged), 2 invalid policy or usage (nothing applied),
-75 (EX_TEMPFAIL) another op25b-ctl command held the state lock (nothing changed; retry).
+runtime failure (live ruleset unchanged), 2 invalid policy, usage, or a foreign table under
+our name (nothing applied), 75 (EX_TEMPFAIL) another op25b-ctl command held the state lock
+(nothing changed; retry).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from op25b_ctl.ruleset import (
 )
 from op25b_ctl.state import DEFAULT_STATE_DIR, LockBusy, StateDir, StateError
 from op25b_ctl.table import RULE_TAG, Table
+from op25b_ctl.transaction import Transaction
 
 DEFAULT_POLICY = "/etc/op25b"
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
@@ -135,9 +137,9 @@ def cmd_validate(ctx: Context) -> int:
     return EXIT_OK
 
 
-def _tx_report(ctx: Context, tx: Any, *, applied: bool, verb: str) -> int:
+def _tx_report(ctx: Context, tx: Transaction, *, applied: bool, verb: str) -> int:
     lines = describe(tx)
-    data = {"changes": len(tx.ops), "applied": applied, "diff": lines}
+    data: dict[str, Any] = {"changes": len(tx.ops), "applied": applied, "diff": lines}
     if ctx.args.script:
         data["script"] = render(tx)
     text = (
@@ -318,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="op25b-ctl",
         description="Outbound Port 25 Blocking controller: policy files -> nftables.",
         epilog="Exit status: 0 ok, 1 nftables/runtime failure (nothing changed), "
-        "2 invalid policy or usage (nothing applied), 75 state lock busy (retry).",
+        "2 invalid policy, usage or a foreign table under our name (nothing applied), "
+        "75 state lock busy (retry).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

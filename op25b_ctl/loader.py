@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from op25b_ctl.errors import PolicyError, Problem
 from op25b_ctl.model import (
+    PATTERN_HELP,
     ExemptionsFile,
     GatewayFile,
     Policy,
@@ -109,9 +110,14 @@ class _Doc:
                         f"{msg} (YAML read a bare on/off/yes/no as the boolean "
                         f'{str(err["input"]).lower()}: quote it, e.g. "off")'
                     )
-                elif err["type"] != "missing" and not isinstance(err.get("input"), dict | list):
-                    got = repr(err.get("input"))
-                    msg = f"{msg} (got {got[:60]})" if "got" not in msg and "'" not in msg else msg
+                elif err["type"] == "string_pattern_mismatch":
+                    pattern = str((err.get("ctx") or {}).get("pattern", ""))
+                    msg = PATTERN_HELP.get(pattern, msg)
+                    msg = f"{err['input']!r:.60}: {msg}"
+                elif err["type"] != "value_error" and isinstance(
+                    err.get("input"), str | int | bool
+                ):
+                    msg = f"{msg} (got {err['input']!r:.60})"  # value errors already quote it
                 self.problems.append(Problem(self.name, format_path(path), msg, self.line(path)))
             return None
 

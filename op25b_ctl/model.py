@@ -34,9 +34,18 @@ Action = Literal["drop", "reject"]
 
 # Names end up inside nftables identifiers (chains, counters), which nft 1.0.6 does not
 # accept quoted: keep them to a safe alphabet, and short enough for a readable `nft list`.
-Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,39}$")]
-TableName = Annotated[str, StringConstraints(pattern=r"^op25b[a-z0-9_]{0,26}$")]
-InterfaceName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.@:+-]{1,15}$")]
+NAME_RE = r"^[a-z][a-z0-9-]{0,39}$"
+TABLE_RE = r"^op25b[a-z0-9_]{0,26}$"
+INTERFACE_RE = r"^[A-Za-z0-9_.@:+-]{1,15}$"
+Name = Annotated[str, StringConstraints(pattern=NAME_RE)]
+TableName = Annotated[str, StringConstraints(pattern=TABLE_RE)]
+InterfaceName = Annotated[str, StringConstraints(pattern=INTERFACE_RE)]
+# What each pattern means, for error messages people can act on.
+PATTERN_HELP = {
+    NAME_RE: "use lowercase letters, digits and '-', starting with a letter, at most 40",
+    TABLE_RE: "must start with 'op25b', then lowercase letters, digits or '_' (max 31)",
+    INTERFACE_RE: "not a Linux interface name (1-15 characters, no spaces or '/')",
+}
 
 # A pool broader than this is almost certainly a typo (0.0.0.0/0 would block everyone).
 MIN_POOL_PREFIXLEN = {4: 8, 6: 16}
