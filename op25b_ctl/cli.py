@@ -34,11 +34,12 @@ from op25b_ctl.ruleset import (
     monitored_counter,
     pool_chain,
 )
-from op25b_ctl.state import DEFAULT_STATE_DIR, LockBusy, StateDir, StateError
+from op25b_ctl.state import LockBusy, StateDir, StateError
 from op25b_ctl.table import RULE_TAG, Table
 from op25b_ctl.transaction import Transaction
 
 DEFAULT_POLICY = "/etc/op25b"
+DEFAULT_STATE_DIR = "/var/lib/op25b"
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 EXIT_BUSY = 75  # EX_TEMPFAIL: the state lock was held; cron's next run will retry
 
