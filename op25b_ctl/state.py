@@ -94,6 +94,8 @@ class StateDir:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise StateError(f"{path}: not valid JSON ({exc}); fix or remove it") from None
+        if data == {}:
+            return {}  # a hand-made empty object means "nothing recorded"
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise StateError(f"{path}: not an op25b-ctl state file (format {FORMAT} expected)")
         return data

@@ -336,3 +336,12 @@ def test_idle_tick_cache(tmp_path: Path) -> None:
     # someone else committed around our apply: no cache, the next tick does the full work
     operate.remember_tick(state, digest, now, applied, before=6, after=8)
     assert not state.tick_cache_file.exists()
+
+
+def test_empty_state_object_means_no_overrides(gw: Gw) -> None:
+    gw.state.path.mkdir(parents=True)
+    gw.state.overrides_file.write_text("{}")
+    assert gw.state.overrides() == {}
+    gw.state.overrides_file.write_text('{"overrides": {}}')
+    with pytest.raises(state_mod.StateError, match="format 1 expected"):
+        gw.state.overrides()
