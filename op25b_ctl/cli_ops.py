@@ -127,6 +127,15 @@ def _generation_reader(ctx: Context) -> Callable[[], int] | None:
     return netlink.ruleset_generation
 
 
+def _live_modes_or_none(ctx: Context, policy: Policy) -> dict[str, Any] | None:
+    """The gateway's pool modes, or None where it cannot be read (no root, no nftables)."""
+    try:
+        live = ctx.backend.read(FAMILY, policy.gateway.table, elements=False)
+    except (Op25bError, OSError, ImportError):
+        return None
+    return operate.live_modes(policy, live) if live is not None else None
+
+
 def _stage_state(
     at: datetime | None, name: str, when: datetime, done: dict[str, str], now: datetime
 ) -> str:
@@ -146,6 +155,20 @@ def cmd_rollout_status(ctx: Context) -> int:
     overrides = ctx.state.overrides()
     done = ctx.state.applied_stages()
     want = from_policy(policy, when, overrides.values())
+    if not ctx.args.at:
+        # a stage applied by someone who keeps no record (the daemon, a plain apply elsewhere)
+        # is done too when the gateway holds, for all its pools, the modes wanted now
+        live = _live_modes_or_none(ctx, policy)
+        if live is not None:
+            for s in policy.stages:
+                at = s.scheduled
+                if (
+                    at is not None
+                    and at <= when
+                    and s.name not in done
+                    and all(live.get(p) == want.decisions[p].mode for p in policy.stage_pools(s))
+                ):
+                    done[s.name] = "seen on the gateway"
     stages: list[dict[str, Any]] = [
         {
             "name": s.name,

@@ -345,3 +345,23 @@ def test_empty_state_object_means_no_overrides(gw: Gw) -> None:
     gw.state.overrides_file.write_text('{"overrides": {}}')
     with pytest.raises(state_mod.StateError, match="format 1 expected"):
         gw.state.overrides()
+
+
+def test_stage_applied_without_record_shows_done(gw: Gw) -> None:
+    from datetime import datetime
+
+    from op25b_ctl import applier
+    from op25b_ctl.desired import from_policy
+    from op25b_ctl.loader import load_policy
+
+    now = "2011-01-20T00:00:00+09:00"
+    # applied by something that keeps no record (e.g. the daemon)
+    want = from_policy(load_policy(EXAMPLE), datetime.fromisoformat(now))
+    applier.apply(gw.backend, want.table)
+    status = gw.json("rollout", "status", now=now)
+    assert [s["state"] for s in status["stages"]] == ["done", "done", "in 4d 10h", "tbd"]
+    assert status["stages"][1]["applied_at"] == "seen on the gateway"
+    # an engineer's override does not make the stage look undone
+    gw("pool", "rollback", E1, "--reason", "x", now=now)
+    status = gw.json("rollout", "status", now="2011-01-20T00:01:00+09:00")
+    assert status["stages"][1]["state"] == "done"
