@@ -392,6 +392,9 @@ def main(argv: Sequence[str] | None = None, backend: Backend | None = None) -> i
     except PermissionError as exc:
         print(f"op25b-ctl: {exc} (nftables needs root or CAP_NET_ADMIN)", file=sys.stderr)
         return EXIT_FAILED
+    except BrokenPipeError:  # `op25b-ctl status | head`: the reader left, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":
