@@ -44,11 +44,13 @@ from op25b_ctl.errors import BackendError, Op25bError
 
 __all__ = [
     "ChainInfo",
+    "CounterObject",
     "CounterValue",
     "RuleInfo",
     "SetInfo",
     "TableNotFound",
     "TableSkeleton",
+    "read_counter_objects",
     "read_counters",
     "read_skeleton",
     "ruleset_generation",
@@ -76,6 +78,16 @@ class TableNotFound(Op25bError):
 class CounterValue:
     packets: int
     bytes: int
+
+
+@dataclass(frozen=True)
+class CounterObject:
+    """A named counter with its reference count: `refs > 0` means some rule counts into it,
+    which tells a pool's live mode (its blocked_/monitored_ counter in use) at no extra cost."""
+
+    packets: int
+    bytes: int
+    refs: int
 
 
 @dataclass(frozen=True)
@@ -195,8 +207,17 @@ _POLICY = {
 def read_counters(table: str, family: str = "inet") -> dict[str, CounterValue]:
     """Named counter objects of one table (NFT_MSG_GETOBJ dump, filtered to that table and type
     counter). {} if the table has none; raise TableNotFound if the table does not exist."""
+    return {
+        name: CounterValue(obj.packets, obj.bytes)
+        for name, obj in read_counter_objects(table, family).items()
+    }
+
+
+def read_counter_objects(table: str, family: str = "inet") -> dict[str, CounterObject]:
+    """Like `read_counters`, with each counter's reference count (NFTA_OBJ_USE), from the same
+    single dump."""
     with _socket(family) as sock:
-        counters = _counters(sock, table)
+        counters = _counter_objects(sock, table)
         if not counters and not _table_exists(sock, table):
             raise TableNotFound(f"table {family} {table} does not exist")
     return counters
@@ -265,21 +286,22 @@ def _table_exists(sock: Any, table: str) -> bool:
     return True
 
 
-def _counters(sock: Any, table: str) -> dict[str, CounterValue]:
+def _counter_objects(sock: Any, table: str) -> dict[str, CounterObject]:
     # The kernel filters object dumps by table and type; we check again (cheap, and robust).
     objs = _dump(
         sock, nft_obj_msg, NFT_MSG_GETOBJ, NFTA_OBJ_TABLE=table, NFTA_OBJ_TYPE=NFT_OBJECT_COUNTER
     )
-    counters: dict[str, CounterValue] = {}
+    counters: dict[str, CounterObject] = {}
     for obj in objs:
         if obj.get_attr("NFTA_OBJ_TABLE") != table:
             continue
         if obj.get_attr("NFTA_OBJ_TYPE") != NFT_OBJECT_COUNTER:
             continue
         data = obj.get_attr("NFTA_OBJ_DATA")
-        counters[str(obj.get_attr("NFTA_OBJ_NAME"))] = CounterValue(
+        counters[str(obj.get_attr("NFTA_OBJ_NAME"))] = CounterObject(
             packets=int(data.get_attr("NFTA_COUNTER_PACKETS") or 0),
             bytes=int(data.get_attr("NFTA_COUNTER_BYTES") or 0),
+            refs=int(obj.get_attr("NFTA_OBJ_USE") or 0),
         )
     return counters
 
@@ -316,7 +338,10 @@ def _skeleton(sock: Any, table: str) -> TableSkeleton | None:
             name = str(s.get_attr("NFTA_SET_NAME"))
             sets.append(SetInfo(name=name, flags=flags, is_map=_is_map(flags)))
     return TableSkeleton(
-        chains=chains, rules=rules, sets=tuple(sets), counters=frozenset(_counters(sock, table))
+        chains=chains,
+        rules=rules,
+        sets=tuple(sets),
+        counters=frozenset(_counter_objects(sock, table)),
     )
 
 
