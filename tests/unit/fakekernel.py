@@ -1,0 +1,63 @@
+"""A MemoryBackend with what the daemon also needs from a kernel: a ruleset generation that
+every commit bumps, hand edits from "someone else", and named counters with reference counts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from op25b_ctl.backend import MemoryBackend
+from op25b_ctl.netlink import TableNotFound
+from op25b_ctl.table import Table
+from op25b_ctl.transaction import Transaction
+
+
+@dataclass(frozen=True)
+class Counter:
+    packets: int
+    bytes: int
+    refs: int
+
+
+class FakeKernel(MemoryBackend):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gen = 1
+        self.values: dict[str, tuple[int, int]] = {}  # counter name -> (packets, bytes)
+
+    def generation(self) -> int:
+        return self.gen
+
+    def apply(self, tx: Transaction) -> None:
+        super().apply(tx)
+        self.gen += 1
+
+    # -- someone else at the nft prompt
+
+    def edit(self, family: str, name: str, table: Table | None) -> None:
+        """Replace (or with None delete) a table behind the controller's back: one commit."""
+        if table is None:
+            self.tables.pop((family, name), None)
+        else:
+            self.tables[(family, name)] = table
+        self.gen += 1
+
+    def flush_chains(self, family: str, name: str) -> None:
+        t = self.tables[(family, name)]
+        self.edit(
+            family, name, replace(t, chains={n: replace(c, rules=()) for n, c in t.chains.items()})
+        )
+
+    # -- netlink.read_counter_objects stand-in
+
+    def read_counters(self, table: str) -> dict[str, Counter]:
+        t = self.tables.get(("inet", table))
+        if t is None:
+            raise TableNotFound(f"table inet {table} does not exist")
+        texts = [r.text or "" for c in t.chains.values() for r in c.rules]
+        return {
+            n: Counter(
+                *self.values.get(n, (0, 0)),
+                refs=sum(f"counter name {n} " in f"{text} " for text in texts),
+            )
+            for n in t.counters
+        }
