@@ -85,7 +85,7 @@ def test_commit_to_another_table_costs_one_skeleton_read(
 
 
 @pytest.mark.parametrize("tamper", ["delete", "flush", "edit-rule"])
-def test_drift_is_repaired_with_a_full_read_and_counted(
+def test_drift_is_repaired_at_once_then_every_element_verified(
     rec: Reconciler, kernel: FakeKernel, tamper: str
 ) -> None:
     rec.run_once()
@@ -102,10 +102,13 @@ def test_drift_is_repaired_with_a_full_read_and_counted(
     result = rec.run_once()
 
     assert result.ok and result.changed and result.drift_repaired
-    assert result.read == "full" and True in kernel.reads  # elements looked at too
+    assert result.read == "skeleton"  # cheap: the rules are back within one pass
     assert not result.desired_changed
     assert kernel.tables[KEY].chains == good.chains
     assert kernel.tables[KEY].sets == good.sets
+    kernel.reads.clear()
+    verify = rec.run_once()  # whoever did it may have touched elements: read them all
+    assert verify.read == "full" and kernel.reads == [True] and not verify.changed
     assert rec.run_once().read == "fast"
 
 
@@ -191,13 +194,17 @@ def test_full_verify_every_interval_and_on_request(
     assert rec.run_once().read == "full"
 
 
-def test_backend_failure_is_reported_and_retried(rec: Reconciler, kernel: FakeKernel) -> None:
+def test_backend_failure_is_reported_and_retried_with_a_full_read(
+    rec: Reconciler, kernel: FakeKernel
+) -> None:
+    rec.run_once()
+    kernel.edit(*KEY, None)
     kernel.fail_next = "Error: simulated"
     failed = rec.run_once()
     assert failed.error == "Error: simulated" and not failed.changed
     assert not rec.in_sync
     retried = rec.run_once()
-    assert retried.ok and retried.changed and rec.in_sync
+    assert retried.ok and retried.changed and rec.in_sync and retried.read == "full"
 
 
 def test_without_a_generation_reader_every_pass_reads_the_skeleton(
