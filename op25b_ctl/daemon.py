@@ -26,6 +26,7 @@ from op25b_ctl.metrics import Metrics
 from op25b_ctl.reconcile import Reconciler, ReconcileResult
 from op25b_ctl.render import describe
 from op25b_ctl.sdnotify import Notifier
+from op25b_ctl.transaction import AddTable
 
 log = logging.getLogger("op25b_ctl.daemon")
 
@@ -182,6 +183,12 @@ class Daemon:
             result.tx.spec,
             result.duration,
         )
+        if result.drift_repaired and any(isinstance(op, AddTable) for op in result.tx.ops):
+            log.warning(
+                "table %s had been deleted and is recreated; to switch enforcement off, stop "
+                "this daemon first (systemctl stop op25b-ctl), then `op25b-ctl teardown --yes`",
+                result.tx.spec,
+            )
         lines = describe(result.tx)
         for line in lines[:MAX_LOGGED_CHANGES]:
             log.info("  %s", line)

@@ -247,6 +247,8 @@ def test_drift_is_repaired_within_the_interval_and_other_tables_untouched(
 
     assert repaired - tampered < REPAIR_DEADLINE
     assert "drift repaired" in gw.log()
+    if tamper == "delete-table":  # someone may have meant to switch blocking off: say how
+        assert "stop this daemon first" in gw.log()
     assert gw.plan_is_empty()  # a full read (every element) finds nothing left to do
     chain_after = gw.nft("list", "chain", "inet", "op25b", EAST1_CHAIN)
     assert "reject with tcp reset" in chain_after and "accept" not in chain_after
