@@ -35,7 +35,7 @@ from op25b_ctl.desired import Desired
 from op25b_ctl.errors import Op25bError
 from op25b_ctl.model import MODES, split_families
 from op25b_ctl.netlink import TableNotFound
-from op25b_ctl.reconcile import Reconciler, ReconcileResult
+from op25b_ctl.reconcile import CounterMemory, Reconciler, ReconcileResult
 from op25b_ctl.ruleset import (
     EXEMPTED_COUNTER,
     FAMILY,
@@ -222,6 +222,10 @@ class PoolCollector(Collector):
         present.add_metric([], 1)
         read_ok.add_metric([], 1)
         yield from (present, read_ok)
+        if self.reconciler.counter_memory is not None:
+            self.reconciler.counter_memory.remember(
+                {name: (c.packets, c.bytes) for name, c in counters.items()}
+            )
 
         def family(name: str, doc: str) -> CounterMetricFamily:
             return CounterMetricFamily(f"{NAMESPACE}_{name}", doc, labels=["pool"])
@@ -355,7 +359,9 @@ def build_registry(
     read_counters: CounterReader,
     generation: Callable[[], int] | None = None,
 ) -> tuple[CollectorRegistry, Metrics]:
-    """A fresh registry holding both halves."""
+    """A fresh registry holding both halves; scrapes feed the reconciler's counter memory."""
+    if reconciler.counter_memory is None:
+        reconciler.counter_memory = CounterMemory()
     disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` series: clutter
     registry = CollectorRegistry(auto_describe=False)
     metrics = Metrics(registry)

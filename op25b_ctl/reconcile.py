@@ -28,7 +28,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,7 +38,7 @@ from op25b_ctl import applier, desired
 from op25b_ctl.backend import Backend, NftBackend
 from op25b_ctl.errors import Op25bError, PolicyError
 from op25b_ctl.table import Table
-from op25b_ctl.transaction import Transaction
+from op25b_ctl.transaction import AddCounter, Transaction
 
 log = logging.getLogger("op25b_ctl.reconcile")
 
@@ -49,6 +49,30 @@ FileId = tuple[str, int, int, int, int]
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+class CounterMemory:
+    """The counter values last seen (by a scrape), so a drift repair that must recreate a
+    deleted counter can start it where Prometheus last saw it instead of at 0: the series
+    never goes backwards. Written by the metrics thread, read by the loop (whole-dict swap).
+    """
+
+    def __init__(self) -> None:
+        self.values: Mapping[str, tuple[int, int]] = {}
+
+    def remember(self, values: Mapping[str, tuple[int, int]]) -> None:
+        self.values = dict(values)
+
+
+def carry_counters(tx: Transaction, seen: Mapping[str, tuple[int, int]]) -> Transaction:
+    """`tx` with every recreated counter starting from its last seen (packets, bytes)."""
+    ops = tuple(
+        replace(op, packets=seen[op.name][0], bytes=seen[op.name][1])
+        if isinstance(op, AddCounter) and op.name in seen
+        else op
+        for op in tx.ops
+    )
+    return replace(tx, ops=ops)
 
 
 @dataclass(frozen=True)
@@ -144,6 +168,7 @@ class Reconciler:
         generation: Callable[[], int] | None = None,
         verify_interval: float | None = 300.0,
         timer: Callable[[], float] = time.monotonic,
+        counter_memory: CounterMemory | None = None,
     ) -> None:
         self.backend = backend
         self.policy_dir = Path(policy_dir)
@@ -152,6 +177,7 @@ class Reconciler:
         self.generation = generation if generation is not None else default_generation(backend)
         self.verify_interval = verify_interval
         self.timer = timer
+        self.counter_memory = counter_memory
         # last good desired state, and what made it
         self.desired: desired.Desired | None = None
         self.digest: str | None = None
@@ -222,6 +248,8 @@ class Reconciler:
             read: Read = "full" if full else "skeleton"
             tx = applier.plan(self.backend, want.table, trust_fingerprint=not full)
             drift = bool(tx) and self._synced is want.table
+            if drift and self.counter_memory is not None:
+                tx = carry_counters(tx, self.counter_memory.values)
             if full:
                 self._last_full = self.timer()
             elif drift:

@@ -234,6 +234,9 @@ def test_drift_is_repaired_within_the_interval_and_other_tables_untouched(
     other_before = gw.nft("list", "table", "ip", "docker_stub")
     gw.start()
     assert smtp_attempts(lab, DYN_A.v4, FOREIGN_MX.v4, 1) == ["refused"]
+    wait_for(  # a scrape saw it: from now on the series may never go back
+        "one blocked", lambda: gw.sample("op25b_pool_blocked_packets_total", pool=EAST1) == 1
+    )
     chain_before = gw.nft("list", "chain", "inet", "op25b", EAST1_CHAIN)
     assert "reject with tcp reset" in chain_before
 
@@ -252,7 +255,10 @@ def test_drift_is_repaired_within_the_interval_and_other_tables_untouched(
     assert gw.plan_is_empty()  # a full read (every element) finds nothing left to do
     chain_after = gw.nft("list", "chain", "inet", "op25b", EAST1_CHAIN)
     assert "reject with tcp reset" in chain_after and "accept" not in chain_after
+    # even a deleted table comes back with the counts Prometheus already saw
+    assert gw.sample("op25b_pool_blocked_packets_total", pool=EAST1) == 1
     assert smtp_attempts(lab, DYN_A.v4, FOREIGN_MX.v4, 1) == ["refused"]  # blocking again
+    assert gw.sample("op25b_pool_blocked_packets_total", pool=EAST1) == 2
     assert smtp_attempts(lab, DYN_A.v4, RELAY.v4, 1) == ["connected"]
     assert gw.nft("list", "table", "ip", "docker_stub") == other_before  # byte-identical
     assert gw.sample("op25b_reconcile_errors_total") == 0

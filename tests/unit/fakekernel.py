@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from op25b_ctl.backend import MemoryBackend
 from op25b_ctl.netlink import TableNotFound
 from op25b_ctl.table import Table
-from op25b_ctl.transaction import Transaction
+from op25b_ctl.transaction import AddCounter, Transaction
 
 
 @dataclass(frozen=True)
@@ -30,13 +30,18 @@ class FakeKernel(MemoryBackend):
     def apply(self, tx: Transaction) -> None:
         super().apply(tx)
         self.gen += 1
+        for op in tx.ops:
+            if isinstance(op, AddCounter):  # a new counter starts where it is told to
+                self.values[op.name] = (op.packets, op.bytes)
 
     # -- someone else at the nft prompt
 
     def edit(self, family: str, name: str, table: Table | None) -> None:
         """Replace (or with None delete) a table behind the controller's back: one commit."""
         if table is None:
-            self.tables.pop((family, name), None)
+            gone = self.tables.pop((family, name), None)
+            for counter in gone.counters if gone else ():
+                self.values.pop(counter, None)
         else:
             self.tables[(family, name)] = table
         self.gen += 1

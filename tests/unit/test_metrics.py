@@ -155,3 +155,20 @@ def test_before_any_valid_policy_only_health_is_exported(
     assert value(registry, "op25b_policy_valid") == 0
     assert value(registry, "op25b_reconcile_errors_total") == 1
     assert "op25b_pool_mode" not in generate_latest(registry).decode()
+
+
+def test_a_deleted_table_comes_back_with_the_counters_prometheus_last_saw(
+    rec: Reconciler, kernel: FakeKernel, scrape: tuple[CollectorRegistry, Metrics]
+) -> None:
+    registry, _ = scrape
+    rec.run_once()
+    kernel.values[f"blocked_{EAST1}"] = (7, 420)
+    assert value(registry, "op25b_pool_blocked_packets_total", pool=EAST1) == 7  # a scrape
+    kernel.edit("inet", "op25b", None)  # `nft delete table inet op25b`: the kernel forgets
+
+    repaired = rec.run_once()
+
+    assert repaired.drift_repaired
+    assert value(registry, "op25b_pool_blocked_packets_total", pool=EAST1) == 7
+    assert value(registry, "op25b_pool_blocked_bytes_total", pool=EAST1) == 420
+    assert value(registry, "op25b_pool_blocked_packets_total", pool=WEST1) == 0

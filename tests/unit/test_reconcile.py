@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from op25b_ctl import desired
-from op25b_ctl.reconcile import Reconciler, input_identity
+from op25b_ctl.reconcile import Reconciler, carry_counters, input_identity
+from op25b_ctl.render import render
 from op25b_ctl.ruleset import pool_chain
 from op25b_ctl.table import Rule
+from op25b_ctl.transaction import AddCounter, AddTable, Transaction
 from tests.policytools import edit, example_policy
 from tests.unit.fakekernel import FakeKernel
 
@@ -250,3 +252,11 @@ def test_input_identity_sees_every_edit(tmp_path: Path) -> None:
     second = input_identity(d)
     (d / ".other.swp").write_text("y")
     assert input_identity(d) == second
+
+
+def test_carry_counters_only_touches_recreated_counters() -> None:
+    tx = Transaction("inet", "op25b", (AddTable("c"), AddCounter("a"), AddCounter("b")))
+    carried = carry_counters(tx, {"a": (5, 300), "z": (1, 1)})
+    assert carried.ops == (AddTable("c"), AddCounter("a", 5, 300), AddCounter("b"))
+    assert "add counter inet op25b a { packets 5 bytes 300 }" in render(carried)
+    assert "add counter inet op25b b\n" in render(carried)
