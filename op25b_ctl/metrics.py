@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Protocol
 
+import netaddr
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -43,6 +44,7 @@ from op25b_ctl.ruleset import (
     RELAYED_COUNTER,
     blocked_counter,
     monitored_counter,
+    pool_chain,
 )
 
 NAMESPACE = "op25b"
@@ -78,11 +80,27 @@ def kernel_generation_reader() -> Callable[[], int]:
 
 
 def exemptions_in_force(want: Desired) -> dict[str, int]:
-    """Exemptions currently in force per pool.
+    """Exempted prefixes in force per pool, read from the desired table itself.
 
-    Placeholder until the rollout work's exemptions land in `Policy`: 0 for every pool.
+    The exempt sets hold exactly the exemptions in force at `now` (expired ones are left out
+    by desired.compute), and the pools' verdict maps say which pool holds each address, so
+    this needs no knowledge of how exemptions are written in the policy.
     """
-    return {pool.name: 0 for pool in want.policy.pools}
+    counts = dict.fromkeys((pool.name for pool in want.policy.pools), 0)
+    owner = {pool_chain(pool.name): pool.name for pool in want.policy.pools}
+    for exempt_set, pool_map in (("exempt_v4", "pools_v4"), ("exempt_v6", "pools_v6")):
+        exempt = want.table.sets.get(exempt_set)
+        pools = want.table.sets.get(pool_map)
+        if exempt is None or pools is None:
+            continue
+        for prefix in exempt.elements:
+            net = netaddr.IPNetwork(prefix)
+            for length in range(net.prefixlen, -1, -1):  # the longest pool prefix holding it
+                chain = pools.elements.get(str(netaddr.IPNetwork(f"{net.network}/{length}").cidr))
+                if chain in owner:
+                    counts[owner[chain]] += 1
+                    break
+    return counts
 
 
 class PoolCollector(Collector):
@@ -97,6 +115,7 @@ class PoolCollector(Collector):
         self.reconciler = reconciler
         self.read_counters = read_counters
         self.generation = generation
+        self._exemptions: tuple[object, dict[str, int]] = (None, {})
 
     def describe(self) -> Iterable[object]:
         return []  # collect() reads the kernel; do not let register() call it
@@ -182,7 +201,9 @@ class PoolCollector(Collector):
         pool_info = InfoMetricFamily(
             f"{NAMESPACE}_pool", "Static facts about each pool", labels=["pool"]
         )
-        exemptions = exemptions_in_force(want)
+        if self._exemptions[0] is not want.table:
+            self._exemptions = (want.table, exemptions_in_force(want))
+        exemptions = self._exemptions[1]
         for pool in policy.pools:
             decision = want.decisions.get(pool.name)
             for m in MODES:

@@ -8,9 +8,13 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from op25b_ctl.metrics import Metrics, build_registry
+from op25b_ctl.desired import Desired
+from op25b_ctl.loader import load_policy
+from op25b_ctl.metrics import Metrics, build_registry, exemptions_in_force
+from op25b_ctl.modes import decide, modes
 from op25b_ctl.reconcile import Reconciler
-from tests.policytools import edit, example_policy
+from op25b_ctl.ruleset import desired_table
+from tests.policytools import EXAMPLE, edit, example_policy
 from tests.unit.fakekernel import FakeKernel
 
 NOW = datetime(2011, 1, 31, 9, 0, tzinfo=UTC)
@@ -172,3 +176,15 @@ def test_a_deleted_table_comes_back_with_the_counters_prometheus_last_saw(
     assert value(registry, "op25b_pool_blocked_packets_total", pool=EAST1) == 7
     assert value(registry, "op25b_pool_blocked_bytes_total", pool=EAST1) == 420
     assert value(registry, "op25b_pool_blocked_packets_total", pool=WEST1) == 0
+
+
+def test_exemptions_in_force_are_counted_per_pool_from_the_desired_table() -> None:
+    policy = load_policy(EXAMPLE)
+    decisions = decide(policy)
+    table = desired_table(
+        policy,
+        modes(decisions),
+        exemptions=["192.0.2.16/28", "2001:db8:1000:1::/64", "198.51.100.7/32"],
+    )
+    counts = exemptions_in_force(Desired(policy, decisions, table))
+    assert counts == {EAST1: 2, EAST2: 0, WEST1: 1, "static-biz": 0}
