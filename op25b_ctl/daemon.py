@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -139,7 +138,7 @@ class Daemon:
         timeout = self.interval
         nxt = self.reconciler.next_wakeup()
         if nxt is not None:
-            timeout = min(timeout, (nxt - datetime.now(UTC)).total_seconds())
+            timeout = min(timeout, (nxt - self.reconciler.clock()).total_seconds())
         if self.notifier.watchdog_interval is not None:
             timeout = min(timeout, self.notifier.watchdog_interval / 2)
         return max(MIN_SLEEP, timeout)

@@ -7,11 +7,13 @@ import signal
 import socket
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from op25b_ctl import desired
 from op25b_ctl.cli import build_parser, main
 from op25b_ctl.daemon import Daemon, parse_address
 from op25b_ctl.metrics import build_registry
@@ -173,3 +175,22 @@ def test_daemon_cli_options(capsys: pytest.CaptureFixture[str]) -> None:
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "--metrics-address" in out and "--state-dir" in out and "--policy" in out
+
+
+def test_sleep_until_the_next_stage_or_half_the_watchdog(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, notify_socket: tuple[socket.socket, str]
+) -> None:
+    real = desired.compute
+
+    def soon(policy_dir: Path, state_dir: Path | None, now: datetime) -> desired.Desired:
+        return replace(real(policy_dir, state_dir, now), next_change=now + timedelta(seconds=2))
+
+    monkeypatch.setattr(desired, "compute", soon)
+    kernel = FakeKernel()
+    rec = Reconciler(kernel, example_policy(tmp_path / "p"), None, clock=lambda: NOW)
+    daemon = Daemon(rec, interval=3600)
+    daemon.step()
+    assert daemon._sleep_time() == 2.0  # the stage fires on time, not at the next interval
+    _, path = notify_socket
+    daemon.notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"})
+    assert daemon._sleep_time() == 0.5
