@@ -16,7 +16,10 @@ kernel, cheapest first:
               leave the table's shape intact.
 
 Drift is a non-empty transaction while the desired state is the one we last made live: someone
-else changed our table (deleted, flushed, edited). An invalid policy never replaces the last
+else changed our table (deleted, flushed, edited). Rules are known by the id in their comment;
+a rule edited by hand that keeps our comment (a dumped ruleset edited and reloaded) is caught
+by a digest of its expressions, learned right after our own commit and compared on every
+pass that reads the kernel. An invalid policy never replaces the last
 good desired state; the table keeps being enforced (and repaired) as it was.
 
 I/O lives behind three injected seams: the Backend, the clock, and the generation reader.
@@ -28,7 +31,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,7 +41,7 @@ from op25b_ctl import applier, desired
 from op25b_ctl.backend import Backend, NftBackend
 from op25b_ctl.errors import Op25bError, PolicyError
 from op25b_ctl.table import Table
-from op25b_ctl.transaction import AddCounter, Transaction
+from op25b_ctl.transaction import AddCounter, AddRule, FlushChain, Op, Transaction
 
 log = logging.getLogger("op25b_ctl.reconcile")
 
@@ -141,6 +144,28 @@ def policy_digest(policy_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
+# (table, family) -> {(chain, comment): digest per rule}; see netlink.read_rule_digests
+DigestReader = Callable[[str, str], Mapping[tuple[str, str], tuple[str, ...]]]
+
+
+def default_rule_digests(backend: Backend) -> DigestReader | None:
+    """The kernel's rule digests for nftables; none otherwise (tests pass their own)."""
+    if isinstance(backend, NftBackend):
+        from op25b_ctl import netlink
+
+        return lambda table, family: netlink.read_rule_digests(table, family)
+    return None
+
+
+def rewrite_chains(desired: Table, chains: Iterable[str]) -> Transaction:
+    """Flush the given chains and fill them again from the desired table, in one batch."""
+    ops: list[Op] = []
+    for name in sorted(chains):
+        ops.append(FlushChain(name))
+        ops += [AddRule(name, rule) for rule in desired.chains[name].rules]
+    return Transaction(desired.family, desired.name, tuple(ops))
+
+
 def default_generation(backend: Backend) -> Callable[[], int] | None:
     """The generation reader that fits the backend: the kernel's for nftables, none otherwise
     (then every pass reads at least the skeleton)."""
@@ -169,6 +194,7 @@ class Reconciler:
         verify_interval: float | None = 300.0,
         timer: Callable[[], float] = time.monotonic,
         counter_memory: CounterMemory | None = None,
+        rule_digests: DigestReader | None = None,
     ) -> None:
         self.backend = backend
         self.policy_dir = Path(policy_dir)
@@ -178,6 +204,11 @@ class Reconciler:
         self.verify_interval = verify_interval
         self.timer = timer
         self.counter_memory = counter_memory
+        self.rule_digests = (
+            rule_digests if rule_digests is not None else default_rule_digests(backend)
+        )
+        # what our rules' expressions looked like right after our last commit (or first look)
+        self._digests: Mapping[tuple[str, str], tuple[str, ...]] | None = None
         # last good desired state, and what made it
         self.desired: desired.Desired | None = None
         self.digest: str | None = None
@@ -248,6 +279,12 @@ class Reconciler:
             read: Read = "full" if full else "skeleton"
             tx = applier.plan(self.backend, want.table, trust_fingerprint=not full)
             drift = bool(tx) and self._synced is want.table
+            if not tx:
+                tampered = self._tampered_chains(want.table)
+                if tampered:
+                    # same rule ids (comments), different statements: edited by hand
+                    tx = rewrite_chains(want.table, tampered)
+                    drift = True
             if drift and self.counter_memory is not None:
                 tx = carry_counters(tx, self.counter_memory.values)
             if full:
@@ -263,6 +300,7 @@ class Reconciler:
                 after = self._read_generation()
                 # Trust the new generation only if no other commit slipped in around ours.
                 gen = after if before is not None and after == before + 1 else None
+                self._digests = self._read_digests(want.table)
         except (Op25bError, OSError) as exc:
             self._synced = None
             self._trusted_generation = None
@@ -332,6 +370,24 @@ class Reconciler:
             self.desired = replace(new, table=old.table)
             return False, False
         return True, False
+
+    def _read_digests(self, table: Table) -> Mapping[tuple[str, str], tuple[str, ...]] | None:
+        if self.rule_digests is None:
+            return None
+        return self.rule_digests(table.name, table.family)
+
+    def _tampered_chains(self, table: Table) -> set[str]:
+        """Chains holding a rule whose comment is ours but whose statements changed since we
+        wrote it. The first look (start-up) can only learn, not judge."""
+        current = self._read_digests(table)
+        known, self._digests = self._digests, current
+        if current is None or known is None:
+            return set()
+        return {
+            chain
+            for (chain, key), digests in current.items()
+            if (chain, key) in known and known[(chain, key)] != digests and chain in table.chains
+        }
 
     def _read_generation(self) -> int | None:
         if self.generation is None:

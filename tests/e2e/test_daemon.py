@@ -200,29 +200,30 @@ def test_prometheus_scrapes_blocked_attempts_per_pool(lab: Lab, gw: Gateway) -> 
 # --------------------------------------------------------------------------- drift
 
 
-def east1_rule_handle(gw: Gateway) -> int:
+def replace_east1_rule(gw: Gateway, *, keep_comment: bool) -> None:
     listing = json.loads(gw.nft("-a", "-j", "list", "chain", "inet", "op25b", EAST1_CHAIN))
     (rule,) = [i["rule"] for i in listing["nftables"] if "rule" in i]
-    return int(rule["handle"])
+    statement = ["counter", "accept"]
+    if keep_comment:  # as if a dumped ruleset were edited and reloaded
+        statement = ["counter", "name", f"blocked_{EAST1}", "accept"]
+        statement += ["comment", f'"{rule["comment"]}"']
+    where = ["inet", "op25b", EAST1_CHAIN, "handle", str(rule["handle"])]
+    gw.nft("replace", "rule", *where, *statement)
+
+
+def delete_table(gw: Gateway) -> None:
+    gw.nft("delete", "table", "inet", "op25b")
+
+
+def flush_table(gw: Gateway) -> None:
+    gw.nft("flush", "table", "inet", "op25b")
 
 
 TAMPER: dict[str, Callable[[Gateway], None]] = {
-    "delete-table": lambda gw: gw.nft("delete", "table", "inet", "op25b") and None,
-    "flush-table": lambda gw: gw.nft("flush", "table", "inet", "op25b") and None,
-    "edit-rule": lambda gw: (
-        gw.nft(
-            "replace",
-            "rule",
-            "inet",
-            "op25b",
-            EAST1_CHAIN,
-            "handle",
-            str(east1_rule_handle(gw)),
-            "counter",
-            "accept",
-        )
-        and None
-    ),  # fmt: skip
+    "delete-table": delete_table,
+    "flush-table": flush_table,
+    "edit-rule": lambda gw: replace_east1_rule(gw, keep_comment=False),
+    "edit-rule-keeping-comment": lambda gw: replace_east1_rule(gw, keep_comment=True),
 }
 
 

@@ -3,6 +3,7 @@ every commit bumps, hand edits from "someone else", and named counters with refe
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, replace
 
 from op25b_ctl.backend import MemoryBackend
@@ -51,6 +52,19 @@ class FakeKernel(MemoryBackend):
         self.edit(
             family, name, replace(t, chains={n: replace(c, rules=()) for n, c in t.chains.items()})
         )
+
+    # -- netlink.read_rule_digests stand-in: the rule's text plays the expressions' part
+
+    def rule_digests(self, table: str, family: str) -> dict[tuple[str, str], tuple[str, ...]]:
+        t = self.tables.get((family, table))
+        if t is None:
+            return {}
+        out: dict[tuple[str, str], list[str]] = {}
+        for c in t.chains.values():
+            for r in c.rules:
+                digest = hashlib.sha256((r.text or "").encode()).hexdigest()[:16]
+                out.setdefault((c.name, r.comment), []).append(digest)
+        return {k: tuple(v) for k, v in out.items()}
 
     # -- netlink.read_counter_objects stand-in
 

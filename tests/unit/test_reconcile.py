@@ -55,6 +55,7 @@ def rec(kernel: FakeKernel, policy_dir: Path, tmp_path: Path, timer: Timer) -> R
         generation=kernel.generation,
         verify_interval=60,
         timer=timer,
+        rule_digests=kernel.rule_digests,
     )
 
 
@@ -86,7 +87,7 @@ def test_commit_to_another_table_costs_one_skeleton_read(
     assert rec.run_once().read == "fast"  # the new generation is trusted again
 
 
-@pytest.mark.parametrize("tamper", ["delete", "flush", "edit-rule"])
+@pytest.mark.parametrize("tamper", ["delete", "flush", "edit-rule", "edit-keeping-comment"])
 def test_drift_is_repaired_at_once_then_every_element_verified(
     rec: Reconciler, kernel: FakeKernel, tamper: str
 ) -> None:
@@ -96,8 +97,12 @@ def test_drift_is_repaired_at_once_then_every_element_verified(
         kernel.edit(*KEY, None)
     elif tamper == "flush":
         kernel.flush_chains(*KEY)
-    else:
+    elif tamper == "edit-rule":
         chain = replace(good.chains[EAST1], rules=(Rule("foreign:7", "accept"),))
+        kernel.edit(*KEY, replace(good, chains={**good.chains, EAST1: chain}))
+    else:  # a dumped ruleset, edited and reloaded: our comment, someone else's statement
+        (ours,) = good.chains[EAST1].rules
+        chain = replace(good.chains[EAST1], rules=(replace(ours, text="counter accept"),))
         kernel.edit(*KEY, replace(good, chains={**good.chains, EAST1: chain}))
     kernel.reads.clear()
 
@@ -107,6 +112,7 @@ def test_drift_is_repaired_at_once_then_every_element_verified(
     assert result.read == "skeleton"  # cheap: the rules are back within one pass
     assert not result.desired_changed
     assert kernel.tables[KEY].chains == good.chains
+    assert kernel.tables[KEY].chains[EAST1].rules[0].text == good.chains[EAST1].rules[0].text
     assert kernel.tables[KEY].sets == good.sets
     kernel.reads.clear()
     verify = rec.run_once()  # whoever did it may have touched elements: read them all
