@@ -46,6 +46,9 @@ from op25b_ctl.transaction import AddCounter, AddRule, FlushChain, Op, Transacti
 log = logging.getLogger("op25b_ctl.reconcile")
 
 Read = Literal["fast", "skeleton", "full", "none"]
+# Files in the policy/state directories that never change the desired state: an append to
+# the audit log must not cost a recompute (~5 s at 100k prefixes).
+NOT_INPUTS = (".jsonl", ".log")
 # stat identity of one input file: (path, inode, size, mtime_ns, ctime_ns)
 FileId = tuple[str, int, int, int, int]
 
@@ -119,8 +122,8 @@ def _walk(root: Path) -> Iterator[FileId]:
     except NotADirectoryError:
         entries = []
     for e in entries:
-        if e.name.startswith("."):
-            continue  # editors' swap files, lock files
+        if e.name.startswith(".") or e.name.endswith(NOT_INPUTS):
+            continue  # editors' swap files, lock files, append-only logs (the audit trail)
         try:
             if e.is_dir(follow_symlinks=True):
                 yield from _walk(Path(e.path))

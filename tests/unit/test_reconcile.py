@@ -257,6 +257,7 @@ def test_input_identity_sees_every_edit(tmp_path: Path) -> None:
     (d / ".pools.yaml.swp").write_text("x")  # editor droppings are ignored
     second = input_identity(d)
     (d / ".other.swp").write_text("y")
+    (d / "audit.jsonl").write_text("{}\n")  # logs are not inputs
     assert input_identity(d) == second
 
 
