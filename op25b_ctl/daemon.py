@@ -105,18 +105,17 @@ class Daemon:
 
     def serve(self, max_passes: int | None = None) -> int:
         """Run passes until asked to stop (or `max_passes`, for tests); exit status 0."""
-        table = "?"
         while not self._flags.stop:
+            self._wake.clear()  # before the pass: a signal during it cuts the next sleep short
             result = self.step()
             if self.passes == 1:
-                want = self.reconciler.desired
-                table = want.table.spec if want else "?"
                 self.notifier.ready(self._status(result))
                 log.info("ready: %s", self._status(result))
             if max_passes is not None and self.passes >= max_passes:
                 break
             self._wake.wait(self._sleep_time())
-            self._wake.clear()
+        want = self.reconciler.desired
+        table = want.table.spec if want else "(none written by this run)"
         why = f" ({self._flags.signal_name})" if self._flags.signal_name else ""
         msg = f"stopping{why}; table {table} left in place, enforcement continues"
         self.notifier.stopping(msg)
