@@ -194,3 +194,24 @@ def test_sleep_until_the_next_stage_or_half_the_watchdog(
     _, path = notify_socket
     daemon.notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"})
     assert daemon._sleep_time() == 0.5
+
+
+def test_metrics_port_in_use_fails_before_touching_the_kernel(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from op25b_ctl import daemon
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        try:
+            code = daemon.run(
+                example_policy(tmp_path / "p"), None, metrics_address=("127.0.0.1", port)
+            )
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+    assert code == 1
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in caplog.text
