@@ -78,6 +78,7 @@ class Daemon:
         self._wake = threading.Event()
         self._flags = _Flags()
         self._last_error: str | None = None
+        self._last_status = ""
 
     # -- called from signal handlers or other threads: set a flag, wake the loop
 
@@ -129,7 +130,10 @@ class Daemon:
         if self.metrics is not None:
             self.metrics.observe(result, self.wall())
         self._log(result)
-        self.notifier.status(self._status(result))
+        status = self._status(result)
+        if status != self._last_status:
+            self.notifier.status(status)
+            self._last_status = status
         self.notifier.watchdog()
         return result
 

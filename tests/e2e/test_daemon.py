@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import time
 import urllib.parse
@@ -326,3 +327,27 @@ def test_invalid_policy_is_refused_and_last_good_stays_enforced(lab: Lab, gw: Ga
     wait_for("the policy valid again", lambda: gw.sample("op25b_policy_valid") == 1)
     assert "reload requested" in gw.log()
     assert gw.sample("op25b_table_in_sync") == 1
+
+
+def test_systemd_notify_protocol_with_the_real_process(lab: Lab, gw: Gateway) -> None:
+    path = lab.workdir / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))  # a path socket: reachable from inside the lab's namespace
+        sock.settimeout(15)
+        argv = ["env", f"NOTIFY_SOCKET={path}", "WATCHDOG_USEC=2000000", CTL, "daemon"]
+        argv += ["--policy", str(gw.policy), "--state-dir", str(gw.state), "--interval", "5"]
+        proc = lab.start(lab.ns_gw, argv)
+        got = [sock.recv(4096).decode()]
+        while "READY=1" not in got[-1]:
+            got.append(sock.recv(4096).decode())
+        assert "STATUS=inet op25b in sync; pools: 2 enforce, 1 monitor, 1 off" in got[-1]
+        ready = time.monotonic()
+        # the watchdog is fed at half its period (1 s) although --interval is 5 s
+        while (msg := sock.recv(4096).decode()) != "WATCHDOG=1":
+            assert msg.startswith("STATUS="), msg
+        assert time.monotonic() - ready < 2.0
+        lab.stop(proc)
+        while not (last := sock.recv(4096).decode()).startswith("STOPPING=1"):
+            pass
+    assert "left in place" in last and proc.returncode == 0
+    assert "table inet op25b" in gw.nft("list", "tables")
