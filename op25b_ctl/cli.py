@@ -349,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=300.0,
         metavar="SECONDS",
         help="seconds between full reads of every set element, which catch hand edits of "
-        "elements; 0 = only at start and on SIGHUP (default: %(default)s)",
+        "elements; 0 = only at start, on SIGHUP and after drift or a failure (default: %(default)s)",
     )
     p.add_argument(
         "--metrics-address",
