@@ -21,7 +21,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from op25b_ctl.lab import DYN_A, DYN_B, DYN_W, FOREIGN_MX, RELAY, Lab
-from tests.policytools import REPO, edit, example_policy
+from tests.daemonpolicy import EAST1, EAST2, WEST1, daemon_policy, set_mode
+from tests.policytools import REPO
 
 pytestmark = pytest.mark.root
 
@@ -30,7 +31,6 @@ PYTHON = str(REPO / ".venv" / "bin" / "python")
 METRICS = "http://127.0.0.1:9625/metrics"  # the daemon's default --metrics-address
 INTERVAL = 0.5
 REPAIR_DEADLINE = 4.0  # the interval plus slack for a busy 2-core CI machine
-EAST1, EAST2, WEST1 = "flets-east-dyn-1", "flets-east-dyn-2", "flets-west-dyn-1"
 EAST1_CHAIN = f"pool_{EAST1}"
 
 FETCH = "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
@@ -65,7 +65,7 @@ class Gateway:
 
     def __init__(self, lab: Lab, tmp: Path) -> None:
         self.lab = lab
-        self.policy = example_policy(tmp / "policy")
+        self.policy = daemon_policy(tmp / "policy")
         self.state = tmp / "state"
         self.proc: subprocess.Popen[str] | None = None
 
@@ -302,7 +302,7 @@ def test_counters_continue_across_restart_and_reapply(lab: Lab, gw: Gateway) -> 
     assert gw.sample("op25b_reconcile_changes_total") == 0  # nothing to re-apply
 
     # a policy change re-applies: other pools' counters keep counting
-    edit(gw.policy / "pools.yaml", "    mode: monitor\n", "    mode: enforce\n")
+    set_mode(gw.policy, EAST2, "enforce")
     wait_for(
         "east-2 enforced",
         lambda: gw.sample("op25b_pool_kernel_mode", pool=EAST2, mode="enforce") == 1,
@@ -315,13 +315,13 @@ def test_counters_continue_across_restart_and_reapply(lab: Lab, gw: Gateway) -> 
 
 def test_invalid_policy_is_refused_and_last_good_stays_enforced(lab: Lab, gw: Gateway) -> None:
     gw.start()
-    edit(gw.policy / "pools.yaml", "    mode: enforce\n", "    mode: enforced\n")
+    set_mode(gw.policy, EAST1, "enforced")
     wait_for("the refusal", lambda: gw.sample("op25b_policy_valid") == 0)
     assert gw.sample("op25b_policy_reload_failures_total") == 1
     assert "policy change refused" in gw.log() and "pools.yaml:" in gw.log()
     assert smtp_attempts(lab, DYN_A.v4, FOREIGN_MX.v4, 1) == ["refused"]
 
-    edit(gw.policy / "pools.yaml", "    mode: enforced\n", "    mode: enforce\n")
+    set_mode(gw.policy, EAST1, "enforce")
     assert gw.proc is not None
     gw.proc.send_signal(1)  # SIGHUP: reload now
     wait_for("the policy valid again", lambda: gw.sample("op25b_policy_valid") == 1)

@@ -19,7 +19,7 @@ from op25b_ctl.daemon import Daemon, parse_address
 from op25b_ctl.metrics import build_registry
 from op25b_ctl.reconcile import Reconciler
 from op25b_ctl.sdnotify import Notifier
-from tests.policytools import edit, example_policy
+from tests.daemonpolicy import EAST2, daemon_policy, set_mode
 from tests.unit.fakekernel import FakeKernel
 
 NOW = datetime(2011, 1, 31, 9, 0, tzinfo=UTC)
@@ -74,7 +74,7 @@ def test_daemon_reports_ready_status_watchdog_and_stopping(
     kernel = FakeKernel()
     rec = Reconciler(
         kernel,
-        example_policy(tmp_path / "p"),
+        daemon_policy(tmp_path / "p"),
         None,
         clock=lambda: NOW,
         generation=kernel.generation,
@@ -97,7 +97,7 @@ def test_daemon_reports_ready_status_watchdog_and_stopping(
 
 def test_stop_and_reload_flags_wake_the_loop(tmp_path: Path) -> None:
     kernel = FakeKernel()
-    policy = example_policy(tmp_path / "p")
+    policy = daemon_policy(tmp_path / "p")
     rec = Reconciler(kernel, policy, None, clock=lambda: NOW, generation=kernel.generation)
     daemon = Daemon(rec, interval=3600)  # only a wake-up can end the sleep in time
     done = threading.Event()
@@ -109,14 +109,14 @@ def test_stop_and_reload_flags_wake_the_loop(tmp_path: Path) -> None:
     t = threading.Thread(target=serve)
     t.start()
     try:
-        edit(policy / "pools.yaml", "    mode: monitor\n", "    mode: enforce\n")
+        set_mode(policy, EAST2, "enforce")
         while daemon.passes < 1:
             done.wait(0.01)
         daemon.request_reload()
         while daemon.passes < 2:
             done.wait(0.01)
         assert rec.desired is not None
-        assert rec.desired.decisions["flets-east-dyn-2"].mode == "enforce"
+        assert rec.desired.decisions[EAST2].mode == "enforce"
         daemon.request_stop("test")
         assert done.wait(5)
     finally:
@@ -127,7 +127,7 @@ def test_stop_and_reload_flags_wake_the_loop(tmp_path: Path) -> None:
 
 def test_signal_handlers_only_set_flags(tmp_path: Path) -> None:
     kernel = FakeKernel()
-    rec = Reconciler(kernel, example_policy(tmp_path / "p"), None, clock=lambda: NOW)
+    rec = Reconciler(kernel, daemon_policy(tmp_path / "p"), None, clock=lambda: NOW)
     daemon = Daemon(rec, interval=3600)
     old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
@@ -161,7 +161,10 @@ def test_parse_address_refuses(text: str) -> None:
         parse_address(text)
 
 
-def test_daemon_cli_options(capsys: pytest.CaptureFixture[str]) -> None:
+def test_daemon_cli_options(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OP25B_STATE_DIR", raising=False)
     args = build_parser().parse_args(["daemon"])
     assert args.state_dir == Path("/var/lib/op25b")
     assert args.metrics_address == ("127.0.0.1", 9625)
@@ -187,7 +190,7 @@ def test_sleep_until_the_next_stage_or_half_the_watchdog(
 
     monkeypatch.setattr(desired, "compute", soon)
     kernel = FakeKernel()
-    rec = Reconciler(kernel, example_policy(tmp_path / "p"), None, clock=lambda: NOW)
+    rec = Reconciler(kernel, daemon_policy(tmp_path / "p"), None, clock=lambda: NOW)
     daemon = Daemon(rec, interval=3600)
     daemon.step()
     assert daemon._sleep_time() == 2.0  # the stage fires on time, not at the next interval
@@ -208,7 +211,7 @@ def test_metrics_port_in_use_fails_before_touching_the_kernel(
         port = busy.getsockname()[1]
         try:
             code = daemon.run(
-                example_policy(tmp_path / "p"), None, metrics_address=("127.0.0.1", port)
+                daemon_policy(tmp_path / "p"), None, metrics_address=("127.0.0.1", port)
             )
         finally:
             for s, h in old.items():

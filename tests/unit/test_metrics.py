@@ -11,14 +11,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from op25b_ctl.desired import Desired
 from op25b_ctl.loader import load_policy
 from op25b_ctl.metrics import Metrics, build_registry, exemptions_in_force
-from op25b_ctl.modes import decide, modes
 from op25b_ctl.reconcile import Reconciler
 from op25b_ctl.ruleset import desired_table
-from tests.policytools import EXAMPLE, edit, example_policy
+from tests.daemonpolicy import EAST1, EAST2, WEST1, break_prefix, daemon_policy, set_mode
 from tests.unit.fakekernel import FakeKernel
 
 NOW = datetime(2011, 1, 31, 9, 0, tzinfo=UTC)
-EAST1, EAST2, WEST1 = "flets-east-dyn-1", "flets-east-dyn-2", "flets-west-dyn-1"
 
 
 @pytest.fixture
@@ -28,7 +26,7 @@ def kernel() -> FakeKernel:
 
 @pytest.fixture
 def policy_dir(tmp_path: Path) -> Path:
-    return example_policy(tmp_path / "policy")
+    return daemon_policy(tmp_path / "policy")
 
 
 @pytest.fixture
@@ -118,7 +116,7 @@ def test_health_counts_each_pass(
     metrics.observe(rec.run_once(), now=1002.0)
     assert value(registry, "op25b_drift_repairs_total") == 1
 
-    edit(policy_dir / "pools.yaml", "192.0.2.0/26", "192.0.2.1/26")
+    break_prefix(policy_dir)
     metrics.observe(rec.run_once(), now=1003.0)
     assert value(registry, "op25b_policy_reload_failures_total") == 1
     assert value(registry, "op25b_policy_valid") == 0
@@ -143,7 +141,7 @@ def test_policy_and_ruleset_identity(
     assert "op25b_ruleset_info{fingerprint=" in text
     assert value(registry, "op25b_ruleset_generation") is not None
     digest = rec.digest
-    edit(policy_dir / "pools.yaml", "    mode: monitor\n", "    mode: enforce\n")
+    set_mode(policy_dir, EAST2, "enforce")
     rec.run_once()
     assert rec.digest != digest
     assert f'digest="{rec.digest}"' in generate_latest(registry).decode()
@@ -152,7 +150,7 @@ def test_policy_and_ruleset_identity(
 def test_before_any_valid_policy_only_health_is_exported(
     kernel: FakeKernel, policy_dir: Path
 ) -> None:
-    edit(policy_dir / "relays.yaml", "203.0.113.25", "203.0.113.300")
+    (policy_dir / "relays.yaml").write_text("relays: []\n")
     rec = Reconciler(kernel, policy_dir, None, clock=lambda: NOW)
     registry, metrics = build_registry(rec, kernel.read_counters)
     metrics.observe(rec.run_once(), now=1.0)
@@ -178,13 +176,14 @@ def test_a_deleted_table_comes_back_with_the_counters_prometheus_last_saw(
     assert value(registry, "op25b_pool_blocked_packets_total", pool=WEST1) == 0
 
 
-def test_exemptions_in_force_are_counted_per_pool_from_the_desired_table() -> None:
-    policy = load_policy(EXAMPLE)
-    decisions = decide(policy)
+def test_exemptions_in_force_are_counted_per_pool_from_the_desired_table(
+    policy_dir: Path,
+) -> None:
+    policy = load_policy(policy_dir)
     table = desired_table(
         policy,
-        modes(decisions),
+        {EAST1: "enforce", WEST1: "enforce"},
         exemptions=["192.0.2.16/28", "2001:db8:1000:1::/64", "198.51.100.7/32"],
     )
-    counts = exemptions_in_force(Desired(policy, decisions, table))
+    counts = exemptions_in_force(Desired(policy=policy, decisions={}, table=table))
     assert counts == {EAST1: 2, EAST2: 0, WEST1: 1, "static-biz": 0}

@@ -19,7 +19,8 @@ from prometheus_client import generate_latest
 
 from op25b_ctl.metrics import build_registry
 from op25b_ctl.reconcile import Reconciler
-from tests.policytools import EXAMPLE, REPO
+from tests.daemonpolicy import daemon_policy
+from tests.policytools import REPO
 from tests.unit.fakekernel import FakeKernel
 
 RULES = REPO / "monitoring" / "prometheus" / "op25b-rules.yml"
@@ -35,12 +36,12 @@ needs_promtool = pytest.mark.skipif(
 )
 
 
-def exposition() -> str:
+def exposition(tmp: Path) -> str:
     """A real scrape of the exporter, over a fake kernel with traffic in every counter."""
     kernel = FakeKernel()
     rec = Reconciler(
         kernel,
-        EXAMPLE,
+        daemon_policy(tmp / "policy"),
         None,
         clock=lambda: datetime(2011, 1, 31, tzinfo=UTC),
         generation=kernel.generation,
@@ -82,16 +83,16 @@ def test_promtool_unit_tests_of_the_alerts() -> None:
 
 
 @needs_promtool
-def test_promtool_check_metrics_on_a_scrape() -> None:
-    text = exposition()
+def test_promtool_check_metrics_on_a_scrape(tmp_path: Path) -> None:
+    text = exposition(tmp_path)
     cp = run(["promtool", "check", "metrics"], stdin=text)
     assert cp.returncode == 0 and not cp.stdout.strip() and not cp.stderr.strip(), (
         cp.stdout + cp.stderr
     )
 
 
-def test_rules_and_dashboard_use_only_exported_metrics() -> None:
-    exported = exported_names(exposition())
+def test_rules_and_dashboard_use_only_exported_metrics(tmp_path: Path) -> None:
+    exported = exported_names(exposition(tmp_path))
     rules = yaml.safe_load(RULES.read_text())
     recorded = {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}
     exprs = [r["expr"] for g in rules["groups"] for r in g["rules"]]
