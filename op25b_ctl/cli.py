@@ -286,6 +286,46 @@ def cmd_teardown(ctx: Context) -> int:
     return EXIT_OK
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be more than 0 seconds")
+    return value
+
+
+def _metrics_address(text: str) -> tuple[str, int] | None:
+    from op25b_ctl.daemon import parse_address
+
+    try:
+        return parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def cmd_daemon(ctx: Context) -> int:
+    import logging
+
+    from op25b_ctl import daemon
+
+    args = ctx.args
+    fmt = "%(levelname)s %(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):  # journald stamps lines itself
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.DEBUG if args.verbose else logging.INFO, format=fmt
+    )
+    return daemon.run(
+        args.policy,
+        args.state_dir,
+        interval=args.interval,
+        verify_interval=None if args.verify_interval == 0 else args.verify_interval,
+        metrics_address=args.metrics_address,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -345,6 +385,37 @@ def build_parser() -> argparse.ArgumentParser:
     from op25b_ctl import cli_ops  # rollout, pool, audit, explain
 
     cli_ops.register(sub, common)
+    p = add(
+        "daemon",
+        cmd_daemon,
+        "keep the table equal to the policy: apply stages when due, reload on change or "
+        "SIGHUP, repair drift, export Prometheus metrics (systemd Type=notify)",
+    )
+    p.add_argument(
+        "--interval",
+        type=_positive_seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds between passes: the bound on noticing a policy change or repairing a "
+        "deleted, flushed or edited table (default: %(default)s)",
+    )
+    p.add_argument(
+        "--verify-interval",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="seconds between full reads of every set element, which catch hand edits of "
+        "elements; 0 = only at start, on SIGHUP and after drift or a failure (default: %(default)s)",
+    )
+    p.add_argument(
+        "--metrics-address",
+        type=_metrics_address,
+        default="127.0.0.1:9625",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics; [IPV6]:PORT, :PORT for "
+        "all addresses, or off (default: %(default)s)",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
 

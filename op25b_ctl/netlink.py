@@ -16,6 +16,8 @@ it before returning.
 from __future__ import annotations
 
 import errno
+import hashlib
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,12 +46,15 @@ from op25b_ctl.errors import BackendError, Op25bError
 
 __all__ = [
     "ChainInfo",
+    "CounterObject",
     "CounterValue",
     "RuleInfo",
     "SetInfo",
     "TableNotFound",
     "TableSkeleton",
+    "read_counter_objects",
     "read_counters",
+    "read_rule_digests",
     "read_skeleton",
     "ruleset_generation",
 ]
@@ -76,6 +81,16 @@ class TableNotFound(Op25bError):
 class CounterValue:
     packets: int
     bytes: int
+
+
+@dataclass(frozen=True)
+class CounterObject:
+    """A named counter with its reference count: `refs > 0` means some rule counts into it,
+    which tells a pool's live mode (its blocked_/monitored_ counter in use) at no extra cost."""
+
+    packets: int
+    bytes: int
+    refs: int
 
 
 @dataclass(frozen=True)
@@ -170,6 +185,21 @@ class _rule_msg(nfgen_msg):  # type: ignore[misc]
     )
 
 
+class _rule_expr_msg(_rule_msg):
+    """A rule with its expressions as raw bytes, for `read_rule_digests`."""
+
+    nla_map = (
+        ("NFTA_RULE_UNSPEC", "none"),
+        ("NFTA_RULE_TABLE", "asciiz"),
+        ("NFTA_RULE_CHAIN", "asciiz"),
+        ("NFTA_RULE_HANDLE", "be64"),
+        ("NFTA_RULE_EXPRESSIONS", "cdata"),
+        ("NFTA_RULE_COMPAT", "none"),
+        ("NFTA_RULE_POSITION", "be64"),
+        ("NFTA_RULE_USERDATA", "cdata"),
+    )
+
+
 class _set_msg(nfgen_msg):  # type: ignore[misc]
     nla_map = (
         ("NFTA_SET_UNSPEC", "none"),
@@ -195,8 +225,17 @@ _POLICY = {
 def read_counters(table: str, family: str = "inet") -> dict[str, CounterValue]:
     """Named counter objects of one table (NFT_MSG_GETOBJ dump, filtered to that table and type
     counter). {} if the table has none; raise TableNotFound if the table does not exist."""
+    return {
+        name: CounterValue(obj.packets, obj.bytes)
+        for name, obj in read_counter_objects(table, family).items()
+    }
+
+
+def read_counter_objects(table: str, family: str = "inet") -> dict[str, CounterObject]:
+    """Like `read_counters`, with each counter's reference count (NFTA_OBJ_USE), from the same
+    single dump."""
     with _socket(family) as sock:
-        counters = _counters(sock, table)
+        counters = _counter_objects(sock, table)
         if not counters and not _table_exists(sock, table):
             raise TableNotFound(f"table {family} {table} does not exist")
     return counters
@@ -219,6 +258,60 @@ def read_skeleton(table: str, family: str = "inet") -> TableSkeleton | None:
             if _generation(sock) == before:
                 return skeleton
     raise BackendError(f"ruleset kept changing while reading table {family} {table}")
+
+
+def read_rule_digests(table: str, family: str = "inet") -> dict[tuple[str, str], tuple[str, ...]]:
+    """{(chain, comment): digests of what those rules do}, one digest per rule in order.
+
+    The digest covers the rule's expressions as the kernel holds them, minus the values of
+    inline counters (they change with traffic). A rule edited by hand but keeping our comment
+    (a dumped ruleset edited and reloaded) keeps its comment and changes its digest. Rules
+    without a comment are keyed by `handle:<n>`. {} if the table does not exist.
+    """
+    with _socket(family) as sock:
+        sock.register_policy({(NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE: _rule_expr_msg})
+        try:
+            msgs = _dump(sock, _rule_expr_msg, NFT_MSG_GETRULE, NFTA_RULE_TABLE=table)
+        except NetlinkError as e:
+            if e.code == errno.ENOENT:
+                return {}
+            raise
+    out: dict[tuple[str, str], list[str]] = {}
+    for r in msgs:
+        if r.get_attr("NFTA_RULE_TABLE") != table:
+            continue
+        comment = _rule_comment(r.get_attr("NFTA_RULE_USERDATA"))
+        key = comment if comment is not None else f"handle:{r.get_attr('NFTA_RULE_HANDLE')}"
+        digest = expressions_digest(r.get_attr("NFTA_RULE_EXPRESSIONS") or b"")
+        out.setdefault((str(r.get_attr("NFTA_RULE_CHAIN")), key), []).append(digest)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def expressions_digest(raw: bytes) -> str:
+    """sha256 of an NFTA_RULE_EXPRESSIONS attribute, inline counters' values left out."""
+    h = hashlib.sha256()
+    for _, elem in _attrs(raw):  # NFTA_LIST_ELEM, one per expression
+        parts = dict(_attrs(elem))
+        name = parts.get(_NFTA_EXPR_NAME, b"")
+        h.update(name + b"\0")
+        if name.rstrip(b"\0") != b"counter":
+            h.update(parts.get(_NFTA_EXPR_DATA, b""))
+    return h.hexdigest()[:16]
+
+
+_NFTA_EXPR_NAME, _NFTA_EXPR_DATA = 1, 2
+_NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
+
+
+def _attrs(buf: bytes) -> Iterator[tuple[int, bytes]]:
+    """(type, payload) of each netlink attribute in buf (4-byte aligned TLVs)."""
+    offset = 0
+    while offset + 4 <= len(buf):
+        length, kind = struct.unpack_from("=HH", buf, offset)
+        if length < 4:
+            return
+        yield kind & _NLA_TYPE_MASK, bytes(buf[offset + 4 : offset + length])
+        offset += (length + 3) & ~3
 
 
 # -- internals ---------------------------------------------------------------------------------
@@ -265,21 +358,22 @@ def _table_exists(sock: Any, table: str) -> bool:
     return True
 
 
-def _counters(sock: Any, table: str) -> dict[str, CounterValue]:
+def _counter_objects(sock: Any, table: str) -> dict[str, CounterObject]:
     # The kernel filters object dumps by table and type; we check again (cheap, and robust).
     objs = _dump(
         sock, nft_obj_msg, NFT_MSG_GETOBJ, NFTA_OBJ_TABLE=table, NFTA_OBJ_TYPE=NFT_OBJECT_COUNTER
     )
-    counters: dict[str, CounterValue] = {}
+    counters: dict[str, CounterObject] = {}
     for obj in objs:
         if obj.get_attr("NFTA_OBJ_TABLE") != table:
             continue
         if obj.get_attr("NFTA_OBJ_TYPE") != NFT_OBJECT_COUNTER:
             continue
         data = obj.get_attr("NFTA_OBJ_DATA")
-        counters[str(obj.get_attr("NFTA_OBJ_NAME"))] = CounterValue(
+        counters[str(obj.get_attr("NFTA_OBJ_NAME"))] = CounterObject(
             packets=int(data.get_attr("NFTA_COUNTER_PACKETS") or 0),
             bytes=int(data.get_attr("NFTA_COUNTER_BYTES") or 0),
+            refs=int(obj.get_attr("NFTA_OBJ_USE") or 0),
         )
     return counters
 
@@ -316,7 +410,10 @@ def _skeleton(sock: Any, table: str) -> TableSkeleton | None:
             name = str(s.get_attr("NFTA_SET_NAME"))
             sets.append(SetInfo(name=name, flags=flags, is_map=_is_map(flags)))
     return TableSkeleton(
-        chains=chains, rules=rules, sets=tuple(sets), counters=frozenset(_counters(sock, table))
+        chains=chains,
+        rules=rules,
+        sets=tuple(sets),
+        counters=frozenset(_counter_objects(sock, table)),
     )
 
 

@@ -45,8 +45,10 @@ def render_op(spec: str, op: Op) -> Iterable[str]:
             yield f'add table {spec} {{ comment "{comment}"; }}'
         case DeleteTable():
             yield f"delete table {spec}"
-        case AddCounter(name=name):
+        case AddCounter(name=name, packets=0, bytes=0):
             yield f"add counter {spec} {name}"
+        case AddCounter(name=name, packets=packets, bytes=nbytes):
+            yield f"add counter {spec} {name} {{ packets {packets} bytes {nbytes} }}"
         case DeleteCounter(name=name):
             yield f"delete counter {spec} {name}"
         case AddSet(set=s):

@@ -25,6 +25,9 @@ class DeleteTable:
 @dataclass(frozen=True)
 class AddCounter:
     name: str
+    # start values: carry a counter over when someone deleted it with its table
+    packets: int = 0
+    bytes: int = 0
 
 
 @dataclass(frozen=True)

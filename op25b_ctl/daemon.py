@@ -1,0 +1,262 @@
+"""`op25b-ctl daemon`: the reconcile loop, its signals, systemd notification and the exporter.
+
+    loop:  pass = reconciler.run_once() -> metrics, log, systemd status/watchdog
+           sleep until the next pass: min(--interval, next stage/override change, watchdog/2),
+           cut short by SIGHUP (reload + full verify) or SIGTERM/SIGINT (exit)
+
+Signal handlers only set flags and wake the loop. Stopping leaves the table in place: the
+gateway keeps enforcing the last state without the controller (use `teardown` to remove it).
+Log lines go to stderr (journald under systemd).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from op25b_ctl.metrics import Metrics
+from op25b_ctl.reconcile import Reconciler, ReconcileResult
+from op25b_ctl.render import describe
+from op25b_ctl.sdnotify import Notifier
+from op25b_ctl.transaction import AddTable
+
+log = logging.getLogger("op25b_ctl.daemon")
+
+DEFAULT_INTERVAL = 5.0
+DEFAULT_VERIFY_INTERVAL = 300.0
+DEFAULT_METRICS_ADDRESS = "127.0.0.1:9625"
+MAX_LOGGED_CHANGES = 20  # lines of a transaction written to the log per pass
+MIN_SLEEP = 0.01
+
+
+def parse_address(text: str) -> tuple[str, int] | None:
+    """`HOST:PORT`, `[V6]:PORT` or `:PORT` (all addresses) -> (host, port); `off` -> None."""
+    text = text.strip()
+    if text.lower() in ("", "off", "none"):
+        return None
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"metrics address {text!r}: expected HOST:PORT, [IPV6]:PORT or off")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"metrics address {text!r}: write an IPv6 address as [ADDR]:PORT")
+    return host or "0.0.0.0", int(port)
+
+
+@dataclass
+class _Flags:
+    stop: bool = False
+    signal_name: str = ""
+
+
+class Daemon:
+    """The loop around a Reconciler; every side effect is injected so tests can drive it."""
+
+    def __init__(
+        self,
+        reconciler: Reconciler,
+        *,
+        interval: float = DEFAULT_INTERVAL,
+        metrics: Metrics | None = None,
+        notifier: Notifier | None = None,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.reconciler = reconciler
+        self.interval = interval
+        self.metrics = metrics
+        self.notifier = notifier or Notifier({})
+        self.wall = wall
+        self.passes = 0
+        self._wake = threading.Event()
+        self._flags = _Flags()
+        self._last_error: str | None = None
+        self._last_status = ""
+
+    # -- called from signal handlers or other threads: set a flag, wake the loop
+
+    def request_stop(self, why: str = "") -> None:
+        self._flags.stop = True
+        self._flags.signal_name = why
+        self._wake.set()
+
+    def request_reload(self) -> None:
+        self.reconciler.request_reload()
+        self._wake.set()
+
+    def install_signal_handlers(self) -> None:
+        def on_stop(signum: int, frame: FrameType | None) -> None:
+            self.request_stop(signal.Signals(signum).name)
+
+        def on_hup(signum: int, frame: FrameType | None) -> None:
+            self.request_reload()
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, on_hup)
+
+    # -- the loop
+
+    def serve(self, max_passes: int | None = None) -> int:
+        """Run passes until asked to stop (or `max_passes`, for tests); exit status 0."""
+        while not self._flags.stop:
+            self._wake.clear()  # before the pass: a signal during it cuts the next sleep short
+            result = self.step()
+            if self.passes == 1:
+                self.notifier.ready(self._status(result))
+                log.info("ready: %s", self._status(result))
+            if max_passes is not None and self.passes >= max_passes:
+                break
+            self._wake.wait(self._sleep_time())
+        want = self.reconciler.desired
+        table = want.table.spec if want else "(none written by this run)"
+        why = f" ({self._flags.signal_name})" if self._flags.signal_name else ""
+        msg = f"stopping{why}; table {table} left in place, enforcement continues"
+        self.notifier.stopping(msg)
+        log.info("%s", msg)
+        return 0
+
+    def step(self) -> ReconcileResult:
+        """One pass with its bookkeeping: metrics, log lines, systemd status and watchdog."""
+        result = self.reconciler.run_once()
+        self.passes += 1
+        if self.metrics is not None:
+            self.metrics.observe(result, self.wall())
+        self._log(result)
+        status = self._status(result)
+        if status != self._last_status:
+            self.notifier.status(status)
+            self._last_status = status
+        self.notifier.watchdog()
+        return result
+
+    def _sleep_time(self) -> float:
+        timeout = self.interval
+        nxt = self.reconciler.next_wakeup()
+        if nxt is not None:
+            timeout = min(timeout, (nxt - self.reconciler.clock()).total_seconds())
+        if self.notifier.watchdog_interval is not None:
+            timeout = min(timeout, self.notifier.watchdog_interval / 2)
+        return max(MIN_SLEEP, timeout)
+
+    def _status(self, result: ReconcileResult) -> str:
+        want = self.reconciler.desired
+        if want is None:
+            return f"no valid policy: {result.error}"
+        counts: dict[str, int] = {}
+        for d in want.decisions.values():
+            counts[d.mode] = counts.get(d.mode, 0) + 1
+        pools = ", ".join(f"{n} {m}" for m, n in sorted(counts.items()))
+        state = "in sync" if result.ok else f"FAILING: {result.error}"
+        bad = "; policy change refused" if self.reconciler.policy_error else ""
+        return f"{want.table.spec} {state}; pools: {pools}{bad}"
+
+    def _log(self, result: ReconcileResult) -> None:
+        if result.error is not None:
+            if result.error != self._last_error:
+                log.error("reconcile failed: %s", result.error)
+            self._last_error = result.error
+            return
+        if self._last_error is not None:
+            log.info("reconcile succeeded again")
+            self._last_error = None
+        if result.tx is None:
+            return
+        why = (
+            "start-up sync"
+            if self.passes == 1 and not result.drift_repaired
+            else "drift repaired"
+            if result.drift_repaired
+            else "desired state changed"
+            if result.desired_changed
+            else "table brought in line"
+        )
+        log.info(
+            "%s: committed %d change(s) to table %s in %.3f s",
+            why,
+            result.ops,
+            result.tx.spec,
+            result.duration,
+        )
+        if result.drift_repaired and any(isinstance(op, AddTable) for op in result.tx.ops):
+            log.warning(
+                "table %s had been deleted and is recreated; to switch enforcement off, stop "
+                "this daemon first (systemctl stop op25b-ctl), then `op25b-ctl teardown --yes`",
+                result.tx.spec,
+            )
+        lines = describe(result.tx)
+        for line in lines[:MAX_LOGGED_CHANGES]:
+            log.info("  %s", line)
+        if len(lines) > MAX_LOGGED_CHANGES:
+            log.info("  ... and %d more", len(lines) - MAX_LOGGED_CHANGES)
+
+
+def start_metrics_server(address: tuple[str, int], registry: Any) -> Callable[[], None]:
+    """Serve /metrics on address in a background thread; returns the shutdown function."""
+    from prometheus_client import start_http_server
+
+    server, thread = start_http_server(address[1], addr=address[0], registry=registry)
+
+    def shutdown() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+    return shutdown
+
+
+def run(
+    policy_dir: Path,
+    state_dir: Path | None,
+    *,
+    interval: float = DEFAULT_INTERVAL,
+    verify_interval: float | None = DEFAULT_VERIFY_INTERVAL,
+    metrics_address: tuple[str, int] | None = None,
+) -> int:
+    """The real daemon: nftables backend, kernel counters, signals, systemd, HTTP exporter."""
+    from op25b_ctl.backend import NftBackend
+    from op25b_ctl.metrics import build_registry, kernel_counter_reader, kernel_generation_reader
+
+    backend = NftBackend()
+    generation = kernel_generation_reader()
+    reconciler = Reconciler(
+        backend,
+        policy_dir,
+        state_dir,
+        generation=generation,
+        verify_interval=verify_interval,
+    )
+    registry, metrics = build_registry(reconciler, kernel_counter_reader(), generation)
+    notifier = Notifier()
+    daemon = Daemon(reconciler, interval=interval, metrics=metrics, notifier=notifier)
+    daemon.install_signal_handlers()
+    shutdown: Callable[[], None] | None = None
+    if metrics_address is not None:
+        host, port = metrics_address
+        try:
+            shutdown = start_metrics_server(metrics_address, registry)
+        except OSError as exc:
+            log.error("cannot serve metrics on %s:%d: %s", host, port, exc.strerror or exc)
+            return 1
+        log.info(
+            "metrics on http://%s/metrics", f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        )
+    log.info(
+        "policy %s, state %s, pass every %.1f s, full verify every %s",
+        policy_dir,
+        state_dir,
+        interval,
+        f"{verify_interval:.0f} s" if verify_interval else "never",
+    )
+    try:
+        return daemon.serve()
+    finally:
+        if shutdown is not None:
+            shutdown()

@@ -1,0 +1,390 @@
+"""Prometheus metrics of the daemon: per-pool counters from the kernel, the controller's health.
+
+Two halves, one registry (passed in, never prometheus_client's global default):
+
+* `PoolCollector.collect()` runs at scrape time. Per-pool packet/byte counters are the kernel's
+  own named counters, read in one netlink object dump (~0.1 s at 1,000 pools, no element
+  listing), so they never go backwards when the daemon restarts or re-applies: the daemon
+  holds no count of its own. The same dump carries each counter's reference count, which
+  tells the pool's *live* mode (its blocked_ counter used by a rule = enforced in the
+  kernel) independently of what the controller believes.
+* `Metrics.observe(result)` counts reconcile passes (process-local, reset on restart as usual
+  for a process's own counters).
+
+Metric names follow the Prometheus conventions (base units, `_total` counters, `_info`
+gauges with a constant 1); the list is in docs/daemon.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Protocol
+
+import netaddr
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.registry import Collector
+
+from op25b_ctl import __version__
+from op25b_ctl.desired import Desired
+from op25b_ctl.errors import Op25bError
+from op25b_ctl.model import MODES, split_families
+from op25b_ctl.netlink import TableNotFound
+from op25b_ctl.reconcile import CounterMemory, Reconciler, ReconcileResult
+from op25b_ctl.ruleset import (
+    EXEMPTED_COUNTER,
+    FAMILY,
+    FINGERPRINT_PREFIX,
+    RELAYED_COUNTER,
+    blocked_counter,
+    monitored_counter,
+    pool_chain,
+)
+
+NAMESPACE = "op25b"
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class CounterObjectLike(Protocol):
+    @property
+    def packets(self) -> int: ...
+    @property
+    def bytes(self) -> int: ...
+    @property
+    def refs(self) -> int: ...
+
+
+# table name -> {counter name: value}; raises TableNotFound if there is no such table
+CounterReader = Callable[[str], Mapping[str, CounterObjectLike]]
+
+
+def kernel_counter_reader() -> CounterReader:
+    from op25b_ctl import netlink
+
+    def read(table: str) -> Mapping[str, CounterObjectLike]:
+        return netlink.read_counter_objects(table, FAMILY)
+
+    return read
+
+
+def kernel_generation_reader() -> Callable[[], int]:
+    from op25b_ctl import netlink
+
+    return netlink.ruleset_generation
+
+
+def exemptions_in_force(want: Desired) -> dict[str, int]:
+    """Exempted prefixes in force per pool, read from the desired table itself.
+
+    The exempt sets hold exactly the exemptions in force at `now` (expired ones are left out
+    by desired.compute), and the pools' verdict maps say which pool holds each address, so
+    this needs no knowledge of how exemptions are written in the policy.
+    """
+    counts = dict.fromkeys((pool.name for pool in want.policy.pools), 0)
+    owner = {pool_chain(pool.name): pool.name for pool in want.policy.pools}
+    for exempt_set, pool_map in (("exempt_v4", "pools_v4"), ("exempt_v6", "pools_v6")):
+        exempt = want.table.sets.get(exempt_set)
+        pools = want.table.sets.get(pool_map)
+        if exempt is None or pools is None:
+            continue
+        for prefix in exempt.elements:
+            net = netaddr.IPNetwork(prefix)
+            for length in range(net.prefixlen, -1, -1):  # the longest pool prefix holding it
+                chain = pools.elements.get(str(netaddr.IPNetwork(f"{net.network}/{length}").cidr))
+                if chain in owner:
+                    counts[owner[chain]] += 1
+                    break
+    return counts
+
+
+class PoolCollector(Collector):
+    """Reads the kernel and the reconciler's desired state at scrape time."""
+
+    def __init__(
+        self,
+        reconciler: Reconciler,
+        read_counters: CounterReader,
+        generation: Callable[[], int] | None = None,
+    ) -> None:
+        self.reconciler = reconciler
+        self.read_counters = read_counters
+        self.generation = generation
+        self._exemptions: tuple[object, dict[str, int]] = (None, {})
+
+    def describe(self) -> Iterable[object]:
+        return []  # collect() reads the kernel; do not let register() call it
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | InfoMetricFamily]:
+        want = self.reconciler.desired
+        valid = GaugeMetricFamily(
+            f"{NAMESPACE}_policy_valid",
+            "1 if the policy files as they are now are valid; 0 while a bad change is refused "
+            "(the last good policy stays enforced)",
+        )
+        valid.add_metric([], 0 if self.reconciler.policy_error is not None else 1)
+        yield valid
+        in_sync = GaugeMetricFamily(
+            f"{NAMESPACE}_table_in_sync",
+            "1 if the last reconcile pass left the live table equal to the desired one",
+        )
+        in_sync.add_metric([], 1 if self.reconciler.in_sync else 0)
+        yield in_sync
+        if self.generation is not None:
+            try:
+                gen = self.generation()
+            except (Op25bError, OSError):
+                pass
+            else:
+                g = GaugeMetricFamily(
+                    f"{NAMESPACE}_ruleset_generation",
+                    "The kernel's nftables ruleset generation (bumped by every commit to any table)",
+                )
+                g.add_metric([], gen)
+                yield g
+        if want is None:
+            return
+        yield from self._policy(want)
+        yield from self._kernel(want)
+
+    def _policy(self, want: Desired) -> Iterator[GaugeMetricFamily | InfoMetricFamily]:
+        policy = want.policy
+        info = InfoMetricFamily(
+            f"{NAMESPACE}_policy", "The policy in force: its digest (sha256 of the files), table"
+        )
+        info.add_metric(
+            [],
+            {
+                "digest": self.reconciler.digest or "",
+                "table": f"{want.table.family} {want.table.name}",
+                "action": policy.gateway.action,
+            },
+        )
+        yield info
+        fingerprint = next(
+            (c for c in sorted(want.table.counters) if c.startswith(FINGERPRINT_PREFIX)), ""
+        )
+        rs = InfoMetricFamily(
+            f"{NAMESPACE}_ruleset",
+            "The desired ruleset's identity: fingerprint of every set element written",
+        )
+        rs.add_metric([], {"fingerprint": fingerprint.removeprefix(FINGERPRINT_PREFIX)})
+        yield rs
+        if want.next_change is not None:
+            nxt = GaugeMetricFamily(
+                f"{NAMESPACE}_next_change_timestamp_seconds",
+                "When the desired state changes next by itself (rollout stage, override expiry)",
+            )
+            nxt.add_metric([], want.next_change.timestamp())
+            yield nxt
+
+        mode = GaugeMetricFamily(
+            f"{NAMESPACE}_pool_mode",
+            "Each pool's desired mode now (policy + schedule + overrides): 1 for the mode it is in",
+            labels=["pool", "mode"],
+        )
+        prefixes = GaugeMetricFamily(
+            f"{NAMESPACE}_pool_prefixes",
+            "Prefixes in each pool, per address family",
+            labels=["pool", "family"],
+        )
+        exempt = GaugeMetricFamily(
+            f"{NAMESPACE}_pool_exemptions",
+            "Exemptions in force inside each pool",
+            labels=["pool"],
+        )
+        pool_info = InfoMetricFamily(
+            f"{NAMESPACE}_pool", "Static facts about each pool", labels=["pool"]
+        )
+        if self._exemptions[0] is not want.table:
+            self._exemptions = (want.table, exemptions_in_force(want))
+        exemptions = self._exemptions[1]
+        for pool in policy.pools:
+            decision = want.decisions.get(pool.name)
+            for m in MODES:
+                mode.add_metric([pool.name, m], 1 if decision and decision.mode == m else 0)
+            v4, v6 = split_families(pool.prefixes)
+            prefixes.add_metric([pool.name, "ipv4"], len(v4))
+            prefixes.add_metric([pool.name, "ipv6"], len(v6))
+            exempt.add_metric([pool.name], exemptions.get(pool.name, 0))
+            pool_info.add_metric(
+                [pool.name],
+                {
+                    "dynamic": "true" if pool.dynamic else "false",
+                    "reason": decision.reason if decision else "",
+                },
+            )
+        yield from (mode, prefixes, exempt, pool_info)
+
+    def _kernel(self, want: Desired) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        present = GaugeMetricFamily(
+            f"{NAMESPACE}_table_present",
+            "1 if our nftables table exists in the kernel (0: nothing is blocked)",
+        )
+        read_ok = GaugeMetricFamily(
+            f"{NAMESPACE}_kernel_read_ok", "1 if this scrape could read the kernel's counters"
+        )
+        try:
+            counters = self.read_counters(want.table.name)
+        except TableNotFound:
+            present.add_metric([], 0)
+            read_ok.add_metric([], 1)
+            yield from (present, read_ok)
+            return
+        except (Op25bError, OSError):
+            read_ok.add_metric([], 0)
+            yield read_ok
+            return
+        present.add_metric([], 1)
+        read_ok.add_metric([], 1)
+        yield from (present, read_ok)
+        if self.reconciler.counter_memory is not None:
+            self.reconciler.counter_memory.remember(
+                {name: (c.packets, c.bytes) for name, c in counters.items()}
+            )
+
+        def family(name: str, doc: str) -> CounterMetricFamily:
+            return CounterMetricFamily(f"{NAMESPACE}_{name}", doc, labels=["pool"])
+
+        blocked_p = family("pool_blocked_packets", "TCP/25 packets blocked, per pool (kernel)")
+        blocked_b = family("pool_blocked_bytes", "TCP/25 bytes blocked, per pool (kernel)")
+        mon_p = family(
+            "pool_monitored_packets",
+            "TCP/25 packets that would have been blocked, per pool in monitor mode (kernel)",
+        )
+        mon_b = family("pool_monitored_bytes", "TCP/25 bytes that would have been blocked")
+        live = GaugeMetricFamily(
+            f"{NAMESPACE}_pool_kernel_mode",
+            "Each pool's mode as the kernel enforces it (read from which counter a rule uses)",
+            labels=["pool", "mode"],
+        )
+        for pool in want.policy.pools:
+            if not pool.dynamic:
+                continue  # static pools are never in the table
+            b = counters.get(blocked_counter(pool.name))
+            m = counters.get(monitored_counter(pool.name))
+            if b is not None:
+                blocked_p.add_metric([pool.name], b.packets)
+                blocked_b.add_metric([pool.name], b.bytes)
+            if m is not None:
+                mon_p.add_metric([pool.name], m.packets)
+                mon_b.add_metric([pool.name], m.bytes)
+            kernel_mode = (
+                "enforce"
+                if b is not None and b.refs
+                else "monitor"
+                if m is not None and m.refs
+                else "off"
+            )
+            for mode in MODES:
+                live.add_metric([pool.name, mode], 1 if mode == kernel_mode else 0)
+        yield from (blocked_p, blocked_b, mon_p, mon_b, live)
+
+        for name, doc in (
+            (RELAYED_COUNTER, "TCP/25 packets to the ISP's own relays, let through"),
+            (EXEMPTED_COUNTER, "TCP/25 packets from exempted sources, let through"),
+        ):
+            value = counters.get(name)
+            if value is None:
+                continue
+            p = CounterMetricFamily(f"{NAMESPACE}_{name}_packets", doc)
+            p.add_metric([], value.packets)
+            b2 = CounterMetricFamily(f"{NAMESPACE}_{name}_bytes", doc.replace("packets", "bytes"))
+            b2.add_metric([], value.bytes)
+            yield from (p, b2)
+
+
+class Metrics:
+    """The controller's own health, counted from each ReconcileResult."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.runs = Counter(
+            f"{NAMESPACE}_reconcile_runs",
+            "Reconcile passes, by how the live table was read (fast = nothing read)",
+            ["read"],
+            registry=registry,
+        )
+        self.errors = Counter(
+            f"{NAMESPACE}_reconcile_errors",
+            "Reconcile passes that failed (nft refused, table not ours, no valid policy)",
+            registry=registry,
+        )
+        self.duration = Histogram(
+            f"{NAMESPACE}_reconcile_duration_seconds",
+            "Time one reconcile pass took",
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.last_success = Gauge(
+            f"{NAMESPACE}_reconcile_last_success_timestamp_seconds",
+            "When a reconcile pass last ended with the live table equal to the desired one",
+            registry=registry,
+        )
+        self.changes = Counter(
+            f"{NAMESPACE}_reconcile_changes",
+            "Transactions committed to our table (policy changes, stages, drift repairs)",
+            registry=registry,
+        )
+        self.ops = Counter(
+            f"{NAMESPACE}_reconcile_operations",
+            "Operations in the committed transactions",
+            registry=registry,
+        )
+        self.drift = Counter(
+            f"{NAMESPACE}_drift_repairs",
+            "Commits that undid someone else's change to our table (deleted, flushed, edited)",
+            registry=registry,
+        )
+        self.reload_failures = Counter(
+            f"{NAMESPACE}_policy_reload_failures",
+            "Policy or state changes refused as invalid (the last good policy stayed enforced)",
+            registry=registry,
+        )
+        self.up_since = Gauge(
+            f"{NAMESPACE}_start_time_seconds",
+            "When the daemon started",
+            registry=registry,
+        )
+        self.up_since.set_to_current_time()
+        build = Gauge(
+            f"{NAMESPACE}_build_info", "op25b-ctl version", ["version"], registry=registry
+        )
+        build.labels(__version__).set(1)
+        for read in ("fast", "skeleton", "full", "none"):
+            self.runs.labels(read)  # every series exists from the start (rate() needs it)
+
+    def observe(self, result: ReconcileResult, now: float) -> None:
+        self.runs.labels(result.read).inc()
+        self.duration.observe(result.duration)
+        if result.policy_rejected:
+            self.reload_failures.inc()
+        if result.error is not None:
+            self.errors.inc()
+            return
+        self.last_success.set(now)
+        if result.changed:
+            self.changes.inc()
+            self.ops.inc(result.ops)
+        if result.drift_repaired:
+            self.drift.inc()
+
+
+def build_registry(
+    reconciler: Reconciler,
+    read_counters: CounterReader,
+    generation: Callable[[], int] | None = None,
+) -> tuple[CollectorRegistry, Metrics]:
+    """A fresh registry holding both halves; scrapes feed the reconciler's counter memory."""
+    if reconciler.counter_memory is None:
+        reconciler.counter_memory = CounterMemory()
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` series: clutter
+    registry = CollectorRegistry(auto_describe=False)
+    metrics = Metrics(registry)
+    registry.register(PoolCollector(reconciler, read_counters, generation))
+    return registry, metrics

@@ -1,0 +1,220 @@
+"""The daemon loop: systemd notification, signals-as-flags, address parsing, CLI options."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from op25b_ctl import desired
+from op25b_ctl.cli import build_parser, main
+from op25b_ctl.daemon import Daemon, parse_address
+from op25b_ctl.metrics import build_registry
+from op25b_ctl.reconcile import Reconciler
+from op25b_ctl.sdnotify import Notifier
+from tests.daemonpolicy import EAST2, daemon_policy, set_mode
+from tests.unit.fakekernel import FakeKernel
+
+NOW = datetime(2011, 1, 31, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
+    path = str(tmp_path / "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(5)
+    yield sock, path
+    sock.close()
+
+
+def messages(sock: socket.socket) -> list[str]:
+    out: list[str] = []
+    sock.setblocking(False)
+    try:
+        while True:
+            out.append(sock.recv(4096).decode())
+    except BlockingIOError:
+        pass
+    return out
+
+
+def test_notifier_outside_systemd_is_a_no_op() -> None:
+    n = Notifier({})
+    assert not n.enabled and not n.ready("x") and not n.watchdog()
+    assert n.watchdog_interval is None
+
+
+def test_notifier_watchdog_only_for_our_pid(notify_socket: tuple[socket.socket, str]) -> None:
+    _, path = notify_socket
+    mine = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "4000000"})
+    assert mine.watchdog_interval == 4.0
+    other = Notifier(
+        {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "4000000", "WATCHDOG_PID": str(os.getpid() + 1)}
+    )
+    assert other.watchdog_interval is None
+    assert Notifier({"NOTIFY_SOCKET": "@abstract-name"}).address == "\0abstract-name"
+
+
+def test_notifier_survives_a_vanished_socket(tmp_path: Path) -> None:
+    assert Notifier({"NOTIFY_SOCKET": str(tmp_path / "gone")}).ready("x") is False
+
+
+def test_daemon_reports_ready_status_watchdog_and_stopping(
+    tmp_path: Path, notify_socket: tuple[socket.socket, str]
+) -> None:
+    sock, path = notify_socket
+    kernel = FakeKernel()
+    rec = Reconciler(
+        kernel,
+        daemon_policy(tmp_path / "p"),
+        None,
+        clock=lambda: NOW,
+        generation=kernel.generation,
+    )
+    registry, metrics = build_registry(rec, kernel.read_counters)
+    notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "2000000"})
+    daemon = Daemon(rec, interval=0.01, metrics=metrics, notifier=notifier)
+
+    assert daemon.serve(max_passes=3) == 0
+
+    got = messages(sock)
+    ready = [m for m in got if "READY=1" in m]
+    assert len(ready) == 1
+    assert "STATUS=inet op25b in sync; pools: 2 enforce, 1 monitor, 1 off" in ready[0]
+    assert sum(m == "WATCHDOG=1" for m in got) == 3
+    assert got[-1].startswith("STOPPING=1\nSTATUS=stopping; table inet op25b left in place")
+    assert registry.get_sample_value("op25b_reconcile_runs_total", {"read": "fast"}) == 2
+    assert ("inet", "op25b") in kernel.tables  # stopping never removes the table
+
+
+def test_stop_and_reload_flags_wake_the_loop(tmp_path: Path) -> None:
+    kernel = FakeKernel()
+    policy = daemon_policy(tmp_path / "p")
+    rec = Reconciler(kernel, policy, None, clock=lambda: NOW, generation=kernel.generation)
+    daemon = Daemon(rec, interval=3600)  # only a wake-up can end the sleep in time
+    done = threading.Event()
+
+    def serve() -> None:
+        daemon.serve()
+        done.set()
+
+    t = threading.Thread(target=serve)
+    t.start()
+    try:
+        set_mode(policy, EAST2, "enforce")
+        while daemon.passes < 1:
+            done.wait(0.01)
+        daemon.request_reload()
+        while daemon.passes < 2:
+            done.wait(0.01)
+        assert rec.desired is not None
+        assert rec.desired.decisions[EAST2].mode == "enforce"
+        daemon.request_stop("test")
+        assert done.wait(5)
+    finally:
+        daemon.request_stop()
+        t.join(5)
+    assert ("inet", "op25b") in kernel.tables
+
+
+def test_signal_handlers_only_set_flags(tmp_path: Path) -> None:
+    kernel = FakeKernel()
+    rec = Reconciler(kernel, daemon_policy(tmp_path / "p"), None, clock=lambda: NOW)
+    daemon = Daemon(rec, interval=3600)
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        daemon.install_signal_handlers()
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert rec._reload is True
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert daemon.serve() == 0 and daemon.passes == 0  # asked to stop before any pass
+        assert kernel.applied == []
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("127.0.0.1:9625", ("127.0.0.1", 9625)),
+        ("[::1]:9625", ("::1", 9625)),
+        (":9100", ("0.0.0.0", 9100)),
+        ("off", None),
+    ],
+)
+def test_parse_address(text: str, want: tuple[str, int] | None) -> None:
+    assert parse_address(text) == want
+
+
+@pytest.mark.parametrize("text", ["9625", "::1:9625", "host:0", "host:port"])
+def test_parse_address_refuses(text: str) -> None:
+    with pytest.raises(ValueError, match="metrics address"):
+        parse_address(text)
+
+
+def test_daemon_cli_options(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OP25B_STATE_DIR", raising=False)
+    args = build_parser().parse_args(["daemon"])
+    assert args.state_dir == Path("/var/lib/op25b")
+    assert args.metrics_address == ("127.0.0.1", 9625)
+    assert args.interval == 5.0 and args.verify_interval == 300.0
+    with pytest.raises(SystemExit) as exc:
+        main(["daemon", "--interval", "0"])
+    assert exc.value.code == 2
+    assert "must be more than 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["daemon", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "--metrics-address" in out and "--state-dir" in out and "--policy" in out
+
+
+def test_sleep_until_the_next_stage_or_half_the_watchdog(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, notify_socket: tuple[socket.socket, str]
+) -> None:
+    real = desired.compute
+
+    def soon(policy_dir: Path, state_dir: Path | None, now: datetime) -> desired.Desired:
+        return replace(real(policy_dir, state_dir, now), next_change=now + timedelta(seconds=2))
+
+    monkeypatch.setattr(desired, "compute", soon)
+    kernel = FakeKernel()
+    rec = Reconciler(kernel, daemon_policy(tmp_path / "p"), None, clock=lambda: NOW)
+    daemon = Daemon(rec, interval=3600)
+    daemon.step()
+    assert daemon._sleep_time() == 2.0  # the stage fires on time, not at the next interval
+    _, path = notify_socket
+    daemon.notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"})
+    assert daemon._sleep_time() == 0.5
+
+
+def test_metrics_port_in_use_fails_before_touching_the_kernel(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from op25b_ctl import daemon
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        try:
+            code = daemon.run(
+                daemon_policy(tmp_path / "p"), None, metrics_address=("127.0.0.1", port)
+            )
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+    assert code == 1
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in caplog.text

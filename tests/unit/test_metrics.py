@@ -1,0 +1,189 @@
+"""The exporter: per-pool kernel counters at scrape time, live modes, controller health."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from op25b_ctl.desired import Desired
+from op25b_ctl.loader import load_policy
+from op25b_ctl.metrics import Metrics, build_registry, exemptions_in_force
+from op25b_ctl.reconcile import Reconciler
+from op25b_ctl.ruleset import desired_table
+from tests.daemonpolicy import EAST1, EAST2, WEST1, break_prefix, daemon_policy, set_mode
+from tests.unit.fakekernel import FakeKernel
+
+NOW = datetime(2011, 1, 31, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def kernel() -> FakeKernel:
+    return FakeKernel()
+
+
+@pytest.fixture
+def policy_dir(tmp_path: Path) -> Path:
+    return daemon_policy(tmp_path / "policy")
+
+
+@pytest.fixture
+def rec(kernel: FakeKernel, policy_dir: Path) -> Reconciler:
+    return Reconciler(kernel, policy_dir, None, clock=lambda: NOW, generation=kernel.generation)
+
+
+@pytest.fixture
+def scrape(rec: Reconciler, kernel: FakeKernel) -> tuple[CollectorRegistry, Metrics]:
+    return build_registry(rec, kernel.read_counters, kernel.generation)
+
+
+def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+def test_pool_counters_come_from_the_kernel_at_scrape_time(
+    rec: Reconciler, kernel: FakeKernel, scrape: tuple[CollectorRegistry, Metrics]
+) -> None:
+    registry, _ = scrape
+    rec.run_once()
+    kernel.values[f"blocked_{EAST1}"] = (7, 420)
+    kernel.values[f"monitored_{EAST2}"] = (3, 180)
+    kernel.values["relayed"] = (11, 660)
+
+    assert value(registry, "op25b_pool_blocked_packets_total", pool=EAST1) == 7
+    assert value(registry, "op25b_pool_blocked_bytes_total", pool=EAST1) == 420
+    assert value(registry, "op25b_pool_blocked_packets_total", pool=WEST1) == 0
+    assert value(registry, "op25b_pool_monitored_packets_total", pool=EAST2) == 3
+    assert value(registry, "op25b_relayed_packets_total") == 11
+    # static pools are never in the table: no counter series for them
+    assert value(registry, "op25b_pool_blocked_packets_total", pool="static-biz") is None
+
+    kernel.values[f"blocked_{EAST1}"] = (9, 540)  # no reconcile pass in between
+    assert value(registry, "op25b_pool_blocked_packets_total", pool=EAST1) == 9
+
+
+def test_modes_desired_and_in_the_kernel(
+    rec: Reconciler, kernel: FakeKernel, scrape: tuple[CollectorRegistry, Metrics]
+) -> None:
+    registry, _ = scrape
+    rec.run_once()
+    for pool, mode in ((EAST1, "enforce"), (EAST2, "monitor"), (WEST1, "enforce")):
+        assert value(registry, "op25b_pool_mode", pool=pool, mode=mode) == 1
+        assert value(registry, "op25b_pool_kernel_mode", pool=pool, mode=mode) == 1
+        assert value(registry, "op25b_pool_kernel_mode", pool=pool, mode="off") == 0
+    assert value(registry, "op25b_pool_mode", pool="static-biz", mode="off") == 1
+    assert value(registry, "op25b_pool_prefixes", pool=EAST1, family="ipv4") == 1
+    assert value(registry, "op25b_pool_prefixes", pool=EAST1, family="ipv6") == 1
+    assert value(registry, "op25b_pool_exemptions", pool=EAST1) == 0
+
+    kernel.flush_chains("inet", "op25b")  # someone flushed our rules: nothing is enforced
+    assert value(registry, "op25b_pool_mode", pool=EAST1, mode="enforce") == 1
+    assert value(registry, "op25b_pool_kernel_mode", pool=EAST1, mode="enforce") == 0
+    assert value(registry, "op25b_pool_kernel_mode", pool=EAST1, mode="off") == 1
+
+
+def test_absent_table(
+    rec: Reconciler, kernel: FakeKernel, scrape: tuple[CollectorRegistry, Metrics]
+) -> None:
+    registry, _ = scrape
+    rec.run_once()
+    assert value(registry, "op25b_table_present") == 1
+    kernel.edit("inet", "op25b", None)
+    assert value(registry, "op25b_table_present") == 0
+    assert value(registry, "op25b_kernel_read_ok") == 1
+    assert value(registry, "op25b_pool_blocked_packets_total", pool=EAST1) is None
+
+
+def test_health_counts_each_pass(
+    rec: Reconciler,
+    kernel: FakeKernel,
+    scrape: tuple[CollectorRegistry, Metrics],
+    policy_dir: Path,
+) -> None:
+    registry, metrics = scrape
+    metrics.observe(rec.run_once(), now=1000.0)
+    metrics.observe(rec.run_once(), now=1001.0)
+    assert value(registry, "op25b_reconcile_runs_total", read="full") == 1
+    assert value(registry, "op25b_reconcile_runs_total", read="fast") == 1
+    assert value(registry, "op25b_reconcile_changes_total") == 1
+    assert value(registry, "op25b_reconcile_last_success_timestamp_seconds") == 1001.0
+    assert value(registry, "op25b_reconcile_duration_seconds_count") == 2
+    assert value(registry, "op25b_table_in_sync") == 1
+
+    kernel.edit("inet", "op25b", None)
+    metrics.observe(rec.run_once(), now=1002.0)
+    assert value(registry, "op25b_drift_repairs_total") == 1
+
+    break_prefix(policy_dir)
+    metrics.observe(rec.run_once(), now=1003.0)
+    assert value(registry, "op25b_policy_reload_failures_total") == 1
+    assert value(registry, "op25b_policy_valid") == 0
+
+    kernel.fail_next = "Error: simulated"
+    kernel.edit("inet", "op25b", None)
+    metrics.observe(rec.run_once(), now=1004.0)
+    assert value(registry, "op25b_reconcile_errors_total") == 1
+    assert value(registry, "op25b_reconcile_last_success_timestamp_seconds") == 1003.0
+    assert value(registry, "op25b_table_in_sync") == 0
+
+
+def test_policy_and_ruleset_identity(
+    rec: Reconciler, scrape: tuple[CollectorRegistry, Metrics], policy_dir: Path
+) -> None:
+    registry, _ = scrape
+    rec.run_once()
+    text = generate_latest(registry).decode()
+    assert (
+        f'op25b_policy_info{{action="reject",digest="{rec.digest}",table="inet op25b"}} 1.0' in text
+    )
+    assert "op25b_ruleset_info{fingerprint=" in text
+    assert value(registry, "op25b_ruleset_generation") is not None
+    digest = rec.digest
+    set_mode(policy_dir, EAST2, "enforce")
+    rec.run_once()
+    assert rec.digest != digest
+    assert f'digest="{rec.digest}"' in generate_latest(registry).decode()
+
+
+def test_before_any_valid_policy_only_health_is_exported(
+    kernel: FakeKernel, policy_dir: Path
+) -> None:
+    (policy_dir / "relays.yaml").write_text("relays: []\n")
+    rec = Reconciler(kernel, policy_dir, None, clock=lambda: NOW)
+    registry, metrics = build_registry(rec, kernel.read_counters)
+    metrics.observe(rec.run_once(), now=1.0)
+    assert value(registry, "op25b_policy_valid") == 0
+    assert value(registry, "op25b_reconcile_errors_total") == 1
+    assert "op25b_pool_mode" not in generate_latest(registry).decode()
+
+
+def test_a_deleted_table_comes_back_with_the_counters_prometheus_last_saw(
+    rec: Reconciler, kernel: FakeKernel, scrape: tuple[CollectorRegistry, Metrics]
+) -> None:
+    registry, _ = scrape
+    rec.run_once()
+    kernel.values[f"blocked_{EAST1}"] = (7, 420)
+    assert value(registry, "op25b_pool_blocked_packets_total", pool=EAST1) == 7  # a scrape
+    kernel.edit("inet", "op25b", None)  # `nft delete table inet op25b`: the kernel forgets
+
+    repaired = rec.run_once()
+
+    assert repaired.drift_repaired
+    assert value(registry, "op25b_pool_blocked_packets_total", pool=EAST1) == 7
+    assert value(registry, "op25b_pool_blocked_bytes_total", pool=EAST1) == 420
+    assert value(registry, "op25b_pool_blocked_packets_total", pool=WEST1) == 0
+
+
+def test_exemptions_in_force_are_counted_per_pool_from_the_desired_table(
+    policy_dir: Path,
+) -> None:
+    policy = load_policy(policy_dir)
+    table = desired_table(
+        policy,
+        {EAST1: "enforce", WEST1: "enforce"},
+        exemptions=["192.0.2.16/28", "2001:db8:1000:1::/64", "198.51.100.7/32"],
+    )
+    counts = exemptions_in_force(Desired(policy=policy, decisions={}, table=table))
+    assert counts == {EAST1: 2, EAST2: 0, WEST1: 1, "static-biz": 0}

@@ -1,0 +1,146 @@
+"""The shipped monitoring and systemd files: promtool, systemd-analyze, and name consistency.
+
+The rules and the dashboard may only use metric names the exporter really exposes, so a
+rename in metrics.py cannot silently break an alert.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client import generate_latest
+
+from op25b_ctl.metrics import build_registry
+from op25b_ctl.reconcile import Reconciler
+from tests.daemonpolicy import daemon_policy
+from tests.policytools import REPO
+from tests.unit.fakekernel import FakeKernel
+
+RULES = REPO / "monitoring" / "prometheus" / "op25b-rules.yml"
+RULES_TEST = REPO / "monitoring" / "prometheus" / "op25b-rules.test.yml"
+DASHBOARD = REPO / "monitoring" / "grafana" / "op25b-dashboard.json"
+UNIT = REPO / "systemd" / "op25b-ctl.service"
+VENV_CTL = REPO / ".venv" / "bin" / "op25b-ctl"
+NAME = re.compile(r"\bop25b[_:][a-z0-9_:]+")
+
+needs_promtool = pytest.mark.skipif(
+    shutil.which("promtool") is None,
+    reason="needs promtool (Debian package prometheus; scripts/bootstrap installs it)",
+)
+
+
+def exposition(tmp: Path) -> str:
+    """A real scrape of the exporter, over a fake kernel with traffic in every counter."""
+    kernel = FakeKernel()
+    rec = Reconciler(
+        kernel,
+        daemon_policy(tmp / "policy"),
+        None,
+        clock=lambda: datetime(2011, 1, 31, tzinfo=UTC),
+        generation=kernel.generation,
+    )
+    registry, metrics = build_registry(rec, kernel.read_counters, kernel.generation)
+    metrics.observe(rec.run_once(), now=1.0e9)
+    metrics.observe(rec.run_once(), now=1.0e9 + 5)
+    for name in kernel.tables[("inet", "op25b")].counters:
+        kernel.values[name] = (3, 180)
+    return generate_latest(registry).decode()
+
+
+def exported_names(text: str) -> set[str]:
+    return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line[:1] not in "#"}
+
+
+def run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60)
+
+
+@needs_promtool
+def test_promtool_check_rules() -> None:
+    cp = run(["promtool", "check", "rules", str(RULES)])
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert "SUCCESS" in cp.stdout
+
+
+@needs_promtool
+def test_promtool_unit_tests_of_the_alerts() -> None:
+    cp = subprocess.run(
+        ["promtool", "test", "rules", RULES_TEST.name],
+        cwd=RULES_TEST.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert "SUCCESS" in cp.stdout
+
+
+@needs_promtool
+def test_promtool_check_metrics_on_a_scrape(tmp_path: Path) -> None:
+    text = exposition(tmp_path)
+    cp = run(["promtool", "check", "metrics"], stdin=text)
+    assert cp.returncode == 0 and not cp.stdout.strip() and not cp.stderr.strip(), (
+        cp.stdout + cp.stderr
+    )
+
+
+def test_rules_and_dashboard_use_only_exported_metrics(tmp_path: Path) -> None:
+    exported = exported_names(exposition(tmp_path))
+    rules = yaml.safe_load(RULES.read_text())
+    recorded = {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}
+    exprs = [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    exprs += [t["expr"] for p in panels for t in p["targets"]]
+    exprs += [v["definition"] for v in dashboard["templating"]["list"] if "definition" in v]
+    used = {m for e in exprs for m in NAME.findall(e)}
+    assert used - exported - recorded == set()
+    # and the headline series are really there
+    for name in (
+        "op25b_pool_blocked_packets_total",
+        "op25b_pool_monitored_packets_total",
+        "op25b_relayed_packets_total",
+        "op25b_drift_repairs_total",
+        "op25b_reconcile_last_success_timestamp_seconds",
+    ):
+        assert name in used and name in exported
+
+
+def test_dashboard_has_per_pool_panels() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    assert any(p.get("repeat") == "pool" for p in dashboard["panels"])
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    assert {"datasource", "instance", "pool"} <= variables
+    pool_panels = [
+        p for p in dashboard["panels"] if any("pool" in t["expr"] for t in p.get("targets", []))
+    ]
+    assert len(pool_panels) >= 4
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_systemd_unit_verifies_and_is_hardened(tmp_path: Path) -> None:
+    text = UNIT.read_text()
+    assert "Type=notify" in text and "WatchdogSec=" in text
+    assert "CapabilityBoundingSet=CAP_NET_ADMIN\n" in text
+    for directive in ("ProtectSystem=strict", "PrivateTmp=yes", "NoNewPrivileges=yes"):
+        assert directive in text
+    assert "Before=network-pre.target" in text and "Wants=network-pre.target" in text
+    # verify needs the executable to exist: point it at this checkout's venv
+    unit = tmp_path / UNIT.name
+    unit.write_text(text.replace("/usr/local/bin/op25b-ctl", str(VENV_CTL)))
+    cp = run(["systemd-analyze", "verify", str(unit)])
+    assert cp.returncode == 0, cp.stderr
+    assert not re.search(r"Unknown|Failed|ignoring|Invalid", cp.stderr), cp.stderr
+    sec = run(["systemd-analyze", "security", "--offline=yes", str(unit)])
+    level = re.search(r"Overall exposure level for \S+: ([0-9.]+)", sec.stdout + sec.stderr)
+    assert level is not None, sec.stdout + sec.stderr
+    assert float(level.group(1)) < 3.0  # "OK" in systemd's scale

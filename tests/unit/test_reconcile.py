@@ -1,0 +1,270 @@
+"""Reconciler: cheap no-change passes, drift repair, last-good policy, periodic full verify."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from op25b_ctl import desired
+from op25b_ctl.reconcile import Reconciler, carry_counters, input_identity
+from op25b_ctl.render import render
+from op25b_ctl.ruleset import pool_chain
+from op25b_ctl.table import Rule
+from op25b_ctl.transaction import AddCounter, AddTable, Transaction
+from tests.daemonpolicy import EAST2, break_prefix, daemon_policy, fix_prefix, set_mode
+from tests.unit.fakekernel import FakeKernel
+
+NOW = datetime(2011, 1, 31, 9, 0, tzinfo=UTC)
+KEY = ("inet", "op25b")
+EAST1 = pool_chain("flets-east-dyn-1")
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def policy_dir(tmp_path: Path) -> Path:
+    return daemon_policy(tmp_path / "policy")
+
+
+@pytest.fixture
+def kernel() -> FakeKernel:
+    return FakeKernel()
+
+
+@pytest.fixture
+def timer() -> Timer:
+    return Timer()
+
+
+@pytest.fixture
+def rec(kernel: FakeKernel, policy_dir: Path, tmp_path: Path, timer: Timer) -> Reconciler:
+    return Reconciler(
+        kernel,
+        policy_dir,
+        tmp_path / "state",
+        clock=lambda: NOW,
+        generation=kernel.generation,
+        verify_interval=60,
+        timer=timer,
+        rule_digests=kernel.rule_digests,
+    )
+
+
+def test_first_pass_applies_with_a_full_read_then_passes_read_nothing(
+    rec: Reconciler, kernel: FakeKernel
+) -> None:
+    first = rec.run_once()
+    assert first.ok and first.changed and first.read == "full" and first.desired_changed
+    assert not first.drift_repaired  # nothing was ours before: not drift
+    assert kernel.tables[KEY] == rec.desired.table if rec.desired else False
+    assert rec.in_sync
+
+    kernel.reads.clear()
+    for _ in range(3):
+        again = rec.run_once()
+        assert again.ok and not again.changed and again.read == "fast"
+    assert kernel.reads == []  # the fast path touched neither libnftables nor netlink
+
+
+def test_commit_to_another_table_costs_one_skeleton_read(
+    rec: Reconciler, kernel: FakeKernel
+) -> None:
+    rec.run_once()
+    kernel.gen += 1  # e.g. docker changed its own table
+    kernel.reads.clear()
+    result = rec.run_once()
+    assert result.read == "skeleton" and not result.changed
+    assert kernel.reads == [False]  # one read, without elements
+    assert rec.run_once().read == "fast"  # the new generation is trusted again
+
+
+@pytest.mark.parametrize("tamper", ["delete", "flush", "edit-rule", "edit-keeping-comment"])
+def test_drift_is_repaired_at_once_then_every_element_verified(
+    rec: Reconciler, kernel: FakeKernel, tamper: str
+) -> None:
+    rec.run_once()
+    good = kernel.tables[KEY]
+    if tamper == "delete":
+        kernel.edit(*KEY, None)
+    elif tamper == "flush":
+        kernel.flush_chains(*KEY)
+    elif tamper == "edit-rule":
+        chain = replace(good.chains[EAST1], rules=(Rule("foreign:7", "accept"),))
+        kernel.edit(*KEY, replace(good, chains={**good.chains, EAST1: chain}))
+    else:  # a dumped ruleset, edited and reloaded: our comment, someone else's statement
+        (ours,) = good.chains[EAST1].rules
+        chain = replace(good.chains[EAST1], rules=(replace(ours, text="counter accept"),))
+        kernel.edit(*KEY, replace(good, chains={**good.chains, EAST1: chain}))
+    kernel.reads.clear()
+
+    result = rec.run_once()
+
+    assert result.ok and result.changed and result.drift_repaired
+    assert result.read == "skeleton"  # cheap: the rules are back within one pass
+    assert not result.desired_changed
+    assert kernel.tables[KEY].chains == good.chains
+    assert kernel.tables[KEY].chains[EAST1].rules[0].text == good.chains[EAST1].rules[0].text
+    assert kernel.tables[KEY].sets == good.sets
+    kernel.reads.clear()
+    verify = rec.run_once()  # whoever did it may have touched elements: read them all
+    assert verify.read == "full" and kernel.reads == [True] and not verify.changed
+    assert rec.run_once().read == "fast"
+
+
+def test_policy_change_is_applied_and_is_not_drift(
+    rec: Reconciler, kernel: FakeKernel, policy_dir: Path
+) -> None:
+    rec.run_once()
+    before = rec.digest
+    set_mode(policy_dir, EAST2, "enforce")
+
+    result = rec.run_once()
+
+    assert result.changed and result.desired_changed and not result.drift_repaired
+    assert rec.desired is not None
+    assert rec.desired.decisions[EAST2].mode == "enforce"
+    assert rec.digest != before
+    assert "counter name blocked_flets-east-dyn-2" in (
+        kernel.tables[KEY].chains[pool_chain(EAST2)].rules[0].text or ""
+    )
+
+
+def test_touching_files_without_changing_them_changes_nothing(
+    rec: Reconciler, kernel: FakeKernel, policy_dir: Path
+) -> None:
+    rec.run_once()
+    text = (policy_dir / "pools.yaml").read_text()
+    (policy_dir / "pools.yaml").write_text(text)
+    applied = len(kernel.applied)
+    result = rec.run_once()
+    assert not result.changed and not result.desired_changed
+    assert len(kernel.applied) == applied
+    assert rec.run_once().read == "fast"
+
+
+def test_invalid_policy_is_refused_once_and_last_good_stays_enforced(
+    rec: Reconciler, kernel: FakeKernel, policy_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rec.run_once()
+    good = kernel.tables[KEY]
+    break_prefix(policy_dir)
+
+    refused = rec.run_once()
+
+    assert refused.policy_rejected and refused.ok and not refused.changed
+    assert rec.policy_error is not None
+    assert re.search(r"pools.yaml:\d+: pools\[0\].prefixes\[0\]", caplog.text)
+    assert "last good policy stays enforced" in caplog.text
+    assert kernel.tables[KEY] is good
+    # not reported again while the files stay the same ...
+    assert not rec.run_once().policy_rejected
+    # ... and the last good state is still defended
+    kernel.edit(*KEY, None)
+    repaired = rec.run_once()
+    assert repaired.drift_repaired and kernel.tables[KEY].chains == good.chains
+
+    fix_prefix(policy_dir)
+    fixed = rec.run_once()
+    assert fixed.ok and rec.policy_error is None and not fixed.changed
+
+
+def test_no_valid_policy_at_start_touches_nothing(
+    kernel: FakeKernel, policy_dir: Path, timer: Timer
+) -> None:
+    (policy_dir / "relays.yaml").write_text("relays: []\n")
+    rec = Reconciler(kernel, policy_dir, None, clock=lambda: NOW, timer=timer)
+    result = rec.run_once()
+    assert result.error and "no valid policy" in result.error and result.policy_rejected
+    assert kernel.applied == [] and kernel.reads == []
+
+
+def test_full_verify_every_interval_and_on_request(
+    rec: Reconciler, kernel: FakeKernel, timer: Timer
+) -> None:
+    rec.run_once()
+    timer.t += 59
+    assert rec.run_once().read == "fast"
+    timer.t += 1
+    assert rec.run_once().read == "full"
+    assert rec.run_once().read == "fast"
+    rec.request_verify()
+    assert rec.run_once().read == "full"
+    rec.request_reload()
+    assert rec.run_once().read == "full"
+
+
+def test_backend_failure_is_reported_and_retried_with_a_full_read(
+    rec: Reconciler, kernel: FakeKernel
+) -> None:
+    rec.run_once()
+    kernel.edit(*KEY, None)
+    kernel.fail_next = "Error: simulated"
+    failed = rec.run_once()
+    assert failed.error == "Error: simulated" and not failed.changed
+    assert not rec.in_sync
+    retried = rec.run_once()
+    assert retried.ok and retried.changed and rec.in_sync and retried.read == "full"
+
+
+def test_without_a_generation_reader_every_pass_reads_the_skeleton(
+    kernel: FakeKernel, policy_dir: Path, timer: Timer
+) -> None:
+    rec = Reconciler(kernel, policy_dir, None, clock=lambda: NOW, timer=timer)
+    rec.run_once()
+    assert rec.run_once().read == "skeleton"
+
+
+def test_inputs_are_recomputed_only_when_files_change_or_a_change_is_due(
+    rec: Reconciler, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[datetime] = []
+    real = desired.compute
+
+    def counting(policy_dir: Path, state_dir: Path | None, now: datetime) -> desired.Desired:
+        calls.append(now)
+        want = real(policy_dir, state_dir, now)
+        return replace(want, next_change=NOW + timedelta(hours=1))
+
+    monkeypatch.setattr(desired, "compute", counting)
+    rec.run_once()
+    rec.run_once()
+    assert len(calls) == 1  # unchanged files: no YAML parsed again
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "overrides.json").write_text("{}")
+    assert rec.run_once().read == "fast"  # recomputed, same table: still nothing to do
+    assert len(calls) == 2
+    assert rec.next_wakeup() == NOW + timedelta(hours=1)
+    rec.run_once(NOW + timedelta(hours=1))  # the stage is due
+    assert calls[-1] == NOW + timedelta(hours=1)
+
+
+def test_input_identity_sees_every_edit(tmp_path: Path) -> None:
+    d = daemon_policy(tmp_path / "p")
+    first = input_identity(d, tmp_path / "missing")
+    assert first == input_identity(d, tmp_path / "missing")
+    (d / "pools.yaml").write_text((d / "pools.yaml").read_text() + "\n")
+    assert input_identity(d, tmp_path / "missing") != first
+    (d / ".pools.yaml.swp").write_text("x")  # editor droppings are ignored
+    second = input_identity(d)
+    (d / ".other.swp").write_text("y")
+    (d / "audit.jsonl").write_text("{}\n")  # logs are not inputs
+    assert input_identity(d) == second
+
+
+def test_carry_counters_only_touches_recreated_counters() -> None:
+    tx = Transaction("inet", "op25b", (AddTable("c"), AddCounter("a"), AddCounter("b")))
+    carried = carry_counters(tx, {"a": (5, 300), "z": (1, 1)})
+    assert carried.ops == (AddTable("c"), AddCounter("a", 5, 300), AddCounter("b"))
+    assert "add counter inet op25b a { packets 5 bytes 300 }" in render(carried)
+    assert "add counter inet op25b b\n" in render(carried)
