@@ -40,6 +40,7 @@ from typing import Literal
 from op25b_ctl import applier, desired
 from op25b_ctl.backend import Backend, NftBackend
 from op25b_ctl.errors import Op25bError, PolicyError
+from op25b_ctl.state import LockBusy, StateDir
 from op25b_ctl.table import Table
 from op25b_ctl.transaction import AddCounter, AddRule, FlushChain, Op, Transaction
 
@@ -246,6 +247,22 @@ class Reconciler:
     # ----------------------------------------------------------------------------- the pass
 
     def run_once(self, now: datetime | None = None) -> ReconcileResult:
+        """One pass, under the state lock so it never interleaves with `pool`/`tick` commands.
+
+        Without the lock a pass that computed the desired state just before an engineer's
+        `pool rollback` could re-apply the old mode after it. A busy lock skips this pass
+        (the next one comes within the interval) instead of blocking the watchdog.
+        """
+        if self.state_dir is None or not self.state_dir.is_dir():
+            return self._run_once(now)  # no state yet: no command has run to interleave with
+        try:
+            with StateDir(self.state_dir).lock("daemon reconcile", timeout=0):
+                return self._run_once(now)
+        except LockBusy as exc:
+            log.info("pass skipped: %s", exc)
+            return self._finish(self.timer(), read="none")
+
+    def _run_once(self, now: datetime | None = None) -> ReconcileResult:
         start = self.timer()
         now = now if now is not None else self.clock()
         reload, self._reload = self._reload, False

@@ -10,12 +10,15 @@ from pathlib import Path
 import pytest
 
 from op25b_ctl import desired
+from op25b_ctl.backend import MemoryBackend
 from op25b_ctl.reconcile import Reconciler, carry_counters, input_identity
 from op25b_ctl.render import render
 from op25b_ctl.ruleset import pool_chain
+from op25b_ctl.state import StateDir
 from op25b_ctl.table import Rule
 from op25b_ctl.transaction import AddCounter, AddTable, Transaction
 from tests.daemonpolicy import EAST2, break_prefix, daemon_policy, fix_prefix, set_mode
+from tests.policytools import EXAMPLE
 from tests.unit.fakekernel import FakeKernel
 
 NOW = datetime(2011, 1, 31, 9, 0, tzinfo=UTC)
@@ -268,3 +271,14 @@ def test_carry_counters_only_touches_recreated_counters() -> None:
     assert carried.ops == (AddTable("c"), AddCounter("a", 5, 300), AddCounter("b"))
     assert "add counter inet op25b a { packets 5 bytes 300 }" in render(carried)
     assert "add counter inet op25b b\n" in render(carried)
+
+
+def test_a_pass_never_runs_while_a_command_holds_the_state_lock(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    backend = MemoryBackend()
+    rec = Reconciler(backend, EXAMPLE, state, generation=lambda: None)
+    with StateDir(state).lock("pool rollback (test)", timeout=0):
+        skipped = rec.run_once()
+    assert not skipped.changed and backend.applied == []
+    assert rec.run_once().changed  # the next pass, lock free, does the work
