@@ -3,7 +3,7 @@
     chain gate   (base, hook forward)   [iifname {...}] tcp dport 25 jump smtp
     chain smtp   relay-bound -> accept; exempt source -> accept;
                  ip saddr vmap @pools_v4 / ip6 saddr vmap @pools_v6
-    chain pool_<name>   off: empty | monitor: counter | enforce: counter + drop/reject
+    chain pool_<name>   off: empty | monitor: count SYNs | enforce: counter + drop/reject
 
 Per-packet cost is one interval-map lookup (an rbtree: O(log n)) whatever the number of
 prefixes. A pool's mode lives only in its own chain, so changing it rewrites one small chain
@@ -57,7 +57,9 @@ def elements_fingerprint(sets: Iterable[NamedSet]) -> str:
 def pool_rules(pool: str, mode: Mode, action: str) -> tuple[Rule, ...]:
     """The whole of a pool's chain for one mode; the only thing a mode change rewrites."""
     if mode == "monitor":
-        return (Rule.of(f"counter name {monitored_counter(pool)}"),)
+        # Count connection attempts (the SYN), not every packet of the session: that is what
+        # enforcement would have blocked, comparable with the blocked counter in drop mode.
+        return (Rule.of(f"tcp flags & (syn | ack) == syn counter name {monitored_counter(pool)}"),)
     if mode == "enforce":
         verdict = "reject with tcp reset" if action == "reject" else "drop"
         return (Rule.of(f"counter name {blocked_counter(pool)} {verdict}"),)
