@@ -318,42 +318,35 @@ def check_policy(policy: Policy) -> list[Finding]:
                     f"static pool {pool.name!r} cannot be {pool.mode!r}: OP25B applies to dynamic pools",
                 )
             )
-        for j, prefix in enumerate(pool.prefixes):
-            net = netaddr.IPNetwork(prefix)
-            if net.prefixlen < MIN_POOL_PREFIXLEN[net.version]:
-                found.append(
-                    Finding(
-                        "pools.yaml",
-                        ("pools", i, "prefixes", j),
-                        f"{prefix} is broader than /{MIN_POOL_PREFIXLEN[net.version]}; "
-                        "refusing a pool that wide",
-                    )
-                )
-
-    pool_items = [
+    Located = tuple[netaddr.IPNetwork, tuple[str | int, ...]]
+    pool_items: list[Located] = [
         (netaddr.IPNetwork(prefix), ("pools", i, "prefixes", j))
         for i, pool in enumerate(policy.pools)
         for j, prefix in enumerate(pool.prefixes)
     ]
+    for net, path in pool_items:
+        if net.prefixlen < MIN_POOL_PREFIXLEN[net.version]:
+            found.append(
+                Finding(
+                    "pools.yaml",
+                    path,
+                    f"{net.cidr} is broader than /{MIN_POOL_PREFIXLEN[net.version]}; "
+                    "refusing a pool that wide",
+                )
+            )
     for path, other, net, other_net in _overlaps(pool_items):
         found.append(Finding("pools.yaml", path, f"{net} overlaps {other_net} at {_fmt(other)}"))
 
-    relay_items = [
+    index = PrefixIndex(pool_items)
+    relay_items: list[Located] = [
         (netaddr.IPNetwork(addr), ("relays", i, "addresses", j))
         for i, relay in enumerate(policy.relays)
         for j, addr in enumerate(relay.addresses)
     ]
-    pool_set = {
-        version: netaddr.IPSet(n for n, _ in pool_items if n.version == version)
-        for version in (4, 6)
-    }
     for net, path in relay_items:
-        if pool_set[net.version].intersection(netaddr.IPSet([net])):
-            owner = next(
-                policy.pools[int(p[1])].name
-                for n, p in pool_items
-                if n.version == net.version and n.first <= net.last and net.first <= n.last
-            )
+        hits = index.overlapping(net)
+        if hits:
+            owner = policy.pools[int(hits[0][1][1])].name
             found.append(
                 Finding(
                     "relays.yaml",
@@ -365,7 +358,7 @@ def check_policy(policy: Policy) -> list[Finding]:
     for path, other, net, other_net in _overlaps(relay_items):
         found.append(Finding("relays.yaml", path, f"{net} overlaps {other_net} at {_fmt(other)}"))
     found += _check_rollout(policy)
-    found += _check_exemptions(policy, pool_items)
+    found += _check_exemptions(policy, index)
     return found
 
 
@@ -454,25 +447,43 @@ def _check_rollout(policy: Policy) -> list[Finding]:
     return found
 
 
-def _check_exemptions(
-    policy: Policy, pool_items: Sequence[tuple[netaddr.IPNetwork, tuple[str | int, ...]]]
-) -> list[Finding]:
+class PrefixIndex:
+    """Non-overlapping prefixes sorted by start, so a lookup is a bisect, not a scan of 100,000."""
+
+    def __init__(self, items: Sequence[tuple[netaddr.IPNetwork, tuple[str | int, ...]]]) -> None:
+        self._spans = sorted(
+            ((n.version, n.first, n.last), n, path) for n, path in items
+        )  # fmt: skip
+        self._starts = [key[:2] for key, _, _ in self._spans]
+
+    def overlapping(
+        self, net: netaddr.IPNetwork
+    ) -> list[tuple[netaddr.IPNetwork, tuple[str | int, ...]]]:
+        """Indexed prefixes sharing any address with `net`, in address order."""
+        k = max(bisect.bisect_right(self._starts, (net.version, net.first)) - 1, 0)
+        out = []
+        for (version, first, last), n, path in self._spans[k:]:
+            if version < net.version:
+                continue
+            if version > net.version or first > net.last:
+                break
+            if last >= net.first:
+                out.append((n, path))
+        return out
+
+
+def _check_exemptions(policy: Policy, index: PrefixIndex) -> list[Finding]:
     """Each exemption is a part of one dynamic pool (not all of it) and overlaps no other."""
     found: list[Finding] = []
     f = "exemptions.yaml"
     items = []
-    # pool prefixes do not overlap (checked above), so the one that could hold an exemption
-    # is the last one starting at or before it: a bisect, not a scan of 100,000 prefixes
-    spans = sorted((n.version, n.first, n.last, n, path) for n, path in pool_items)
-    starts = [(v, first) for v, first, *_ in spans]
     for i, ex in enumerate(policy.exemptions):
         net = netaddr.IPNetwork(ex.prefix)
         items.append((net, ("exemptions", i, "prefix")))
-        k = bisect.bisect_right(starts, (net.version, net.first)) - 1
         owner = [
             (pnet, policy.pools[int(path[1])])
-            for version, _, last, pnet, path in spans[max(k, 0) : k + 1]
-            if version == net.version and net.last <= last and pnet.first <= net.first
+            for pnet, path in index.overlapping(net)
+            if pnet.first <= net.first and net.last <= pnet.last
         ]
         if not owner:
             found.append(

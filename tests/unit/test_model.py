@@ -120,3 +120,25 @@ def test_missing_and_unexpected_files(tmp_path: Path) -> None:
 
 def test_missing_directory(tmp_path: Path) -> None:
     assert "policy directory not found" in problems(tmp_path / "nope")[0]
+
+
+def test_prefix_index_finds_exactly_the_overlapping_prefixes() -> None:
+    import random
+
+    import netaddr
+
+    from op25b_ctl.model import PrefixIndex
+
+    rng = random.Random(7)
+    nets = [netaddr.IPNetwork(f"198.51.100.{i * 8}/29") for i in range(0, 32, 2)]
+    nets += [netaddr.IPNetwork(f"2001:db8:{i:x}::/48") for i in range(0, 64, 3)]
+    index = PrefixIndex([(n, ("pools", k)) for k, n in enumerate(nets)])
+    for _ in range(2000):
+        if rng.random() < 0.5:
+            q = netaddr.IPNetwork(f"198.51.100.{rng.randrange(256)}/{rng.randrange(24, 33)}").cidr
+        else:
+            q = netaddr.IPNetwork(f"2001:db8:{rng.randrange(70):x}::/{rng.randrange(40, 64)}").cidr
+        want = [
+            n for n in nets if n.version == q.version and n.first <= q.last and q.first <= n.last
+        ]
+        assert [n for n, _ in index.overlapping(q)] == sorted(want, key=lambda n: n.first), q
