@@ -236,8 +236,13 @@ class MemoryBackend:
                         raise BackendError(f"counter {n} is in use")
                     t = replace(need(), counters=need().counters - {n})
                 case AddSet(set=s):
-                    if s.name not in need().sets:
-                        t = replace(need(), sets={**need().sets, s.name: replace(s, elements={})})
+                    cur = need()
+                    if s.name in cur.sets:
+                        raise BackendError(f"set {s.name} exists")
+                    for target in s.elements.values():
+                        if target is not None and target not in cur.chains:
+                            raise BackendError(f"chain {target} does not exist")
+                    t = replace(cur, sets={**cur.sets, s.name: s})
                 case DeleteSet(set=s):
                     t = replace(need(), sets={k: v for k, v in need().sets.items() if k != s.name})
                 case AddChain(name=n, hook=hook):

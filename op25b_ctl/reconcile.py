@@ -314,7 +314,6 @@ class Reconciler:
                 # changed it may have changed elements too, so the next pass reads them all.
                 self._verify = True
             if tx:
-                self.backend.check(tx)
                 before = self._read_generation()
                 self.backend.apply(tx)
                 after = self._read_generation()

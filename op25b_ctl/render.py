@@ -54,7 +54,9 @@ def render_op(spec: str, op: Op) -> Iterable[str]:
         case AddSet(set=s):
             kind = "map" if s.verdict_map else "set"
             key = f"{s.key_type} : verdict" if s.verdict_map else s.key_type
-            yield f"add {kind} {spec} {s.name} {{ type {key}; flags interval; }}"
+            items = ", ".join(_element(k, v) for k, v in s.elements.items())
+            inline = f" elements = {{ {items} }};" if items else ""
+            yield f"add {kind} {spec} {s.name} {{ type {key}; flags interval;{inline} }}"
         case DeleteSet(set=s):
             yield f"delete {'map' if s.verdict_map else 'set'} {spec} {s.name}"
         case AddChain(name=name, hook=None):
@@ -106,7 +108,9 @@ def describe(tx: Transaction) -> list[str]:
             case DeleteCounter(name=n):
                 out.append(f"- counter {n}")
             case AddSet(set=s):
-                out.append(f"+ {'map' if s.verdict_map else 'set'} {s.name}")
+                items = [_element(k, v) for k, v in s.elements.items()]
+                listed = f" with {len(items)} element(s): {_sample(items)}" if items else ""
+                out.append(f"+ {'map' if s.verdict_map else 'set'} {s.name}{listed}")
             case DeleteSet(set=s):
                 out.append(f"- {'map' if s.verdict_map else 'set'} {s.name}")
             case AddChain(name=n, hook=hook):

@@ -37,7 +37,7 @@ class DeleteCounter:
 
 @dataclass(frozen=True)
 class AddSet:
-    set: NamedSet  # its shape only; elements come in AddElements
+    set: NamedSet  # created with its elements, declared inline
 
 
 @dataclass(frozen=True)
