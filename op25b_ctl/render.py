@@ -54,8 +54,8 @@ def render_op(spec: str, op: Op) -> Iterable[str]:
         case AddSet(set=s):
             kind = "map" if s.verdict_map else "set"
             key = f"{s.key_type} : verdict" if s.verdict_map else s.key_type
-            items = ", ".join(_element(k, v) for k, v in s.elements.items())
-            inline = f" elements = {{ {items} }};" if items else ""
+            listed = ", ".join(_element(k, v) for k, v in s.elements.items())
+            inline = f" elements = {{ {listed} }};" if listed else ""
             yield f"add {kind} {spec} {s.name} {{ type {key}; flags interval;{inline} }}"
         case DeleteSet(set=s):
             yield f"delete {'map' if s.verdict_map else 'set'} {spec} {s.name}"
