@@ -356,7 +356,7 @@ class Metrics:
             f"{NAMESPACE}_build_info", "op25b-ctl version", ["version"], registry=registry
         )
         build.labels(__version__).set(1)
-        for read in ("fast", "skeleton", "full", "none"):
+        for read in ("fast", "known", "skeleton", "full", "none"):
             self.runs.labels(read)  # every series exists from the start (rate() needs it)
 
     def observe(self, result: ReconcileResult, now: float) -> None:

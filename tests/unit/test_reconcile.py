@@ -282,3 +282,32 @@ def test_a_pass_never_runs_while_a_command_holds_the_state_lock(tmp_path: Path) 
         skipped = rec.run_once()
     assert not skipped.changed and backend.applied == []
     assert rec.run_once().changed  # the next pass, lock free, does the work
+
+
+def test_a_desired_change_on_an_untouched_kernel_is_committed_without_reading(
+    rec: Reconciler, kernel: FakeKernel, policy_dir: Path
+) -> None:
+    rec.run_once()
+    set_mode(policy_dir, EAST2, "enforce")  # e.g. a stage fell due
+    kernel.reads.clear()
+    result = rec.run_once()
+    assert result.read == "known" and result.changed and result.desired_changed
+    assert kernel.reads == []  # nothing listed, not even the skeleton
+    assert result.tx is not None
+    assert {type(op).__name__ for op in result.tx.ops} == {"FlushChain", "AddRule"}
+    assert kernel.tables[KEY].chains[pool_chain(EAST2)].rule_ids == (
+        rec.desired.table.chains[pool_chain(EAST2)].rule_ids if rec.desired else ()
+    )
+    assert rec.run_once().read == "fast"
+
+
+def test_a_desired_change_after_someone_elses_commit_reads_the_skeleton(
+    rec: Reconciler, kernel: FakeKernel, policy_dir: Path
+) -> None:
+    rec.run_once()
+    kernel.gen += 1  # another table changed: the kernel may no longer hold what we made
+    set_mode(policy_dir, EAST2, "enforce")
+    kernel.reads.clear()
+    result = rec.run_once()
+    assert result.read == "skeleton" and result.changed
+    assert kernel.reads == [False]
