@@ -7,6 +7,8 @@ there is no call here that could list, flush or delete anything else.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 from collections.abc import Iterable
 from dataclasses import replace
@@ -138,6 +140,24 @@ def _read_skeleton(family: str, name: str) -> Table | None:
     return Table(family, name, chains, sets, skeleton.counters, elements_known=False)
 
 
+_BIG = 1 << 20  # scripts above this size leave megabytes of freed heap behind
+
+
+def release_memory() -> None:
+    """Give freed heap back to the OS after a large libnftables call.
+
+    glibc keeps freed memory in its arenas; after a 100,000-element apply or listing a
+    long-running daemon would otherwise stay at its peak (measured: 257 MB resident after an
+    apply, 84 MB after malloc_trim; the same 84 MB after a full listing instead of 388 MB).
+    """
+    gc.collect()  # a listing's cyclic garbage first, so its memory is free to return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to trim
+        return
+    libc.malloc_trim(0)
+
+
 class NftBackend:
     """libnftables through the official binding.
 
@@ -153,7 +173,12 @@ class NftBackend:
         nft.set_handle_output(False)
         nft.set_json_output(json_out)
         nft.set_dry_run(dry_run)
-        rc, out, err = nft.cmd(script)
+        try:
+            rc, out, err = nft.cmd(script)
+        finally:
+            del nft  # nft_ctx_free: libnftables' cache of every element goes with it
+            if len(script) > _BIG:
+                release_memory()
         if rc != 0:
             msg = (err or out or "").strip()
             if len(msg) > MAX_ERROR:
@@ -175,7 +200,11 @@ class NftBackend:
         if (family, name) not in self.tables():
             return None
         listing = json.loads(self._cmd(f"list table {family} {name}", json_out=True))
-        return parse_table(listing, family, name)
+        try:
+            return parse_table(listing, family, name)
+        finally:
+            del listing
+            release_memory()  # the listing of 100,000 elements peaks at several 100 MB
 
     def check(self, tx: Transaction) -> None:
         if tx:
