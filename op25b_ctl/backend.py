@@ -1,24 +1,22 @@
 """The one seam to the kernel's ruleset: read our table, check and apply a transaction.
 
-`NftBackend` drives the official python-nftables binding (libnftables); `MemoryBackend` is a
-faithful in-memory stand-in for tests without root. Both speak only about our own table:
-there is no call here that could list, flush or delete anything else.
+`NftBackend` writes through the official python-nftables binding (libnftables) and reads over
+netlink (`netlink.py`: libnftables would load every element into its cache first);
+`MemoryBackend` is a faithful in-memory stand-in for tests without root. Both speak only
+about our own table: there is no call here that could list, flush or delete anything else.
 """
 
 from __future__ import annotations
 
 import ctypes
 import gc
-import json
 from collections.abc import Iterable
 from dataclasses import replace
-from typing import Any, Protocol
-
-import netaddr
+from typing import Protocol
 
 from op25b_ctl.errors import BackendError
 from op25b_ctl.render import render
-from op25b_ctl.table import RULE_TAG, Chain, Hook, KeyType, NamedSet, Rule, Table
+from op25b_ctl.table import RULE_TAG, Chain, Hook, NamedSet, Rule, Table
 from op25b_ctl.transaction import (
     AddChain,
     AddCounter,
@@ -51,66 +49,6 @@ class Backend(Protocol):
 
     def apply(self, tx: Transaction) -> None:
         """Commit `tx` as one atomic batch; raise BackendError (nothing changed) if refused."""
-
-
-def _canonical(elem: Any) -> list[str]:
-    """An element key as nft lists it (address, prefix or range) -> canonical CIDR strings."""
-    if isinstance(elem, dict) and "elem" in elem:
-        return _canonical(elem["elem"]["val"])
-    if isinstance(elem, str):
-        return [str(netaddr.IPNetwork(elem).cidr)]
-    if isinstance(elem, dict) and "prefix" in elem:
-        p = elem["prefix"]
-        return [str(netaddr.IPNetwork(f"{p['addr']}/{p['len']}").cidr)]
-    if isinstance(elem, dict) and "range" in elem:
-        lo, hi = elem["range"]
-        return [str(c) for c in netaddr.iprange_to_cidrs(lo, hi)]
-    raise BackendError(f"unexpected set element in live table: {elem!r}")
-
-
-def parse_table(listing: dict[str, Any], family: str, name: str) -> Table:
-    """`nft -j list table` output -> Table. Rules without our tag get an id that never matches."""
-    chains: dict[str, Chain] = {}
-    rules: dict[str, list[Rule]] = {}
-    sets: dict[str, NamedSet] = {}
-    counters: set[str] = set()
-    for item in listing.get("nftables", []):
-        if "chain" in item:
-            c = item["chain"]
-            hook = (
-                Hook(c["hook"], int(c["prio"]), c.get("policy", "accept"), c["type"])
-                if "hook" in c
-                else None
-            )
-            chains[c["name"]] = Chain(c["name"], hook=hook)
-        elif "rule" in item:
-            r = item["rule"]
-            comment = r.get("comment") or ""
-            rid = (
-                comment[len(RULE_TAG) :]
-                if comment.startswith(RULE_TAG)
-                else f"foreign:{r['handle']}"
-            )
-            rules.setdefault(r["chain"], []).append(Rule(rid))
-        elif "set" in item or "map" in item:
-            s = item.get("set") or item["map"]
-            is_map = "map" in item
-            key_type: KeyType = s["type"]
-            elements: dict[str, str | None] = {}
-            for e in s.get("elem", []):
-                key, value = (e[0], e[1]) if is_map else (e, None)
-                target = None
-                if is_map:
-                    assert isinstance(value, dict)
-                    verdict = value.get("jump") or value.get("goto")
-                    target = verdict["target"] if verdict else f"verdict:{json.dumps(value)}"
-                for prefix in _canonical(key):
-                    elements[prefix] = target
-            sets[s["name"]] = NamedSet(s["name"], key_type, is_map, elements)
-        elif "counter" in item:
-            counters.add(item["counter"]["name"])
-    chains = {n: replace(c, rules=tuple(rules.get(n, ()))) for n, c in chains.items()}
-    return Table(family, name, chains, sets, frozenset(counters))
 
 
 def _read_skeleton(family: str, name: str) -> Table | None:
@@ -166,12 +104,11 @@ class NftBackend:
     fail with spurious "exists"/"overlaps" errors (measured with nft 1.0.6).
     """
 
-    def _cmd(self, script: str, *, json_out: bool = False, dry_run: bool = False) -> str:
+    def _cmd(self, script: str, *, dry_run: bool = False) -> str:
         import nftables  # Debian's python3-nftables; imported here so unit tests need no root
 
         nft = nftables.Nftables()
         nft.set_handle_output(False)
-        nft.set_json_output(json_out)
         nft.set_dry_run(dry_run)
         try:
             rc, out, err = nft.cmd(script)
@@ -186,25 +123,26 @@ class NftBackend:
             raise BackendError(f"nftables refused the transaction: {msg or f'exit status {rc}'}")
         return str(out)
 
-    def tables(self) -> set[tuple[str, str]]:
-        listing = json.loads(self._cmd("list tables", json_out=True) or "{}")
-        return {
-            (t["table"]["family"], t["table"]["name"])
-            for t in listing.get("nftables", [])
-            if "table" in t
-        }
-
     def read(self, family: str, name: str, *, elements: bool = True) -> Table | None:
-        if not elements:
-            return _read_skeleton(family, name)
-        if (family, name) not in self.tables():
-            return None
-        listing = json.loads(self._cmd(f"list table {family} {name}", json_out=True))
-        try:
-            return parse_table(listing, family, name)
-        finally:
-            del listing
-            release_memory()  # the listing of 100,000 elements peaks at several 100 MB
+        """Read over netlink, never through libnftables' cache (seconds and hundreds of MB at
+        100,000 elements); all dumps of one read come from one ruleset generation."""
+        from op25b_ctl import netlink
+
+        for _ in range(3):
+            before = netlink.ruleset_generation()
+            table = _read_skeleton(family, name)
+            if table is None or not elements:
+                return table
+            try:
+                sets = {
+                    n: replace(s, elements=netlink.read_elements(name, n, family))
+                    for n, s in table.sets.items()
+                }
+            except netlink.TableNotFound:
+                continue  # deleted while we read: look again
+            if netlink.ruleset_generation() == before:
+                return replace(table, sets=sets, elements_known=True)
+        raise BackendError(f"table {family} {name} kept changing while it was read")
 
     def check(self, tx: Transaction) -> None:
         if tx:

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import netaddr
 from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST, nla
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_NFTABLES, nfgen_msg
@@ -34,6 +35,7 @@ from pyroute2.netlink.nfnetlink.nftsocket import (
     NFT_MSG_GETOBJ,
     NFT_MSG_GETRULE,
     NFT_MSG_GETSET,
+    NFT_MSG_GETSETELEM,
     NFT_MSG_GETTABLE,
     NFT_MSG_NEWCHAIN,
     NFT_MSG_NEWRULE,
@@ -55,6 +57,7 @@ __all__ = [
     "TableSkeleton",
     "read_counter_objects",
     "read_counters",
+    "read_elements",
     "read_rule_digests",
     "read_skeleton",
     "ruleset_generation",
@@ -241,9 +244,89 @@ def _counter_dump(table: str, family: int) -> dict[str, CounterObject]:
     body = struct.pack("=BBH", family, 0, 0)  # nfgenmsg: family, version, res_id
     body += _nla(_NFTA_OBJ_TABLE, table.encode() + b"\0")
     body += _nla(_NFTA_OBJ_TYPE, struct.pack("!I", NFT_OBJECT_COUNTER))
-    msg_type = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETOBJ
-    request = struct.pack("=IHHII", 16 + len(body), msg_type, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
     counters: dict[str, CounterObject] = {}
+    try:
+        for attrs in _dump_raw(NFT_MSG_GETOBJ, body, f"counters of table {table}"):
+            _add_counter(counters, attrs, table)
+    except TableNotFound:
+        pass  # no such table: the caller checks and says so
+    return counters
+
+
+def read_elements(table: str, set_name: str, family: str = "inet") -> dict[str, str | None]:
+    """One interval set's (or verdict map's) elements as {canonical CIDR: jump target or None}.
+
+    An NFT_MSG_GETSETELEM dump parsed by hand: 110,000 prefixes in ~0.3 s and a few MB, where
+    libnftables' JSON listing of the same table takes ~7 s and peaks at ~470 MB. The kernel
+    keeps an interval set as start elements and end elements (flag INTERVAL_END, key = last
+    address + 1); they are paired back into ranges, and each range into its prefixes.
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"unsupported nftables family {family!r} (expected one of {FAMILIES})")
+    body = struct.pack("=BBH", FAMILIES[family], 0, 0)
+    body += _nla(_NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
+    body += _nla(_NFTA_SET_ELEM_LIST_SET, set_name.encode() + b"\0")
+    points: list[tuple[int, int, str | None]] = []  # (key, 0 = end / 1 = start, target)
+    width = 0
+    for attrs in _dump_raw(NFT_MSG_GETSETELEM, body, f"set {set_name}"):
+        for _, elem in _attrs(dict(_attrs(attrs)).get(_NFTA_SET_ELEM_LIST_ELEMENTS, b"")):
+            e = dict(_attrs(elem))
+            raw = dict(_attrs(e.get(_NFTA_SET_ELEM_KEY, b""))).get(_NFTA_DATA_VALUE, b"")
+            width = len(raw)
+            flags = (
+                struct.unpack("!I", e[_NFTA_SET_ELEM_FLAGS])[0] if _NFTA_SET_ELEM_FLAGS in e else 0
+            )
+            points.append((int.from_bytes(raw, "big"), 0 if flags & 1 else 1, _verdict(e)))
+    out: dict[str, str | None] = {}
+    top = (1 << (8 * width)) - 1
+    points.sort(key=lambda p: (p[0], p[1]))  # at one key an interval's end precedes the next start
+    start: tuple[int, str | None] | None = None
+    for key, is_start, target in points:
+        if is_start:
+            start = (key, target)
+        elif start is not None:  # an end without a start is the kernel's leading sentinel
+            for prefix in _prefixes(start[0], key - 1, width):
+                out[prefix] = start[1]
+            start = None
+    if start is not None:  # open to the top of the address space
+        for prefix in _prefixes(start[0], top, width):
+            out[prefix] = start[1]
+    return out
+
+
+def _verdict(elem: dict[int, bytes]) -> str | None:
+    """A map element's jump/goto target; other verdicts as `verdict:<code>`; None for sets."""
+    if _NFTA_SET_ELEM_DATA not in elem:
+        return None
+    verdict = dict(_attrs(dict(_attrs(elem[_NFTA_SET_ELEM_DATA])).get(_NFTA_DATA_VERDICT, b"")))
+    chain = verdict.get(_NFTA_VERDICT_CHAIN, b"").rstrip(b"\0").decode()
+    if chain:
+        return chain
+    return f"verdict:{struct.unpack('!i', verdict.get(_NFTA_VERDICT_CODE, bytes(4)))[0]}"
+
+
+def _prefixes(lo: int, hi: int, width: int) -> list[str]:
+    """The CIDR blocks covering [lo, hi], as netaddr prints them (one for an exact prefix)."""
+    bits = 8 * width
+    size = hi - lo + 1
+    if size & (size - 1) == 0 and lo % size == 0:  # the common case: exactly one prefix
+        af = socket.AF_INET if width == 4 else socket.AF_INET6
+        return [f"{socket.inet_ntop(af, lo.to_bytes(width, 'big'))}/{bits - size.bit_length() + 1}"]
+    version = 4 if width == 4 else 6
+    first, last = netaddr.IPAddress(lo, version), netaddr.IPAddress(hi, version)
+    return [str(c) for c in netaddr.iprange_to_cidrs(first, last)]
+
+
+def _dump_raw(msg_type: int, body: bytes, what: str) -> Iterator[bytes]:
+    """Send one nf_tables dump request; yield each reply's attributes (after nfgenmsg)."""
+    request = struct.pack(
+        "=IHHII",
+        16 + len(body),
+        (NFNL_SUBSYS_NFTABLES << 8) | msg_type,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        1,
+        0,
+    )
     try:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER)
     except OSError as e:
@@ -258,18 +341,24 @@ def _counter_dump(table: str, family: int) -> dict[str, CounterObject]:
                 while offset + 16 <= len(buf):
                     length, kind = struct.unpack_from("=IH", buf, offset)
                     if length < 16:
-                        raise BackendError("malformed netlink reply to a counter dump")
+                        raise BackendError(f"malformed netlink reply reading {what}")
                     if kind == _NLMSG_DONE:
-                        return counters
+                        return
                     if kind == _NLMSG_ERROR:
                         (code,) = struct.unpack_from("=i", buf, offset + 16)
                         if code == -errno.ENOENT:
-                            return counters  # no such table: the caller checks and says so
-                        raise BackendError(f"counter dump failed: {os.strerror(-code)}")
-                    _add_counter(counters, buf[offset + 20 : offset + length], table)
+                            raise TableNotFound(f"{what} does not exist")
+                        raise BackendError(f"reading {what} failed: {os.strerror(-code)}")
+                    yield buf[offset + 20 : offset + length]
                     offset += (length + 3) & ~3
         except OSError as e:
-            raise BackendError(f"counter dump failed: {e}") from e
+            raise BackendError(f"reading {what} failed: {e}") from e
+
+
+_NFTA_SET_ELEM_LIST_TABLE, _NFTA_SET_ELEM_LIST_SET, _NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
+_NFTA_SET_ELEM_KEY, _NFTA_SET_ELEM_DATA, _NFTA_SET_ELEM_FLAGS = 1, 2, 3
+_NFTA_DATA_VALUE, _NFTA_DATA_VERDICT = 1, 2
+_NFTA_VERDICT_CODE, _NFTA_VERDICT_CHAIN = 1, 2
 
 
 def _add_counter(counters: dict[str, CounterObject], attrs: bytes, table: str) -> None:

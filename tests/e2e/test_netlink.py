@@ -95,6 +95,8 @@ op, args = sys.argv[1], sys.argv[2:]
 try:
     if op == "counters":
         out = {k: dataclasses.asdict(v) for k, v in netlink.read_counters(*args).items()}
+    elif op == "elements":
+        out = netlink.read_elements(*args)
     elif op == "generation":
         out = netlink.ruleset_generation()
     elif op == "skeleton":
@@ -274,3 +276,47 @@ table ip6 op25b {
     assert ctr6["flags"] & 0x40  # NFT_SET_OBJECT: an object map, not a data map
     assert skel["counters"] == ["c6"]
     assert read(netns, "skeleton", "op25b") is None  # no inet table of that name
+
+
+RANGES = """
+table inet op25b {
+    set ranges_v4 {
+        type ipv4_addr
+        flags interval
+        elements = { 192.0.2.3-192.0.2.9, 192.0.2.16/28, 192.0.2.32/28, 198.51.100.1 }
+    }
+    map ranges_v6 {
+        type ipv6_addr : verdict
+        flags interval
+        elements = { 2001:db8::/48 : drop, 2001:db8:1::/48 : accept }
+    }
+    set empty_v4 { type ipv4_addr; flags interval; }
+}
+"""
+
+
+def test_elements_paired_back_into_prefixes(netns: str) -> None:
+    nft(netns, "-f", "-", stdin=RANGES)
+    ranges = read(netns, "elements", "op25b", "ranges_v4")
+    # a range becomes its CIDR blocks; adjacent prefixes stay separate (no auto-merge)
+    assert ranges == {
+        "192.0.2.3/32": None,
+        "192.0.2.4/30": None,
+        "192.0.2.8/31": None,
+        "192.0.2.16/28": None,
+        "192.0.2.32/28": None,
+        "198.51.100.1/32": None,
+    }
+    assert read(netns, "elements", "op25b", "ranges_v6") == {
+        "2001:db8::/48": "verdict:0",  # NF_DROP
+        "2001:db8:1::/48": "verdict:1",  # NF_ACCEPT
+    }
+    assert read(netns, "elements", "op25b", "empty_v4") == {}
+    assert "TableNotFound" in read(netns, "elements", "op25b", "no_such_set")
+
+
+def test_elements_of_a_verdict_map_name_their_chains(loaded: str) -> None:
+    assert read(loaded, "elements", "op25b", "pools_v4") == {
+        "203.0.113.0/25": "pool_a",
+        "203.0.113.128/25": "pool_b",
+    }
