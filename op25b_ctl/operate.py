@@ -13,7 +13,6 @@ change, the previous overrides file is put back and nothing is left half done.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,6 +21,7 @@ from pathlib import Path
 from op25b_ctl import applier, audit
 from op25b_ctl.backend import Backend
 from op25b_ctl.desired import Desired, from_policy
+from op25b_ctl.loader import policy_digest
 from op25b_ctl.model import Mode, Policy
 from op25b_ctl.overrides import Action, Override, OverrideError, check
 from op25b_ctl.ruleset import mode_of_rules, pool_chain
@@ -182,17 +182,9 @@ def tick(
 
 
 def inputs_digest(policy_dir: Path, state: StateDir) -> str:
-    """sha256 over the policy files and the overrides: what a tick's answer depends on
-    besides the time and the live table (milliseconds even for a 100,000-prefix policy)."""
-    h = hashlib.sha256()
-    for path in [*sorted(Path(policy_dir).glob("*.y*ml")), state.overrides_file]:
-        h.update(path.name.encode() + b"\0")
-        try:
-            h.update(path.read_bytes())
-        except OSError:
-            h.update(b"\0absent")
-        h.update(b"\0")
-    return h.hexdigest()
+    """What a tick's answer depends on besides the time and the live table: the policy files
+    and the overrides (milliseconds even for a 100,000-prefix policy)."""
+    return policy_digest(policy_dir, state.overrides_file)
 
 
 def tick_is_idle(state: StateDir, digest: str, now: datetime, generation: int) -> bool:

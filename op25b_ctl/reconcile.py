@@ -30,7 +30,6 @@ I/O lives behind three injected seams: the Backend, the clock, and the generatio
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -44,6 +43,7 @@ from op25b_ctl import applier, desired
 from op25b_ctl.backend import Backend, NftBackend, release_memory
 from op25b_ctl.diff import diff
 from op25b_ctl.errors import Op25bError, PolicyError
+from op25b_ctl.loader import policy_digest
 from op25b_ctl.state import LockBusy, StateDir
 from op25b_ctl.table import Table
 from op25b_ctl.transaction import AddCounter, AddRule, FlushChain, Op, Transaction
@@ -137,19 +137,6 @@ def _walk(root: Path) -> Iterator[FileId]:
         except FileNotFoundError:
             continue  # vanished between the listing and the stat
         yield (e.path, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def policy_digest(policy_dir: Path) -> str:
-    """sha256 over the policy files' names and contents: the policy's identity in metrics."""
-    h = hashlib.sha256()
-    for path in sorted(Path(policy_dir).glob("*.y*ml")):
-        h.update(path.name.encode() + b"\0")
-        try:
-            h.update(path.read_bytes())
-        except OSError:
-            h.update(b"\0unreadable")
-        h.update(b"\0")
-    return h.hexdigest()[:16]
 
 
 # (table, family) -> {(chain, comment): digest per rule}; see netlink.read_rule_digests
@@ -401,7 +388,7 @@ class Reconciler:
             log.info("policy valid again")
         self.policy_error = None
         if changed_inputs or self.digest is None:
-            self.digest = policy_digest(self.policy_dir)
+            self.digest = policy_digest(self.policy_dir)[:16]
         if old is not None and old.table == new.table:
             # same table: keep the old object so `_synced is want.table` stays cheap and true
             self.desired = replace(new, table=old.table)
