@@ -280,11 +280,11 @@ class Bench:
         pkl = self.work / "desired-monitor.pickle"
         pkl.write_bytes(pickle.dumps(inv.desired(mon)))
         in_lab(labs["monitor"], labs["monitor"].ns_gw, "load", "--desired", str(pkl))
-        linear = self.work / "linear.nft"
-        linear.write_text(inv.linear_ruleset(policy, LINEAR_RULES))
-        dp.load_s["linear"] = float(
-            in_lab(labs["linear"], labs["linear"].ns_gw, "run", "nft", "-f", str(linear))["seconds"]
-        )
+        for key, rules in (("linear", LINEAR_RULES), ("linear10k", LINEAR_SMALL)):
+            linear = self.work / f"{key}.nft"
+            linear.write_text(inv.linear_ruleset(policy, rules))
+            got = in_lab(labs[key], labs[key].ns_gw, "run", "nft", "-f", str(linear))
+            dp.load_s[key] = float(got["seconds"])
         ipset = self.work / "ipset-classic.txt"
         ipset.write_text(inv.ipset_restore(policy))
         ipt = self.work / "iptables-classic.txt"
@@ -293,6 +293,7 @@ class Bench:
         t1 = in_lab(labs["classic"], gw, "run", "ipset", "restore", "-f", str(ipset))
         t2 = in_lab(labs["classic"], gw, "run", "iptables-legacy-restore", str(ipt))
         dp.load_s["classic"] = float(t1["seconds"]) + float(t2["seconds"])
+        self._check_loaded(labs)
         log("data path: six gateways loaded; measuring connect rates round-robin")
 
         plan = [(k, SMTP) for k in labs] + [("none", OTHER_PORT), ("ours", OTHER_PORT)]
@@ -314,6 +315,24 @@ class Bench:
             )
         self._verify(labs, dp)
         return dp
+
+    def _check_loaded(self, labs: dict[str, Lab]) -> None:
+        """Each gateway holds exactly the ruleset its row is named after, before timing."""
+        want = {
+            "none": "",
+            "ours": f"table inet {inv.TABLE}",
+            "monitor": f"table inet {inv.TABLE}",
+            "linear": f"table inet {inv.LINEAR_TABLE}",
+            "linear10k": f"table inet {inv.LINEAR_TABLE}",
+            "classic": "",
+        }
+        for key, lab in labs.items():
+            got = lab.run(lab.ns_gw, ["nft", "list", "tables"]).stdout.strip()
+            if got != want[key]:
+                raise RuntimeError(f"gateway {key!r} holds {got!r}, expected {want[key]!r}")
+        rules = labs["classic"].run(labs["classic"].ns_gw, ["iptables-legacy", "-S", "SMTP"])
+        if rules.stdout.count("--match-set") != inv.POOL_COUNT:
+            raise RuntimeError("classic gateway: iptables rules missing")
 
     def _verify(self, labs: dict[str, Lab], dp: DataPath) -> None:
         """Every gateway must have done what its row claims, or the row means nothing."""
