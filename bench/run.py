@@ -714,7 +714,7 @@ def render_report(
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     p.add_argument("--runs", type=int, default=5, help="cold runs per figure (default 5)")
-    p.add_argument("--rounds", type=int, default=5, help="data-path rounds (default 5)")
+    p.add_argument("--rounds", type=int, default=7, help="data-path rounds (default 7)")
     p.add_argument("--seconds", type=float, default=1.5, help="seconds per connect-rate sample")
     p.add_argument("--no-million", action="store_true", help="skip the 1,000,000-prefix row")
     p.add_argument("--rss-limit", type=float, default=150.0, help="memory target in MiB")
