@@ -93,7 +93,7 @@ def synthetic_policy(size: Size, *, validate: bool = True) -> Policy:
         v6 = v6_of[i]
         if i == ENFORCED_POOL:  # the lab's DYN_A sends real traffic from here
             v4 = [DYN_A_V4, *v4[1:]]
-            v6 = [DYN_A_V6, *v6[1:]]
+            v6 = [DYN_A_V6, *v6[1:]] if v6 else []  # keep the counts exact
         fields = {"name": pool_name(i), "mode": pool_mode(i), "prefixes": v4 + v6}
         pools.append(Pool(**fields) if validate else Pool.model_construct(**fields))  # type: ignore[arg-type]
     relay = Relay(name="lab-relay", addresses=list(RELAY.both))

@@ -23,6 +23,7 @@ from typing import Any
 
 from op25b_ctl import applier, netlink
 from op25b_ctl.backend import NftBackend
+from op25b_ctl.diff import diff
 from op25b_ctl.model import Mode
 from op25b_ctl.render import render_op
 from op25b_ctl.ruleset import pool_chain, pool_rules
@@ -43,8 +44,8 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t
 
 
-def _run(argv: Sequence[str]) -> None:
-    cp = subprocess.run(argv, capture_output=True, text=True)
+def _run(argv: Sequence[str], timeout: float | None = None) -> None:
+    cp = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     if cp.returncode != 0:
         raise SystemExit(f"{argv[0]} failed ({cp.returncode}): {cp.stderr[:2000]}")
 
@@ -161,6 +162,7 @@ def warm(
     action: str,
     runs: int,
     list_runs: int,
+    list_timeout: float,
     policy_dir: Path | None,
     state_dir: Path | None,
 ) -> dict[str, Any]:
@@ -187,14 +189,16 @@ def warm(
         cur = "enforce"
 
     # Where a change's time goes: the skeleton read, the diff, nft's dry run, the commit.
-    parts: dict[str, list[float]] = {"skeleton": [], "plan": [], "check": [], "commit": []}
+    parts: dict[str, list[float]] = {"read": [], "diff": [], "check": [], "commit": []}
     for _ in range(max(3, runs // 2)):
         cur = "monitor" if cur == "enforce" else "enforce"
         target = with_pool_mode(desired, pool, cur, action)
-        parts["skeleton"].append(_timed(lambda: netlink.read_skeleton(desired.name)))
         t = time.perf_counter()
-        tx = applier.plan(backend, target, trust_fingerprint=True)
-        parts["plan"].append(time.perf_counter() - t)
+        live = applier.read_live(backend, target, trust_fingerprint=True)
+        parts["read"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        tx = diff(live, target)
+        parts["diff"].append(time.perf_counter() - t)
         t = time.perf_counter()
         backend.check(tx)
         parts["check"].append(time.perf_counter() - t)
@@ -213,10 +217,17 @@ def warm(
         scrapes.append(time.perf_counter() - t)
         if len(got) != expected:
             raise SystemExit(f"read_counters returned {len(got)} counters, expected {expected}")
-    nft_lists = [
-        _timed(lambda: _run(["nft", "list", "counters", "table", desired.family, desired.name]))
-        for _ in range(list_runs)
-    ]
+    # `nft list counters` loads every element first; at 1,000,000 prefixes that takes minutes,
+    # so it is cut off at `list_timeout` and reported as "more than".
+    nft_lists: list[float] = []
+    list_cut = False
+    argv = ["nft", "list", "counters", "table", desired.family, desired.name]
+    for _ in range(list_runs):
+        try:
+            nft_lists.append(_timed(lambda: _run(argv, timeout=list_timeout)))
+        except subprocess.TimeoutExpired:
+            list_cut = True
+            break
 
     what, one_pass = reconcile_pass(backend, desired, policy_dir, state_dir)
     one_pass()  # warm-up; a reconciler's first pass may also settle its own state
@@ -225,6 +236,7 @@ def warm(
         "change": changes,
         "scrape": scrapes,
         "nft_list_counters": nft_lists,
+        "nft_list_cut": list_timeout if list_cut else None,
         "reconcile": passes,
         "reconcile_what": what,
         "change_parts": parts,
@@ -278,6 +290,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     a.add_argument("--action", default="reject")
     a.add_argument("--runs", type=int, default=7)
     a.add_argument("--list-runs", type=int, default=3)
+    a.add_argument("--list-timeout", type=float, default=60.0)
     a.add_argument("--policy-dir", type=Path)
     a.add_argument("--state-dir", type=Path)
     a = sub.add_parser("daemonlike", help="load YAML, compute, apply, scrape; report memory")
@@ -306,6 +319,7 @@ def main(argv: Iterable[str] | None = None) -> int:
             action=args.action,
             runs=args.runs,
             list_runs=args.list_runs,
+            list_timeout=args.list_timeout,
             policy_dir=args.policy_dir,
             state_dir=args.state_dir,
         )
