@@ -175,12 +175,16 @@ def machine() -> dict[str, str]:
 
 @contextmanager
 def interrupts_unwind() -> Iterator[None]:
-    """SIGTERM/SIGHUP unwind like Ctrl-C, so every `finally` removes its namespaces."""
+    """Ctrl-C, SIGTERM and SIGHUP unwind once, as KeyboardInterrupt, so every `finally`
+    removes its namespaces; further signals are ignored until that clean-up is done."""
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
     def unwind(signum: int, frame: FrameType | None) -> None:
+        for s in signals:
+            signal.signal(s, signal.SIG_IGN)
         raise KeyboardInterrupt(f"signal {signum}")
 
-    old = {s: signal.signal(s, unwind) for s in (signal.SIGTERM, signal.SIGHUP)}
+    old = {s: signal.signal(s, unwind) for s in signals}
     try:
         yield
     finally:
@@ -813,8 +817,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes_to_run = [s for s in inv.SCALING if not (args.no_million and s.v4 > inv.MAIN.v4)]
     work = Path(tempfile.mkdtemp(prefix="op25b-bench-"))
     bench = Bench(work, Namespaces(), args.runs, args.rounds, args.seconds, args.list_timeout)
-    try:
-        with interrupts_unwind():
+    with interrupts_unwind():
+        try:
             sizes: dict[int, SizeResult] = {}
             for size in sizes_to_run:
                 if size.v4 > inv.MAIN.v4:
@@ -827,9 +831,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         log(f"skipping {size.label}: the 15-minute budget is too close")
                         continue
                     sizes[size.v4] = bench.size(size, main=False)
-    finally:
-        bench.close()
-        shutil.rmtree(work, ignore_errors=True)
+        finally:
+            bench.close()
+            shutil.rmtree(work, ignore_errors=True)
     elapsed = time.monotonic() - t0
     lines = render_report(
         sizes, dp, mach, started, elapsed, args.runs, args.rss_limit, args.seconds
