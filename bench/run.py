@@ -675,6 +675,10 @@ def render_report(
         "median over several runs and a ratio against a baseline measured in the same run, so",
         "the ratios, not the absolute times, are what to compare between machines.",
         "",
+        "Run it as root with `make bench` (about 10 minutes on 2 cores; `make bench "
+        "BENCH_ARGS='--runs 3 --no-million'` for a shorter run, `python -m bench.run --help` "
+        "for the options). It installs `ipset` and `iptables` from apt if they are missing.",
+        "",
         f"- date: {started:%Y-%m-%d %H:%M} UTC; whole run {elapsed / 60:.1f} min",
         f"- machine: {mach['cpus']} CPUs ({mach['cpu']}), {mach['memory']}, {mach['os']}, "
         f"kernel {mach['kernel']}; load average at start {mach['loadavg']}",
