@@ -169,7 +169,7 @@ def machine() -> dict[str, str]:
         "ipset": _version(["ipset", "--version"]),
         "iptables": _version(["iptables-legacy", "--version"]),
         "python": platform.python_version(),
-        "loadavg": Path("/proc/loadavg").read_text().split(" 1/")[0].rsplit(" ", 1)[0],
+        "loadavg": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
     }
 
 
