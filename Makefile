@@ -20,17 +20,23 @@ demo: setup
 	$(PY) -m op25b_ctl.demo
 
 lint: setup
-	$(VENV)/bin/ruff check op25b_ctl tests
-	$(VENV)/bin/ruff format --check op25b_ctl tests
+	$(VENV)/bin/ruff check op25b_ctl tests bench
+	$(VENV)/bin/ruff format --check op25b_ctl tests bench
 
 typecheck: setup
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy -p bench
 
 unit: setup
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
 e2e: setup
 	$(VENV)/bin/pytest tests/e2e $(PYTEST_ARGS)
+
+# Not part of `make test`: root, ~10 minutes; writes docs/benchmarks.md (BENCH_ARGS: see --help).
+bench: setup
+	@if [ "$$(id -u)" -ne 0 ]; then echo "make bench: needs root (network namespaces, nftables)" >&2; exit 1; fi
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 test: lint typecheck
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

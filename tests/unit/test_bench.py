@@ -1,0 +1,134 @@
+"""The benchmark's pure parts: the synthetic inventory, the baselines' texts, PASS/MISS logic.
+
+The numbers `make bench` reports mean something only if the inventory is a valid policy of
+the stated size and the baselines describe the same thing; these tests pin that down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench import inventory as inv
+from bench.report import Figure
+from bench.worker import render_declared, with_pool_mode
+from op25b_ctl.diff import diff
+from op25b_ctl.loader import load_policy
+from op25b_ctl.model import check_policy, split_families
+from op25b_ctl.modes import decide, modes
+from op25b_ctl.render import render
+from op25b_ctl.ruleset import desired_table, pool_chain
+
+SMALL = inv.Size(2_000, 1_000)
+
+
+def test_synthetic_inventory_is_a_valid_policy_of_the_stated_size() -> None:
+    policy = inv.synthetic_policy(SMALL)
+    assert check_policy(policy) == []  # no overlaps, no relay inside a pool
+    assert len(policy.pools) == inv.POOL_COUNT
+    v4, v6 = split_families(p for pool in policy.pools for p in pool.prefixes)
+    assert (len(v4), len(v6)) == (SMALL.v4, SMALL.v6)
+    enforced = policy.pool(inv.pool_name(inv.ENFORCED_POOL))
+    assert enforced.mode == "enforce"
+    assert {inv.DYN_A_V4, inv.DYN_A_V6} <= set(enforced.prefixes)
+
+
+def test_counts_stay_exact_when_the_enforced_pool_has_no_v6() -> None:
+    policy = inv.synthetic_policy(inv.Size(1_000, 100))  # the scaling table's smallest row
+    v4, v6 = split_families(p for pool in policy.pools for p in pool.prefixes)
+    assert (len(v4), len(v6)) == (1_000, 100)
+
+
+def test_unvalidated_build_matches_the_validated_one() -> None:
+    assert inv.synthetic_policy(SMALL, validate=False).pools == inv.synthetic_policy(SMALL).pools
+
+
+def test_sizes_must_spread_evenly_over_the_pools() -> None:
+    with pytest.raises(ValueError, match="multiple"):
+        inv.synthetic_policy(inv.Size(1_500, 0))
+
+
+def test_policy_files_load_back_to_the_same_policy(tmp_path: Path) -> None:
+    policy = inv.synthetic_policy(SMALL)
+    for name, text in inv.policy_files(policy).items():
+        (tmp_path / name).write_text(text)
+    loaded = load_policy(tmp_path)
+    assert loaded.pools == policy.pools
+    assert loaded.relays == policy.relays
+    assert (loaded.gateway.table, loaded.gateway.action) == ("op25b", "reject")
+
+
+def test_handwritten_ruleset_declares_every_element_and_chain() -> None:
+    policy = inv.synthetic_policy(SMALL)
+    text = inv.handwritten_ruleset(policy)
+    assert text.count(" : jump pool_pool-") == SMALL.elements
+    assert text.count("\n  chain pool_") == inv.POOL_COUNT
+    assert "tcp dport 25 jump smtp" in text
+    assert text.count("reject with tcp reset") == 900  # nine pools in ten enforced
+    assert f"{inv.DYN_A_V4} : jump pool_{inv.pool_name(inv.ENFORCED_POOL)}" in text
+
+
+def test_linear_ruleset_puts_dyn_a_in_the_middle() -> None:
+    policy = inv.synthetic_policy(SMALL)
+    window = inv.linear_window(policy, 1_000)
+    assert len(window) == 1_000
+    assert window[500][0] == inv.DYN_A_V4
+    text = inv.linear_ruleset(policy, 1_000)
+    assert text.count("    ip saddr ") == 1_000
+
+
+def test_iptables_rules_are_valid_for_a_tcp_reset() -> None:
+    """REJECT --reject-with tcp-reset is refused unless the rule itself matches -p tcp."""
+    rules = inv.iptables_restore(inv.synthetic_policy(SMALL)).splitlines()
+    per_pool = [r for r in rules if "--match-set" in r]
+    assert len(per_pool) == inv.POOL_COUNT
+    assert all(" -p tcp " in r for r in per_pool)
+    assert sum("tcp-reset" in r for r in per_pool) == 900
+
+
+def test_ipset_restore_lists_each_prefix_once() -> None:
+    text = inv.ipset_restore(inv.synthetic_policy(SMALL))
+    adds = [line for line in text.splitlines() if line.startswith("add ")]
+    assert len(adds) == SMALL.elements
+    assert len({line.split()[2] for line in adds}) == SMALL.elements
+
+
+def test_declared_render_moves_elements_into_the_map_declaration() -> None:
+    policy = inv.synthetic_policy(SMALL)
+    tx = diff(None, desired_table(policy, modes(decide(policy))))
+    plain, declared = render(tx), render_declared(tx)
+    assert "add element" in plain and "add element" not in declared
+    assert declared.count(" : jump ") == plain.count(" : jump ") == SMALL.elements
+    assert len(declared.splitlines()) < len(plain.splitlines())
+
+
+def test_one_pool_change_rewrites_only_that_chain() -> None:
+    desired = inv.desired(inv.synthetic_policy(SMALL))
+    pool = inv.pool_name(inv.CHANGE_POOL)
+    changed = with_pool_mode(desired, pool, "monitor", "reject")
+    assert changed == inv.desired(inv.with_mode(inv.synthetic_policy(SMALL), pool, "monitor"))
+    assert [k for k in desired.chains if desired.chains[k] != changed.chains[k]] == [
+        pool_chain(pool)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("sense", "ours", "base", "target", "passed"),
+    [
+        ("slower", 1.1, 1.0, 1.2, True),
+        ("slower", 1.3, 1.0, 1.2, False),
+        ("faster", 0.1, 3.0, 30, True),
+        ("faster", 0.2, 3.0, 30, False),
+        ("rate", 90.0, 100.0, 0.85, True),
+        ("rate", 80.0, 100.0, 0.85, False),
+        ("ceiling", 140.0, None, 150, True),
+        ("ceiling", 160.0, None, 150, False),
+    ],
+)
+def test_figure_pass_or_miss(
+    sense: str, ours: float, base: float | None, target: float, passed: bool
+) -> None:
+    fig = Figure("k", "what", ours, base, "base", sense, target, "s", "1")  # type: ignore[arg-type]
+    assert fig.passed is passed
+    assert bool(fig.shortfall) is not passed
