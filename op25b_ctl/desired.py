@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from op25b_ctl.loader import load_policy
+from op25b_ctl.loader import load_policy_cached
 from op25b_ctl.model import Exemption, Policy
 from op25b_ctl.modes import Decision, active_exemptions, decide, modes, next_change
 from op25b_ctl.overrides import Override
@@ -52,6 +52,6 @@ def from_policy(policy: Policy, now: datetime, overrides: Iterable[Override] = (
 
 def compute(policy_dir: Path, state_dir: Path | None, now: datetime) -> Desired:
     """Desired state at `now` from the policy files and the operators' state (overrides)."""
-    policy = load_policy(policy_dir)
+    policy = load_policy_cached(policy_dir)
     overrides = StateDir(state_dir).overrides().values() if state_dir is not None else ()
     return from_policy(policy, now, overrides)

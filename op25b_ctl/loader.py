@@ -204,3 +204,23 @@ def policy_digest(directory: Path | str, *also: Path) -> str:
             h.update(b"\0absent")
         h.update(b"\0")
     return h.hexdigest()
+
+
+_loaded: list[tuple[Path, str, Policy]] = []
+
+
+def load_policy_cached(directory: Path | str) -> Policy:
+    """`load_policy`, reusing the last result while the files' bytes are the same.
+
+    For the daemon: a stage falling due or an override changing recomputes the desired
+    state, and re-validating 110,000 prefixes each time would cost ~3 s; hashing the files
+    costs milliseconds. The same Policy object back also lets the ruleset reuse its sets.
+    """
+    root = Path(directory).resolve()
+    digest = policy_digest(root)
+    for cached_root, cached_digest, policy in _loaded:
+        if cached_root == root and cached_digest == digest:
+            return policy
+    policy = load_policy(root)
+    _loaded[:] = [(root, digest, policy)]
+    return policy

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from op25b_ctl.model import Mode, Policy, split_families
 from op25b_ctl.table import Chain, Hook, NamedSet, Rule, Table
@@ -79,49 +80,34 @@ def _prefix_set(name: str, key_type: str, prefixes: Iterable[str]) -> NamedSet:
     return NamedSet(name, key_type, elements=dict.fromkeys(prefixes))  # type: ignore[arg-type]
 
 
-def desired_table(
-    policy: Policy,
-    modes: Mapping[str, Mode],
-    exemptions: Iterable[str] = (),
-) -> Table:
-    """Everything our table should hold; `modes` gives each dynamic pool's mode (default off)."""
-    gw = policy.gateway
-    dynamic = [p for p in policy.pools if p.dynamic]
-    relays_v4, relays_v6 = split_families(policy.relay_prefixes())
-    exempt_v4, exempt_v6 = split_families(exemptions)
+@dataclass(frozen=True)
+class _Sets:
+    """The part of the table that depends only on the policy and the exemptions, not on modes."""
+
+    sets: dict[str, NamedSet]
+    fingerprint: str
+
+
+# One entry: the daemon recomputes the desired state whenever a stage falls due or an override
+# changes, for the same policy object; rebuilding 110,000 elements and their digest each time
+# costs ~0.2 s, reusing them nothing (and keeps the sets the *same objects*, so diff() skips
+# them outright).
+_sets_cache: list[tuple[Policy, tuple[str, ...], _Sets]] = []
+
+
+def _sets_for(policy: Policy, exemptions: tuple[str, ...]) -> _Sets:
+    for cached_policy, cached_exemptions, cached in _sets_cache:
+        if cached_policy is policy and cached_exemptions == exemptions:
+            return cached
     map_v4: dict[str, str | None] = {}
     map_v6: dict[str, str | None] = {}
-    chains: dict[str, Chain] = {}
-    counters = {RELAYED_COUNTER, EXEMPTED_COUNTER}
-    for pool in dynamic:
-        chain = pool_chain(pool.name)
-        chains[chain] = Chain(chain, pool_rules(pool.name, modes.get(pool.name, "off"), gw.action))
-        counters |= {blocked_counter(pool.name), monitored_counter(pool.name)}
-        v4, v6 = split_families(pool.prefixes)
-        map_v4.update(dict.fromkeys(v4, chain))
-        map_v6.update(dict.fromkeys(v6, chain))
-
-    chains[DISPATCH_CHAIN] = Chain(
-        DISPATCH_CHAIN,
-        tuple(
-            Rule.of(text)
-            for text in (
-                f"ip daddr @relays_v4 counter name {RELAYED_COUNTER} accept",
-                f"ip6 daddr @relays_v6 counter name {RELAYED_COUNTER} accept",
-                f"ip saddr @exempt_v4 counter name {EXEMPTED_COUNTER} accept",
-                f"ip6 saddr @exempt_v6 counter name {EXEMPTED_COUNTER} accept",
-                "ip saddr vmap @pools_v4",
-                "ip6 saddr vmap @pools_v6",
-            )
-        ),
-    )
-    match = f"tcp dport {SMTP_PORT} jump {DISPATCH_CHAIN}"
-    if gw.subscriber_interfaces:
-        names = ", ".join(f'"{name}"' for name in gw.subscriber_interfaces)
-        match = f"iifname {{ {names} }} {match}"
-    chains[BASE_CHAIN] = Chain(
-        BASE_CHAIN, (Rule.of(match),), Hook("forward", gw.priority, "accept")
-    )
+    for pool in policy.pools:
+        if pool.dynamic:
+            v4, v6 = split_families(pool.prefixes)
+            map_v4.update(dict.fromkeys(v4, pool_chain(pool.name)))
+            map_v6.update(dict.fromkeys(v6, pool_chain(pool.name)))
+    relays_v4, relays_v6 = split_families(policy.relay_prefixes())
+    exempt_v4, exempt_v6 = split_families(exemptions)
     sets = [
         _prefix_set("relays_v4", "ipv4_addr", relays_v4),
         _prefix_set("relays_v6", "ipv6_addr", relays_v6),
@@ -130,11 +116,54 @@ def desired_table(
         NamedSet("pools_v4", "ipv4_addr", verdict_map=True, elements=map_v4),
         NamedSet("pools_v6", "ipv6_addr", verdict_map=True, elements=map_v6),
     ]
-    counters.add(elements_fingerprint(sets))
+    built = _Sets({s.name: s for s in sets}, elements_fingerprint(sets))
+    _sets_cache[:] = [(policy, exemptions, built)]
+    return built
+
+
+def desired_table(
+    policy: Policy,
+    modes: Mapping[str, Mode],
+    exemptions: Iterable[str] = (),
+) -> Table:
+    """Everything our table should hold; `modes` gives each dynamic pool's mode (default off)."""
+    gw = policy.gateway
+    chains: dict[str, Chain] = {}
+    counters = {RELAYED_COUNTER, EXEMPTED_COUNTER}
+    for pool in policy.pools:
+        if pool.dynamic:
+            chain = pool_chain(pool.name)
+            rules = pool_rules(pool.name, modes.get(pool.name, "off"), gw.action)
+            chains[chain] = Chain(chain, rules)
+            counters |= {blocked_counter(pool.name), monitored_counter(pool.name)}
+
+    chains[DISPATCH_CHAIN] = Chain(DISPATCH_CHAIN, _DISPATCH_RULES)
+    match = f"tcp dport {SMTP_PORT} jump {DISPATCH_CHAIN}"
+    if gw.subscriber_interfaces:
+        names = ", ".join(f'"{name}"' for name in gw.subscriber_interfaces)
+        match = f"iifname {{ {names} }} {match}"
+    chains[BASE_CHAIN] = Chain(
+        BASE_CHAIN, (Rule.of(match),), Hook("forward", gw.priority, "accept")
+    )
+    fixed = _sets_for(policy, tuple(exemptions))
+    counters.add(fixed.fingerprint)
     return Table(
         FAMILY,
         gw.table,
         chains=chains,
-        sets={s.name: s for s in sets},
+        sets=fixed.sets,
         counters=frozenset(counters),
     )
+
+
+_DISPATCH_RULES = tuple(
+    Rule.of(text)
+    for text in (
+        f"ip daddr @relays_v4 counter name {RELAYED_COUNTER} accept",
+        f"ip6 daddr @relays_v6 counter name {RELAYED_COUNTER} accept",
+        f"ip saddr @exempt_v4 counter name {EXEMPTED_COUNTER} accept",
+        f"ip6 saddr @exempt_v6 counter name {EXEMPTED_COUNTER} accept",
+        "ip saddr vmap @pools_v4",
+        "ip6 saddr vmap @pools_v6",
+    )
+)

@@ -190,3 +190,24 @@ def test_teardown_deletes_only_our_table(policy: Policy) -> None:
 def test_golden_file_is_in_repo() -> None:
     assert GOLDEN.exists(), f"{GOLDEN} missing: run the test suite once and commit it"
     assert Path(GOLDEN).read_text().startswith("add table inet op25b")
+
+
+def test_recomputing_for_the_same_policy_reuses_its_sets(policy: Policy) -> None:
+    a = table_for(policy)
+    b = table_for(policy, **{"flets-east-dyn-2": "enforce"})
+    assert a.sets is b.sets  # same objects: diff() skips 100,000 elements without a look
+    assert a.counters == b.counters
+    tx = diff(a, b)
+    assert [type(op) for op in tx.ops] == [FlushChain, AddRule]
+
+
+def test_cached_policy_is_reloaded_when_a_file_changes(tmp_path: Path) -> None:
+    from op25b_ctl.loader import load_policy_cached
+    from tests.policytools import edit, example_policy
+
+    d = example_policy(tmp_path)
+    first = load_policy_cached(d)
+    assert load_policy_cached(d) is first
+    edit(d / "relays.yaml", "203.0.113.25", "203.0.113.26")
+    again = load_policy_cached(d)
+    assert again is not first and again.relay_prefixes()[0] == "203.0.113.26/32"
