@@ -20,7 +20,7 @@ import hashlib
 import os
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -397,25 +397,35 @@ def read_skeleton(table: str, family: str = "inet") -> TableSkeleton | None:
     raise BackendError(f"ruleset kept changing while reading table {family} {table}")
 
 
-def read_rule_digests(table: str, family: str = "inet") -> dict[tuple[str, str], tuple[str, ...]]:
+def read_rule_digests(
+    table: str, family: str = "inet", chains: Iterable[str] | None = None
+) -> dict[tuple[str, str], tuple[str, ...]]:
     """{(chain, comment): digests of what those rules do}, one digest per rule in order.
 
     The digest covers the rule's expressions as the kernel holds them, minus the values of
     inline counters (they change with traffic). A rule edited by hand but keeping our comment
     (a dumped ruleset edited and reloaded) keeps its comment and changes its digest. Rules
-    without a comment are keyed by `handle:<n>`. {} if the table does not exist.
+    without a comment are keyed by `handle:<n>`. {} if the table does not exist. With
+    `chains`, only those chains are dumped (the kernel filters): ~1 ms a chain instead of
+    ~90 ms for 1,000 chains.
     """
+    wanted = [None] if chains is None else list(chains)
+    msgs = []
     with _socket(family) as sock:
         sock.register_policy({(NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE: _rule_expr_msg})
-        try:
-            msgs = _dump(sock, _rule_expr_msg, NFT_MSG_GETRULE, NFTA_RULE_TABLE=table)
-        except NetlinkError as e:
-            if e.code == errno.ENOENT:
-                return {}
-            raise
+        for chain in wanted:
+            where = {"NFTA_RULE_TABLE": table} | ({"NFTA_RULE_CHAIN": chain} if chain else {})
+            try:
+                msgs += _dump(sock, _rule_expr_msg, NFT_MSG_GETRULE, **where)
+            except NetlinkError as e:
+                if e.code == errno.ENOENT:
+                    continue
+                raise
     out: dict[tuple[str, str], list[str]] = {}
     for r in msgs:
         if r.get_attr("NFTA_RULE_TABLE") != table:
+            continue
+        if chains is not None and r.get_attr("NFTA_RULE_CHAIN") not in wanted:
             continue
         comment = _rule_comment(r.get_attr("NFTA_RULE_USERDATA"))
         key = comment if comment is not None else f"handle:{r.get_attr('NFTA_RULE_HANDLE')}"

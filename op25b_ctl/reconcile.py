@@ -139,8 +139,9 @@ def _walk(root: Path) -> Iterator[FileId]:
         yield (e.path, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-# (table, family) -> {(chain, comment): digest per rule}; see netlink.read_rule_digests
-DigestReader = Callable[[str, str], Mapping[tuple[str, str], tuple[str, ...]]]
+# (table, family, only these chains or None) -> {(chain, comment): digest per rule};
+# see netlink.read_rule_digests
+DigestReader = Callable[[str, str, Iterable[str] | None], Mapping[tuple[str, str], tuple[str, ...]]]
 
 
 def default_rule_digests(backend: Backend) -> DigestReader | None:
@@ -148,7 +149,7 @@ def default_rule_digests(backend: Backend) -> DigestReader | None:
     if isinstance(backend, NftBackend):
         from op25b_ctl import netlink
 
-        return lambda table, family: netlink.read_rule_digests(table, family)
+        return netlink.read_rule_digests
     return None
 
 
@@ -322,7 +323,7 @@ class Reconciler:
                 after = self._read_generation()
                 # Trust the new generation only if no other commit slipped in around ours.
                 gen = after if before is not None and after == before + 1 else None
-                self._digests = self._read_digests(want.table)
+                self._digests = self._digests_after(tx, want.table)
         except (Op25bError, OSError) as exc:
             self._synced = None
             self._trusted_generation = None
@@ -395,10 +396,33 @@ class Reconciler:
             return False, False
         return True, False
 
-    def _read_digests(self, table: Table) -> Mapping[tuple[str, str], tuple[str, ...]] | None:
+    def _read_digests(
+        self, table: Table, chains: Iterable[str] | None = None
+    ) -> Mapping[tuple[str, str], tuple[str, ...]] | None:
         if self.rule_digests is None:
             return None
-        return self.rule_digests(table.name, table.family)
+        return self.rule_digests(table.name, table.family, chains)
+
+    def _digests_after(
+        self, tx: Transaction, table: Table
+    ) -> Mapping[tuple[str, str], tuple[str, ...]] | None:
+        """Learn the digests of what we just wrote: only the rewritten chains when that is all
+        the transaction did (a rollout step: ~1 ms instead of ~90 ms for 1,000 chains)."""
+        changed: set[str] = set()
+        for op in tx.ops:
+            if isinstance(op, FlushChain):
+                changed.add(op.name)
+            elif isinstance(op, AddRule):
+                changed.add(op.chain)
+            else:
+                return self._read_digests(table)
+        if self._digests is None:
+            return self._read_digests(table)
+        fresh = self._read_digests(table, changed)
+        if fresh is None:
+            return None
+        kept = {k: v for k, v in self._digests.items() if k[0] not in changed}
+        return {**kept, **fresh}
 
     def _tampered_chains(self, table: Table) -> set[str]:
         """Chains holding a rule whose comment is ours but whose statements changed since we

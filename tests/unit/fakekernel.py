@@ -4,6 +4,7 @@ every commit bumps, hand edits from "someone else", and named counters with refe
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from op25b_ctl.backend import MemoryBackend
@@ -55,12 +56,16 @@ class FakeKernel(MemoryBackend):
 
     # -- netlink.read_rule_digests stand-in: the rule's text plays the expressions' part
 
-    def rule_digests(self, table: str, family: str) -> dict[tuple[str, str], tuple[str, ...]]:
+    def rule_digests(
+        self, table: str, family: str, chains: Iterable[str] | None = None
+    ) -> dict[tuple[str, str], tuple[str, ...]]:
         t = self.tables.get((family, table))
         if t is None:
             return {}
         out: dict[tuple[str, str], list[str]] = {}
         for c in t.chains.values():
+            if chains is not None and c.name not in chains:
+                continue
             for r in c.rules:
                 digest = hashlib.sha256((r.text or "").encode()).hexdigest()[:16]
                 out.setdefault((c.name, r.comment), []).append(digest)

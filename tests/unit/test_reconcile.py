@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -311,3 +312,37 @@ def test_a_desired_change_after_someone_elses_commit_reads_the_skeleton(
     result = rec.run_once()
     assert result.read == "skeleton" and result.changed
     assert kernel.reads == [False]
+
+
+def test_after_a_chain_rewrite_only_that_chains_digests_are_read(
+    kernel: FakeKernel, policy_dir: Path, tmp_path: Path, timer: Timer
+) -> None:
+    asked: list[list[str] | None] = []
+
+    def digests(
+        table: str, family: str, chains: Iterable[str] | None = None
+    ) -> dict[tuple[str, str], tuple[str, ...]]:
+        asked.append(None if chains is None else sorted(chains))
+        return kernel.rule_digests(table, family, chains)
+
+    rec = Reconciler(
+        kernel,
+        policy_dir,
+        tmp_path / "state",
+        clock=lambda: NOW,
+        generation=kernel.generation,
+        timer=timer,
+        rule_digests=digests,
+    )
+    rec.run_once()
+    set_mode(policy_dir, EAST2, "enforce")
+    asked.clear()
+    assert rec.run_once().read == "known"
+    assert asked == [[pool_chain(EAST2)]]
+    # a hand edit of that chain that keeps our comment is still caught afterwards
+    live = kernel.tables[KEY]
+    chain = live.chains[pool_chain(EAST2)]
+    edited = replace(chain, rules=(Rule(chain.rules[0].id, "counter accept"),))
+    kernel.edit("inet", "op25b", replace(live, chains={**live.chains, chain.name: edited}))
+    result = rec.run_once()
+    assert result.drift_repaired and result.changed
