@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from op25b_ctl.lab import DYN_A, POOLS, RELAY
 from op25b_ctl.model import Gateway, Mode, Policy, Pool, Relay, split_families
@@ -32,6 +33,7 @@ V6_LEN = 64
 # DYN_A's pool sits mid-way through the pools, so a linear ruleset's match is average-case.
 ENFORCED_POOL = 500
 CHANGE_POOL = 2  # the pool whose mode the rollout/rollback figure flips
+REFERENCE_TIME = datetime(2026, 1, 1, tzinfo=UTC)
 TABLE = "op25b"
 LINEAR_TABLE = "op25b_linear"
 DYN_A_V4 = next(p.v4 for p in POOLS if p.name == DYN_A.pool)
@@ -108,8 +110,10 @@ def with_mode(policy: Policy, pool: str, mode: Mode) -> Policy:
     return Policy(policy.gateway, pools, policy.relays)
 
 
-def desired(policy: Policy) -> Table:
-    return desired_table(policy, modes(decide(policy)))
+def desired(policy: Policy, now: datetime = REFERENCE_TIME) -> Table:
+    """The table op25b-ctl builds for `policy`; the synthetic policy has no rollout stages,
+    so any `now` gives the same table (the daemon computes it with the real clock)."""
+    return desired_table(policy, modes(decide(policy, now)))
 
 
 # ------------------------------------------------------------------ policy files (YAML)
