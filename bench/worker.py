@@ -3,19 +3,19 @@
 One process per operation (or per series of warm operations), so the clock covers only the
 operation itself: imports, unpickling the desired table and building inputs happen before it
 starts. Prints one JSON object on stdout; anything unexpected (a change that touched
-elements, a "no-change" pass that planned changes) fails loudly instead of timing the wrong
+elements, a "no-change" pass that read the kernel) fails loudly instead of timing the wrong
 thing.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import pickle
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
@@ -24,12 +24,16 @@ from typing import Any
 
 from op25b_ctl import applier, netlink
 from op25b_ctl.backend import NftBackend
+from op25b_ctl.desired import from_policy
 from op25b_ctl.diff import diff
+from op25b_ctl.loader import load_policy
 from op25b_ctl.model import Mode
-from op25b_ctl.render import render_op
+from op25b_ctl.overrides import Override
+from op25b_ctl.reconcile import Reconciler
 from op25b_ctl.ruleset import pool_chain, pool_rules
+from op25b_ctl.state import StateDir
 from op25b_ctl.table import Chain, Table
-from op25b_ctl.transaction import AddElements, AddRule, AddSet, FlushChain, Transaction
+from op25b_ctl.transaction import AddRule, FlushChain, Transaction
 
 
 def _load(path: str) -> Table:
@@ -61,60 +65,23 @@ def rss() -> dict[str, float]:
     return out
 
 
-# ------------------------------------------------------------------ a render variant
-
-
-def render_declared(tx: Transaction) -> str:
-    """Our transaction with each new set's elements inside its `add set/map` declaration.
-
-    Not what op25b-ctl ships (render.py writes separate `add element` lines): measured as a
-    diagnostic, because nft 1.0.6 spends far longer on `add element` commands for a set
-    created in the same batch than on the same elements declared with the set.
-    """
-    created = {op.set.name for op in tx.ops if isinstance(op, AddSet)}
-    elements = {
-        op.set: op.elements
-        for op in tx.ops
-        if isinstance(op, AddElements) and op.set in created and op.elements
-    }
-    lines: list[str] = []
-    for op in tx.ops:
-        if isinstance(op, AddElements) and op.set in elements:
-            continue
-        if isinstance(op, AddSet) and op.set.name in elements:
-            (line,) = render_op(tx.spec, op)
-            items = ", ".join(
-                f"{k} : jump {v}" if v is not None else k for k, v in elements[op.set.name].items()
-            )
-            lines.append(line[: -len("}")] + f"elements = {{ {items} }}; }}")
-            continue
-        lines.extend(render_op(tx.spec, op))
-    return "\n".join(lines) + "\n"
-
-
-class DeclaredBackend(NftBackend):
-    """NftBackend writing with `render_declared` (bench diagnostic only)."""
-
-    def check(self, tx: Transaction) -> None:
-        if tx:
-            self._cmd(render_declared(tx), dry_run=True)
-
-    def apply(self, tx: Transaction) -> None:
-        if tx:
-            self._cmd(render_declared(tx))
-
-
 # ------------------------------------------------------------------ operations
 
 
 def cold_apply(desired: Table, variant: str) -> dict[str, Any]:
-    """One full apply into an empty namespace, the way `variant` does it."""
-    backend: NftBackend = DeclaredBackend() if variant.startswith("declared") else NftBackend()
+    """One full apply into an empty namespace.
+
+    "ours" is what ships: `applier.apply` (read, diff, one commit; the kernel validates the
+    whole batch and aborts all of it on any error). "checked" is the same with nft's dry run
+    first (`backend.check`, then `backend.apply`): what the core did before, for context.
+    """
+    backend = NftBackend()
     t = time.perf_counter()
-    if variant in ("full", "declared"):
+    if variant == "ours":
         tx = applier.apply(backend, desired)
-    else:  # "nocheck" / "declared-nocheck": plan and commit, no dry run first
+    else:
         tx = applier.plan(backend, desired)
+        backend.check(tx)
         backend.apply(tx)
     seconds = time.perf_counter() - t
     if not tx:
@@ -130,30 +97,86 @@ def with_pool_mode(table: Table, pool: str, mode: Mode, action: str) -> Table:
     return replace(table, chains=chains)
 
 
-def reconcile_pass(
-    backend: NftBackend, desired: Table, policy_dir: Path | None, state_dir: Path | None
-) -> tuple[str, Callable[[], object]]:
-    """The daemon's no-change pass if the daemon exists on this branch, else its core.
+def _is_chain_rewrite(tx: Transaction) -> bool:
+    return bool(tx) and {type(op) for op in tx.ops} <= {FlushChain, AddRule}
 
-    The daemon's contract: `op25b_ctl.reconcile.Reconciler(backend, policy_dir, state_dir,
-    clock=...)` with `.run_once()`. Without it: the generation id and a fingerprint-trusting
-    plan, which is what a pass has to do when it cannot skip on an unchanged generation.
+
+def _expect_rewrite(tx: Transaction, what: str) -> None:
+    if not _is_chain_rewrite(tx):
+        kinds = sorted({type(op).__name__ for op in tx.ops})
+        raise SystemExit(f"{what} was not a one-chain rewrite: {kinds}")
+
+
+def no_change_passes(
+    backend: NftBackend,
+    desired: Table,
+    policy_dir: Path | None,
+    state_dir: Path | None,
+    runs: int,
+) -> tuple[str, list[float]]:
+    """The daemon's no-change pass, timed `runs` times after a warm-up pass.
+
+    With a policy directory: a real `Reconciler.run_once()`, which must report read == "fast"
+    and no change (stat of the inputs, one generation id, nothing read from the kernel).
+    Without one (the scaling rows have no YAML): what a pass costs when it cannot trust the
+    generation, a fingerprint-trusting plan that must plan nothing.
     """
-    try:
-        from op25b_ctl.reconcile import Reconciler  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        Reconciler = None
-    if Reconciler is not None and policy_dir is not None and state_dir is not None:
+    if policy_dir is not None and state_dir is not None:
         rec = Reconciler(backend, policy_dir, state_dir, clock=lambda: datetime.now(UTC))
-        return "Reconciler.run_once()", rec.run_once
+        first = rec.run_once()  # start-up: compute + full read, must find the table in sync
+        if not first.ok or first.changed:
+            raise SystemExit(f"reconciler's first pass: changed={first.changed} {first.error}")
+        times = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            result = rec.run_once()
+            times.append(time.perf_counter() - t)
+            if result.read != "fast" or result.changed or not result.ok:
+                raise SystemExit(f"no-change pass was not fast: {result}")
+        return 'Reconciler.run_once() (read == "fast")', times
 
     def core() -> None:
-        netlink.ruleset_generation()
         tx = applier.plan(backend, desired, trust_fingerprint=True)
         if tx:
             raise SystemExit(f"no-change pass planned {len(tx.ops)} op(s)")
 
-    return "applier.plan(trust_fingerprint=True) + netlink.ruleset_generation()", core
+    core()
+    return "applier.plan(trust_fingerprint=True)", [_timed(core) for _ in range(runs)]
+
+
+def override_passes(
+    backend: NftBackend, policy_dir: Path, state_dir: Path, pool: str, runs: int
+) -> list[float]:
+    """The daemon reacting to `pool monitor` / its removal: a real Reconciler pass each time.
+
+    The override file changes, so the pass recomputes the desired state from the YAML
+    (load_policy + desired.from_policy) and then commits the one-chain rewrite against what
+    it last made live (read == "known": nothing read from the kernel).
+    """
+    sd = StateDir(state_dir)
+    rec = Reconciler(backend, policy_dir, state_dir, clock=lambda: datetime.now(UTC))
+    first = rec.run_once()
+    if not first.ok or first.changed:
+        raise SystemExit(f"reconciler's first pass: changed={first.changed} {first.error}")
+    times: list[float] = []
+    try:
+        for i in range(runs):
+            now = datetime.now(UTC)
+            if i % 2 == 0:
+                o = Override(pool, "monitor", "bench", "bench", now)
+                sd.save_overrides({pool: o})
+            else:
+                sd.save_overrides({})
+            t = time.perf_counter()
+            result = rec.run_once()
+            times.append(time.perf_counter() - t)
+            if result.read != "known" or result.tx is None or not result.ok:
+                raise SystemExit(f"override pass was not a known-state commit: {result}")
+            _expect_rewrite(result.tx, "override pass")
+    finally:
+        sd.save_overrides({})
+        rec.run_once()  # leave the pool as the policy has it
+    return times
 
 
 def warm(
@@ -172,52 +195,65 @@ def warm(
     loaded = applier.apply(backend, desired)
     assert loaded, "the namespace already held a table"
 
+    # The daemon's path for a due stage or an override (Reconciler, read == "known"): the
+    # generation says nobody committed since our own last commit, so the change is diffed
+    # against the table we last made live and committed; nothing is read from the kernel.
+    expected = netlink.ruleset_generation()
+    current = desired
     changes: list[float] = []
     cur: Mode = "enforce"
-    for i in range(runs + 1):  # the first flip is a warm-up (imports, first netlink socket)
+    for i in range(runs + 1):  # the first flip is a warm-up
         cur = "monitor" if cur == "enforce" else "enforce"
         target = with_pool_mode(desired, pool, cur, action)
         t = time.perf_counter()
-        tx = applier.apply(backend, target, trust_fingerprint=True)
+        before = netlink.ruleset_generation()
+        if before != expected:
+            raise SystemExit(f"ruleset generation {before}, expected {expected}: not our commit")
+        tx = diff(current, target)
+        backend.apply(tx)
+        after = netlink.ruleset_generation()
         seconds = time.perf_counter() - t
-        kinds = {type(op) for op in tx.ops}
-        if not tx or not kinds <= {FlushChain, AddRule}:
-            raise SystemExit(f"one-pool change was not a chain rewrite: {sorted(map(str, kinds))}")
+        _expect_rewrite(tx, "one-pool change")
+        if after != before + 1:
+            raise SystemExit(f"generation went {before} -> {after}: another commit slipped in")
+        current, expected = target, after
         if i:
             changes.append(seconds)
-    if cur != "enforce":  # leave the pool as the desired table has it
-        applier.apply(backend, desired, trust_fingerprint=True)
-        cur = "enforce"
 
-    # Where a change's time goes: the skeleton read, the diff, nft's dry run, the commit.
-    parts: dict[str, list[float]] = {"read": [], "diff": [], "check": [], "commit": []}
-    for _ in range(max(3, runs // 2)):
+    # The CLI's path (`op25b-ctl apply` after an edit): applier.apply(trust_fingerprint=True),
+    # a netlink skeleton read trusting the elements by their fingerprint, diff, commit.
+    cli: list[float] = []
+    parts: dict[str, list[float]] = {"read": [], "diff": [], "commit": []}
+    for i in range(max(4, runs)):  # alternately whole and step by step
         cur = "monitor" if cur == "enforce" else "enforce"
         target = with_pool_mode(desired, pool, cur, action)
-        t = time.perf_counter()
-        live = applier.read_live(backend, target, trust_fingerprint=True)
-        parts["read"].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        tx = diff(live, target)
-        parts["diff"].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        backend.check(tx)
-        parts["check"].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        backend.apply(tx)
-        parts["commit"].append(time.perf_counter() - t)
-    if cur != "enforce":
+        if i % 2 == 0:
+            t = time.perf_counter()
+            tx = applier.apply(backend, target, trust_fingerprint=True)
+            cli.append(time.perf_counter() - t)
+        else:  # the same, step by step
+            t = time.perf_counter()
+            live = applier.read_live(backend, target, trust_fingerprint=True)
+            parts["read"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            tx = diff(live, target)
+            parts["diff"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            backend.apply(tx)
+            parts["commit"].append(time.perf_counter() - t)
+        _expect_rewrite(tx, "CLI one-pool change")
+    if cur != "enforce":  # leave the pool as the desired table has it
         applier.apply(backend, desired, trust_fingerprint=True)
     generations = [_timed(netlink.ruleset_generation) for _ in range(runs)]
 
-    expected = len(desired.counters)
+    count = len(desired.counters)
     scrapes = []
     for _ in range(runs):
         t = time.perf_counter()
         got = netlink.read_counters(desired.name, desired.family)
         scrapes.append(time.perf_counter() - t)
-        if len(got) != expected:
-            raise SystemExit(f"read_counters returned {len(got)} counters, expected {expected}")
+        if len(got) != count:
+            raise SystemExit(f"read_counters returned {len(got)} counters, expected {count}")
     # `nft list counters` loads every element first; at 1,000,000 prefixes that takes minutes,
     # so it is cut off at `list_timeout` and reported as "more than".
     nft_lists: list[float] = []
@@ -230,28 +266,29 @@ def warm(
             list_cut = True
             break
 
-    what, one_pass = reconcile_pass(backend, desired, policy_dir, state_dir)
-    one_pass()  # warm-up; a reconciler's first pass may also settle its own state
-    passes = [_timed(one_pass) for _ in range(runs)]
+    what, passes = no_change_passes(backend, desired, policy_dir, state_dir, runs)
+    recompute: list[float] = []
+    if policy_dir is not None and state_dir is not None:
+        recompute = override_passes(backend, policy_dir, state_dir, pool, max(2, runs // 3))
     return {
         "change": changes,
+        "change_cli": cli,
+        "change_parts": parts,
         "scrape": scrapes,
         "nft_list_counters": nft_lists,
         "nft_list_cut": list_timeout if list_cut else None,
         "reconcile": passes,
         "reconcile_what": what,
-        "change_parts": parts,
+        "recompute": recompute,
         "generation": generations,
-        "counters": expected,
+        "counters": count,
     }
 
 
 def daemonlike(policy_dir: Path) -> dict[str, Any]:
-    """What a daemon holds with the inventory loaded: policy from YAML, desired state, the
-    applied table, one scrape. Reports each step's time and the process's memory."""
-    from op25b_ctl.desired import from_policy
-    from op25b_ctl.loader import load_policy
-
+    """What the daemon does at start-up, step by step: policy from YAML, desired state, the
+    apply, one scrape. Reports each step's time and the process's memory (the backend itself
+    gives freed heap back after big libnftables calls)."""
     t0 = time.perf_counter()
     policy = load_policy(policy_dir)
     t1 = time.perf_counter()
@@ -263,9 +300,6 @@ def daemonlike(policy_dir: Path) -> dict[str, Any]:
     counters = netlink.read_counters(state.table.name, state.table.family)
     t4 = time.perf_counter()
     mem = rss()  # `state` (policy + desired table) is alive here, as in a daemon
-    # How much of that is heap glibc merely keeps (freed by libnftables) rather than live data.
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    trimmed = rss()["VmRSS"]
     return {
         "load_policy": t1 - t0,
         "compute": t2 - t1,
@@ -274,9 +308,21 @@ def daemonlike(policy_dir: Path) -> dict[str, Any]:
         "read_counters": t4 - t3,
         "counters": len(counters),
         "VmRSS_before_apply": before_apply,
-        "VmRSS_after_trim": trimmed,
         **mem,
     }
+
+
+def metrics(address: str) -> dict[str, Any]:
+    """The daemon's reconcile pass counts by read kind, from its Prometheus endpoint."""
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    runs: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("op25b_reconcile_runs_total{"):
+            labels, _, value = line.rpartition(" ")
+            kind = labels.split('read="', 1)[1].split('"', 1)[0]
+            runs[kind] = float(value)
+    return {"runs": runs}
 
 
 def main(argv: Iterable[str] | None = None) -> int:
@@ -284,9 +330,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("apply", help="one cold full apply")
     a.add_argument("--desired", required=True)
-    a.add_argument(
-        "--variant", choices=("full", "nocheck", "declared", "declared-nocheck"), default="full"
-    )
+    a.add_argument("--variant", choices=("ours", "checked"), default="ours")
     a = sub.add_parser("run", help="time one command (nft -f, ipset restore, ...)")
     a.add_argument("argv", nargs=argparse.REMAINDER)
     a = sub.add_parser("warm", help="load, then time changes, scrapes and no-change passes")
@@ -304,6 +348,11 @@ def main(argv: Iterable[str] | None = None) -> int:
     a.add_argument("--desired", required=True)
     a = sub.add_parser("counters", help="packet counts of a table's named counters")
     a.add_argument("--table", required=True)
+    a = sub.add_parser("read", help="pickle our table as NftBackend reads it (for tests)")
+    a.add_argument("--table", required=True)
+    a.add_argument("--out", type=Path, required=True)
+    a = sub.add_parser("metrics", help="a daemon's reconcile pass counts")
+    a.add_argument("--address", required=True)
     a = sub.add_parser("loadgen", help="TCP connect attempts per second")
     a.add_argument("--src", required=True)
     a.add_argument("--dst", required=True)
@@ -334,6 +383,12 @@ def main(argv: Iterable[str] | None = None) -> int:
         out = {"ops": len(applier.apply(NftBackend(), _load(args.desired)).ops)}
     elif args.cmd == "counters":
         out = {k: v.packets for k, v in netlink.read_counters(args.table).items()}
+    elif args.cmd == "read":
+        table = NftBackend().read("inet", args.table)
+        args.out.write_bytes(pickle.dumps(table))
+        out = {"found": table is not None}
+    elif args.cmd == "metrics":
+        out = metrics(args.address)
     else:
         from bench.datapath import connect_rate
 
