@@ -12,7 +12,8 @@ import pytest
 
 from bench import inventory as inv
 from bench.report import Figure
-from bench.worker import render_declared, with_pool_mode
+from bench.run import DataPath, attempt_cost, cost_rows
+from bench.worker import _is_chain_rewrite, with_pool_mode
 from op25b_ctl.diff import diff
 from op25b_ctl.loader import load_policy
 from op25b_ctl.model import check_policy, split_families
@@ -94,13 +95,20 @@ def test_ipset_restore_lists_each_prefix_once() -> None:
     assert len({line.split()[2] for line in adds}) == SMALL.elements
 
 
-def test_declared_render_moves_elements_into_the_map_declaration() -> None:
+def test_a_new_set_is_committed_with_its_elements_declared_inline() -> None:
+    """What the cold-apply figure times: one `add map` line per set, no `add element`."""
     policy = inv.synthetic_policy(SMALL)
-    tx = diff(None, desired_table(policy, modes(decide(policy))))
-    plain, declared = render(tx), render_declared(tx)
-    assert "add element" in plain and "add element" not in declared
-    assert declared.count(" : jump ") == plain.count(" : jump ") == SMALL.elements
-    assert len(declared.splitlines()) < len(plain.splitlines())
+    text = render(diff(None, desired_table(policy, modes(decide(policy, inv.REFERENCE_TIME)))))
+    assert "add element" not in text
+    assert text.count(" : jump ") == SMALL.elements
+
+
+def test_daemon_change_is_a_chain_rewrite_against_the_last_live_table() -> None:
+    desired = inv.desired(inv.synthetic_policy(SMALL))
+    changed = with_pool_mode(desired, inv.pool_name(inv.CHANGE_POOL), "monitor", "reject")
+    assert _is_chain_rewrite(diff(desired, changed))
+    assert not _is_chain_rewrite(diff(desired, desired))  # nothing to time
+    assert not _is_chain_rewrite(diff(None, changed))  # a full apply is not a change
 
 
 def test_one_pool_change_rewrites_only_that_chain() -> None:
@@ -132,3 +140,33 @@ def test_figure_pass_or_miss(
     fig = Figure("k", "what", ours, base, "base", sense, target, "s", "1")  # type: ignore[arg-type]
     assert fig.passed is passed
     assert bool(fig.shortfall) is not passed
+
+
+def _datapath(none: list[float], ours: list[float], classic: list[float]) -> DataPath:
+    rates = {"none_25": none, "ours_25": ours, "classic_25": classic}
+    rates["monitor_25"] = none
+    rates["linear_25"] = [r / 10 for r in none]
+    return DataPath(rates=rates)
+
+
+def test_attempt_cost_is_per_round_and_in_microseconds() -> None:
+    dp = _datapath([40_000.0, 50_000.0], [40_000.0, 50_000.0], [10_000.0, 12_500.0])
+    assert dp.costs("classic_25") == pytest.approx([75.0, 60.0])
+    assert dp.costs("ours_25") == pytest.approx([0.0, 0.0])
+
+
+@pytest.mark.parametrize(
+    ("costs", "noise"),
+    [([0.5, -0.4, 0.1], True), ([-2.0, -1.0, -3.0], True), ([10.0, 11.0, 9.0], False)],
+)
+def test_attempt_cost_within_noise(costs: list[float], noise: bool) -> None:
+    assert attempt_cost(costs).within_noise is noise
+
+
+def test_cost_rows_give_a_bound_when_ours_is_within_noise() -> None:
+    dp = _datapath([40_000.0, 50_000.0], [40_100.0, 49_900.0], [10_000.0, 12_500.0])
+    rows = {what: (value, ratio) for what, value, ratio in cost_rows(dp)}
+    value, _ = next(v for k, v in rows.items() if k.startswith("filter cost per TCP/25 attempt"))
+    assert value.startswith("< noise")
+    _, ratio = next(v for k, v in rows.items() if "ipset" in k)
+    assert ratio.startswith("ours < noise: > ")
