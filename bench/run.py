@@ -584,7 +584,7 @@ def context_rows(m: SizeResult, dp: DataPath) -> list[tuple[str, str, str]]:
          " / ".join(fmt(dl[k], "s") for k in ("load_policy", "compute", "apply")), "-"),
         ("same process: VmRSS before the apply / after it / peak (VmHWM)",
          f"{dl['VmRSS_before_apply']:.0f} / {dl['VmRSS']:.0f} / {dl['VmHWM']:.0f} MiB", "-"),
-        (f"daemon memory measured on ({dp.memory_what}): VmRSS / peak (VmHWM)",
+        (f"real daemon ({dp.memory_what}): VmRSS / peak (VmHWM)",
          f"{dp.daemon['VmRSS']:.0f} / {dp.daemon['VmHWM']:.0f} MiB", "-"),
         ("ruleset load in the lab: ours (daemon start to table live) / rule per prefix "
          "(`nft -f`) / ipset+iptables",
@@ -677,12 +677,12 @@ def miss_notes(
             f"({fmt(parts['read'], 's')}): {fmt(m.wmed('change_cli'), 's')} in all."
         ),
         "flat": lambda f: (
-            f"The daemon's change reads nothing and writes no elements, so what grows is the "
-            f"commit itself: nft commit {growth('commit')} in the CLI path's parts (libnftables "
-            f"builds its cache of the table's objects in each fresh context, and the kernel "
-            f"validates the batch against the whole table); the daemon change goes "
-            f"{' -> '.join(fmt(x.wmed('change'), 's') for x in ordered)}. On 2 shared CPUs "
-            f"a few ms of that is noise."
+            f"The daemon's change reads nothing and writes no elements, and its diff stays flat "
+            f"(CLI parts: diff {growth('diff')}); what grows is the commit itself, nft and the "
+            f"kernel together ({growth('commit')}): the daemon change goes "
+            f"{' -> '.join(fmt(x.wmed('change'), 's') for x in ordered)} over the sizes. Both "
+            f"ends are tens of milliseconds, so a few ms of noise on 2 shared CPUs moves the "
+            f"ratio a lot."
         ),
         "scrape": lambda f: (
             f"`netlink.read_counters` parses the counter dump by hand "
@@ -694,8 +694,10 @@ def miss_notes(
             f"generation id ({fmt(gen, 's')}); nothing else."
         ),
         "dp": lambda f: (
-            f"The monitor-mode gateway (same map lookup, forwarded, `out` resets) runs at "
-            f"{dp.paired('monitor_25', 'none_25'):.2f}x of no ruleset. Kernel {mach['kernel']}."
+            f"Per-round ratios: "
+            f"{', '.join(f'{o / b:.2f}' for o, b in zip(dp.rates['ours_25'], dp.rates['none_25'], strict=True))}"
+            f". The monitor-mode gateway (same map lookup, forwarded, `out` resets) runs at "
+            f"{dp.paired('monitor_25', 'none_25'):.2f}x of no ruleset."
         ),
         "linear": lambda f: (
             f"The rule-per-prefix ruleset adds {median(dp.costs('linear_25')):.0f} µs per attempt."
@@ -851,7 +853,8 @@ def render_report(
         "again (it must be the old one + 1). Nothing is read from the kernel. Context: the "
         "CLI's `applier.apply(..., trust_fingerprint=True)` (netlink skeleton read + diff + "
         "commit) and a real Reconciler pass after an override file was written (which "
-        "recomputes the desired state from the YAML). Baseline: the cold full apply of the "
+        "recomputes the desired state; the parsed policy is reused while its files are "
+        "unchanged). Baseline: the cold full apply of the "
         "same size. Flat means: the median at 100,000 prefixes within 1.5x of the median at "
         "1,000.",
         "- **Scrape.** `netlink.read_counters(table)` (all named counters, the dump parsed by "
