@@ -680,9 +680,12 @@ def miss_notes(
             f"The daemon's change reads nothing and writes no elements, and its diff stays flat "
             f"(CLI parts: diff {growth('diff')}); what grows is the commit itself, nft and the "
             f"kernel together ({growth('commit')}): the daemon change goes "
-            f"{' -> '.join(fmt(x.wmed('change'), 's') for x in ordered)} over the sizes. Both "
-            f"ends are tens of milliseconds, so a few ms of noise on 2 shared CPUs moves the "
-            f"ratio a lot."
+            f"{' -> '.join(fmt(x.wmed('change'), 's') for x in ordered)} over the sizes. So "
+            f"a one-chain commit's fixed cost grows with the size of the table it lands in, not "
+            f"with the change (the rewrite holds one or two rules at every size). Whether that "
+            f"is libnftables (a fresh context builds its cache for each command) or the "
+            f"kernel's validation of the batch is not separated here; committing the small "
+            f"batch over netlink directly, without libnftables, would tell them apart."
         ),
         "scrape": lambda f: (
             f"`netlink.read_counters` parses the counter dump by hand "
