@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -43,3 +45,14 @@ def make_lab() -> Iterator[Callable[[], Lab]]:
 def lab(make_lab: Callable[[], Lab]) -> Lab:
     """A fresh lab per test (~0.2 s to build), so no test sees another's rules or servers."""
     return make_lab()
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    """A fresh, empty network namespace, deleted by name afterwards."""
+    name = f"op25b-t-{secrets.token_hex(4)}"
+    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=False, capture_output=True)

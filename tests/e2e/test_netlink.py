@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -141,17 +139,6 @@ def read(ns: str, op: str, *args: str) -> Any:
         ]
     )
     return json.loads(out)
-
-
-@pytest.fixture
-def netns() -> Iterator[str]:
-    """A fresh, empty network namespace, deleted by name afterwards."""
-    name = f"op25b-t-{secrets.token_hex(4)}"
-    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], check=False, capture_output=True)
 
 
 @pytest.fixture

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import secrets
 import subprocess
-from collections.abc import Iterator
 
 import pytest
 
@@ -38,16 +36,6 @@ print(json.dumps({
     "missing": netlink.read_rule_digests("nope"),
 }))
 """
-
-
-@pytest.fixture
-def netns() -> Iterator[str]:
-    name = f"op25b-t-{secrets.token_hex(4)}"
-    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], check=False, capture_output=True)
 
 
 def sh(ns: str, *argv: str, stdin: str | None = None) -> str:
