@@ -17,11 +17,11 @@ setup:
 	@scripts/bootstrap
 
 demo: setup
-	$(PY) -m op25b_ctl.demo
+	$(PY) -m op25b_lab.demo
 
 lint: setup
-	$(VENV)/bin/ruff check op25b_ctl tests bench
-	$(VENV)/bin/ruff format --check op25b_ctl tests bench
+	$(VENV)/bin/ruff check op25b_ctl op25b_lab tests bench
+	$(VENV)/bin/ruff format --check op25b_ctl op25b_lab tests bench
 
 typecheck: setup
 	$(VENV)/bin/mypy

@@ -17,11 +17,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from op25b_ctl.lab import DYN_A, POOLS, RELAY
-from op25b_ctl.model import Gateway, Mode, Policy, Pool, Relay, split_families
-from op25b_ctl.modes import decide, modes
-from op25b_ctl.ruleset import desired_table, pool_chain
-from op25b_ctl.table import Table
+from op25b_ctl.plan.modes import decide, modes
+from op25b_ctl.plan.ruleset import desired_table, pool_chain
+from op25b_ctl.plan.table import Table
+from op25b_ctl.policy.model import Gateway, Mode, Policy, Pool, Relay, split_families
+from op25b_lab.lab import DYN_A, POOLS, RELAY
 
 POOL_COUNT = 1000
 V4_BASE = int(ipaddress.IPv4Address("10.0.0.0"))

@@ -15,7 +15,7 @@ import time
 from types import TracebackType
 from typing import Self
 
-from op25b_ctl.lab import _env
+from op25b_lab.lab import _env
 
 PREFIX = "op25bb"
 

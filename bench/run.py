@@ -32,8 +32,8 @@ from typing import Any
 from bench import inventory as inv
 from bench.netns import Namespaces
 from bench.report import Figure, figures_table, fmt, median, plain, table
-from op25b_ctl.lab import DYN_A, FOREIGN_MX, Lab, LabCommandError, _env
-from op25b_ctl.model import Policy
+from op25b_ctl.policy.model import Policy
+from op25b_lab.lab import DYN_A, FOREIGN_MX, Lab, LabCommandError, _env
 
 ROOT = Path(__file__).resolve().parent.parent
 LINEAR_RULES = inv.MAIN.v4  # rule per prefix: every v4 prefix of the inventory
@@ -862,7 +862,7 @@ def render_report(
         "1,000.",
         "- **Scrape.** `netlink.read_counters(table)` (all named counters, the dump parsed by "
         "hand) against `nft list counters table inet op25b`, in the same namespace.",
-        "- **No-change pass.** A real `op25b_ctl.reconcile.Reconciler(backend, policy_dir, "
+        "- **No-change pass.** A real `op25b_ctl.daemon.reconcile.Reconciler(backend, policy_dir, "
         "state_dir).run_once()` on the YAML inventory, after its start-up pass; the worker "
         'fails unless every timed pass reports read == "fast" and no change. The '
         "1,000,000-prefix row has no YAML: there it is `applier.plan(trust_fingerprint=True)` "

@@ -22,18 +22,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from op25b_ctl import applier, netlink
-from op25b_ctl.backend import NftBackend
-from op25b_ctl.desired import from_policy
-from op25b_ctl.diff import diff
-from op25b_ctl.loader import load_policy
-from op25b_ctl.model import Mode
-from op25b_ctl.overrides import Override
-from op25b_ctl.reconcile import Reconciler
-from op25b_ctl.ruleset import pool_chain, pool_rules
-from op25b_ctl.state import StateDir
-from op25b_ctl.table import Chain, Table
-from op25b_ctl.transaction import AddRule, FlushChain, Transaction
+from op25b_ctl.daemon.reconcile import Reconciler
+from op25b_ctl.kernel import netlink
+from op25b_ctl.kernel.backend import NftBackend
+from op25b_ctl.ops import applier
+from op25b_ctl.plan.desired import from_policy
+from op25b_ctl.plan.diff import diff
+from op25b_ctl.plan.ruleset import pool_chain, pool_rules
+from op25b_ctl.plan.table import Chain, Table
+from op25b_ctl.plan.transaction import AddRule, FlushChain, Transaction
+from op25b_ctl.policy.loader import load_policy
+from op25b_ctl.policy.model import Mode
+from op25b_ctl.policy.overrides import Override
+from op25b_ctl.source.state import StateDir
 
 
 def _load(path: str) -> Table:

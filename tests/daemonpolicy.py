@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from op25b_ctl.lab import POOLS, RELAY
+from op25b_lab.lab import POOLS, RELAY
 
 EAST1, EAST2, WEST1, STATIC = (
     "flets-east-dyn-1",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from op25b_ctl.model import MODES, Gateway, Policy, Pool, Relay
+from op25b_ctl.policy.model import MODES, Gateway, Policy, Pool, Relay
 
 # Documentation space carved into /28s (v4) and /48s (v6), so pools never overlap.
 V4_BLOCKS = [f"{net}.{i * 16}/28" for net in ("192.0.2", "198.51.100") for i in range(16)]

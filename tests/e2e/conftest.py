@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from op25b_ctl.lab import Lab
+from op25b_lab.lab import Lab
 
 
 def lab_unavailable() -> str | None:

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from op25b_ctl.lab import Lab
+from op25b_lab.lab import Lab
 
 REPO = Path(__file__).resolve().parents[2]
 CTL = str(REPO / ".venv" / "bin" / "op25b-ctl")

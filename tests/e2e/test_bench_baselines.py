@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from bench import inventory as inv
-from op25b_ctl.lab import _env
-from op25b_ctl.ruleset import FINGERPRINT_PREFIX
-from op25b_ctl.table import Table
+from op25b_ctl.plan.ruleset import FINGERPRINT_PREFIX
+from op25b_ctl.plan.table import Table
+from op25b_lab.lab import _env
 
 pytestmark = [
     pytest.mark.root,

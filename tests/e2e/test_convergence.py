@@ -15,10 +15,10 @@ pytestmark = pytest.mark.root
 SCRIPT = """
 import json, random, sys
 from datetime import UTC, datetime
-from op25b_ctl import applier
-from op25b_ctl.backend import NftBackend
-from op25b_ctl.modes import decide, modes
-from op25b_ctl.ruleset import desired_table
+from op25b_ctl.ops import applier
+from op25b_ctl.kernel.backend import NftBackend
+from op25b_ctl.plan.modes import decide, modes
+from op25b_ctl.plan.ruleset import desired_table
 from tests.randompolicy import random_policy
 
 rng = random.Random(int(sys.argv[1]))
@@ -38,7 +38,7 @@ print(json.dumps(steps))
 def test_random_changes_apply_and_converge(seed: int, tmp_path: Path) -> None:
     import json
 
-    from op25b_ctl.lab import ns_name, remove
+    from op25b_lab.lab import ns_name, remove
 
     ident = f"cv{seed}{random.randrange(16**6):06x}"
     ns = ns_name(ident, "gw")

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from op25b_ctl.lab import DYN_A, DYN_B, DYN_W, FOREIGN_MX, RELAY, Lab
+from op25b_lab.lab import DYN_A, DYN_B, DYN_W, FOREIGN_MX, RELAY, Lab
 from tests.daemonpolicy import EAST1, EAST2, WEST1, daemon_policy, set_mode
 from tests.policytools import REPO
 

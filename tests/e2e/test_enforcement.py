@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from op25b_ctl.lab import (
+from op25b_lab.lab import (
     DYN_A,
     DYN_B,
     DYN_W,
@@ -190,9 +190,9 @@ def test_teardown_removes_only_our_table(gateway: Lab) -> None:
 
 
 FAILING_TX = """
-from op25b_ctl.backend import NftBackend
+from op25b_ctl.kernel.backend import NftBackend
 from op25b_ctl.errors import BackendError
-from op25b_ctl.transaction import AddElements, FlushChain, Transaction
+from op25b_ctl.plan.transaction import AddElements, FlushChain, Transaction
 
 tx = Transaction("inet", "op25b", (
     FlushChain("pool_flets-east-dyn-1"),

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from op25b_ctl.lab import (
+from op25b_lab.lab import (
     DESTINATIONS,
     DYN_A,
     DYN_W,

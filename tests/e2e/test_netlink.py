@@ -1,4 +1,4 @@
-"""End-to-end tests of op25b_ctl.netlink against a real kernel, each in its own namespace.
+"""End-to-end tests of op25b_ctl.kernel.netlink against a real kernel, each in its own namespace.
 
 The module reads the ruleset of the namespace it runs in, so the reads run in a subprocess
 started with `ip netns exec NS <repo>/.venv/bin/python` and report JSON back to the test.
@@ -83,11 +83,11 @@ table inet empty {
 }
 """
 
-# Runs inside the namespace: one read through op25b_ctl.netlink, printed as JSON.
+# Runs inside the namespace: one read through op25b_ctl.kernel.netlink, printed as JSON.
 # -W error: pyroute2 must not leave unclosed sockets or event loops behind.
 READER = """
 import dataclasses, json, sys
-from op25b_ctl import netlink
+from op25b_ctl.kernel import netlink
 
 op, args = sys.argv[1], sys.argv[2:]
 try:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from op25b_ctl.lab import DYN_A, DYN_B, DYN_W, FOREIGN_MX, RELAY, Lab
+from op25b_lab.lab import DYN_A, DYN_B, DYN_W, FOREIGN_MX, RELAY, Lab
 from tests.policytools import EXAMPLE, REPO, edit, example_policy
 
 pytestmark = pytest.mark.root

@@ -7,10 +7,10 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from op25b_ctl.backend import MemoryBackend
-from op25b_ctl.netlink import TableNotFound
-from op25b_ctl.table import Table
-from op25b_ctl.transaction import AddCounter, Transaction
+from op25b_ctl.kernel.backend import MemoryBackend
+from op25b_ctl.kernel.netlink import TableNotFound
+from op25b_ctl.plan.table import Table
+from op25b_ctl.plan.transaction import AddCounter, Transaction
 
 
 @dataclass(frozen=True)

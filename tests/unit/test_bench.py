@@ -14,12 +14,12 @@ from bench import inventory as inv
 from bench.report import Figure
 from bench.run import DataPath, attempt_cost, cost_rows
 from bench.worker import _is_chain_rewrite, with_pool_mode
-from op25b_ctl.diff import diff
-from op25b_ctl.loader import load_policy
-from op25b_ctl.model import check_policy, split_families
-from op25b_ctl.modes import decide, modes
-from op25b_ctl.render import render
-from op25b_ctl.ruleset import desired_table, pool_chain
+from op25b_ctl.plan.diff import diff
+from op25b_ctl.plan.modes import decide, modes
+from op25b_ctl.plan.render import render
+from op25b_ctl.plan.ruleset import desired_table, pool_chain
+from op25b_ctl.policy.loader import load_policy
+from op25b_ctl.policy.model import check_policy, split_families
 
 SMALL = inv.Size(2_000, 1_000)
 

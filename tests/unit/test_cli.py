@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from op25b_ctl.backend import MemoryBackend
-from op25b_ctl.cli import main
+from op25b_ctl.cli.main import main
+from op25b_ctl.kernel.backend import MemoryBackend
 from tests.policytools import EXAMPLE, edit, example_policy
 
 

@@ -7,11 +7,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from op25b_ctl import applier
-from op25b_ctl.backend import MemoryBackend
-from op25b_ctl.modes import decide, modes
-from op25b_ctl.ruleset import desired_table
-from op25b_ctl.table import Table
+from op25b_ctl.kernel.backend import MemoryBackend
+from op25b_ctl.ops import applier
+from op25b_ctl.plan.modes import decide, modes
+from op25b_ctl.plan.ruleset import desired_table
+from op25b_ctl.plan.table import Table
 from tests.randompolicy import random_policy
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)  # random policies have no rollout stages

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from op25b_ctl import desired
-from op25b_ctl.cli import build_parser, main
-from op25b_ctl.daemon import Daemon, parse_address
-from op25b_ctl.metrics import build_registry
-from op25b_ctl.reconcile import Reconciler
-from op25b_ctl.sdnotify import Notifier
+from op25b_ctl.cli.main import build_parser, main
+from op25b_ctl.daemon.loop import Daemon, parse_address
+from op25b_ctl.daemon.metrics import build_registry
+from op25b_ctl.daemon.reconcile import Reconciler
+from op25b_ctl.daemon.sdnotify import Notifier
+from op25b_ctl.plan import desired
 from tests.daemonpolicy import EAST2, daemon_policy, set_mode
 from tests.unit.fakekernel import FakeKernel
 
@@ -202,7 +202,7 @@ def test_sleep_until_the_next_stage_or_half_the_watchdog(
 def test_metrics_port_in_use_fails_before_touching_the_kernel(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from op25b_ctl import daemon
+    from op25b_ctl.daemon import loop as daemon
 
     old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     with socket.socket() as busy:

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from op25b_ctl.desired import Desired
-from op25b_ctl.loader import load_policy
-from op25b_ctl.metrics import Metrics, build_registry, exemptions_in_force
-from op25b_ctl.reconcile import Reconciler
-from op25b_ctl.ruleset import desired_table
+from op25b_ctl.daemon.metrics import Metrics, build_registry, exemptions_in_force
+from op25b_ctl.daemon.reconcile import Reconciler
+from op25b_ctl.plan.desired import Desired
+from op25b_ctl.plan.ruleset import desired_table
+from op25b_ctl.policy.loader import load_policy
 from tests.daemonpolicy import EAST1, EAST2, WEST1, break_prefix, daemon_policy, set_mode
 from tests.unit.fakekernel import FakeKernel
 

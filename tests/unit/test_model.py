@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from op25b_ctl.errors import PolicyError
-from op25b_ctl.loader import load_policy
+from op25b_ctl.policy.loader import load_policy
 from tests.policytools import EXAMPLE, edit, example_policy
 
 
@@ -127,7 +127,7 @@ def test_prefix_index_finds_exactly_the_overlapping_prefixes() -> None:
 
     import netaddr
 
-    from op25b_ctl.model import PrefixIndex
+    from op25b_ctl.policy.model import PrefixIndex
 
     rng = random.Random(7)
     nets = [netaddr.IPNetwork(f"198.51.100.{i * 8}/29") for i in range(0, 32, 2)]

@@ -17,8 +17,8 @@ import pytest
 import yaml
 from prometheus_client import generate_latest
 
-from op25b_ctl.metrics import build_registry
-from op25b_ctl.reconcile import Reconciler
+from op25b_ctl.daemon.metrics import build_registry
+from op25b_ctl.daemon.reconcile import Reconciler
 from tests.daemonpolicy import daemon_policy
 from tests.policytools import REPO
 from tests.unit.fakekernel import FakeKernel

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from op25b_ctl import state as state_mod
-from op25b_ctl.backend import MemoryBackend
-from op25b_ctl.cli import main
-from op25b_ctl.state import StateDir
-from op25b_ctl.transaction import AddRule, FlushChain
+from op25b_ctl.cli.main import main
+from op25b_ctl.kernel.backend import MemoryBackend
+from op25b_ctl.plan.transaction import AddRule, FlushChain
+from op25b_ctl.source import state as state_mod
+from op25b_ctl.source.state import StateDir
 from tests.policytools import EXAMPLE, edit, example_policy
 
 E1, E2, W1 = "flets-east-dyn-1", "flets-east-dyn-2", "flets-west-dyn-1"
@@ -307,10 +307,10 @@ def test_moved_stage_date_is_scheduled_again(gw: Gw, tmp_path: Path) -> None:
 def test_idle_tick_cache(tmp_path: Path) -> None:
     from datetime import datetime
 
-    from op25b_ctl import operate
-    from op25b_ctl.desired import from_policy
-    from op25b_ctl.loader import load_policy
-    from op25b_ctl.transaction import Transaction
+    from op25b_ctl.ops import operate
+    from op25b_ctl.plan.desired import from_policy
+    from op25b_ctl.plan.transaction import Transaction
+    from op25b_ctl.policy.loader import load_policy
 
     state = StateDir(tmp_path / "state")
     policy_dir = example_policy(tmp_path / "p")
@@ -350,9 +350,9 @@ def test_empty_state_object_means_no_overrides(gw: Gw) -> None:
 def test_stage_applied_without_record_shows_done(gw: Gw) -> None:
     from datetime import datetime
 
-    from op25b_ctl import applier
-    from op25b_ctl.desired import from_policy
-    from op25b_ctl.loader import load_policy
+    from op25b_ctl.ops import applier
+    from op25b_ctl.plan.desired import from_policy
+    from op25b_ctl.policy.loader import load_policy
 
     now = "2011-01-20T00:00:00+09:00"
     # applied by something that keeps no record (e.g. the daemon)

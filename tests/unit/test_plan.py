@@ -8,17 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from op25b_ctl import applier
-from op25b_ctl.backend import MemoryBackend
-from op25b_ctl.diff import diff
 from op25b_ctl.errors import BackendError, NotOurTableError
-from op25b_ctl.loader import load_policy
-from op25b_ctl.model import Mode, Policy
-from op25b_ctl.modes import decide, modes
-from op25b_ctl.render import render
-from op25b_ctl.ruleset import desired_table, mode_of_rules, pool_chain, pool_rules
-from op25b_ctl.table import Chain, Rule, Table
-from op25b_ctl.transaction import AddElements, AddRule, DeleteCounter, FlushChain
+from op25b_ctl.kernel.backend import MemoryBackend
+from op25b_ctl.ops import applier
+from op25b_ctl.plan.diff import diff
+from op25b_ctl.plan.modes import decide, modes
+from op25b_ctl.plan.render import render
+from op25b_ctl.plan.ruleset import desired_table, mode_of_rules, pool_chain, pool_rules
+from op25b_ctl.plan.table import Chain, Rule, Table
+from op25b_ctl.plan.transaction import AddElements, AddRule, DeleteCounter, FlushChain
+from op25b_ctl.policy.loader import load_policy
+from op25b_ctl.policy.model import Mode, Policy
 from tests.policytools import EXAMPLE, REPO
 
 GOLDEN = REPO / "tests" / "golden" / "nmtnet-initial.nft"
@@ -202,7 +202,7 @@ def test_recomputing_for_the_same_policy_reuses_its_sets(policy: Policy) -> None
 
 
 def test_cached_policy_is_reloaded_when_a_file_changes(tmp_path: Path) -> None:
-    from op25b_ctl.loader import load_policy_cached
+    from op25b_ctl.policy.loader import load_policy_cached
     from tests.policytools import edit, example_policy
 
     d = example_policy(tmp_path)

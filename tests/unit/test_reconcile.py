@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from op25b_ctl import desired
-from op25b_ctl.backend import MemoryBackend
-from op25b_ctl.reconcile import Reconciler, carry_counters, input_identity
-from op25b_ctl.render import render
-from op25b_ctl.ruleset import pool_chain
-from op25b_ctl.state import StateDir
-from op25b_ctl.table import Rule
-from op25b_ctl.transaction import AddCounter, AddTable, Transaction
+from op25b_ctl.daemon.reconcile import Reconciler, carry_counters, input_identity
+from op25b_ctl.kernel.backend import MemoryBackend
+from op25b_ctl.plan import desired
+from op25b_ctl.plan.render import render
+from op25b_ctl.plan.ruleset import pool_chain
+from op25b_ctl.plan.table import Rule
+from op25b_ctl.plan.transaction import AddCounter, AddTable, Transaction
+from op25b_ctl.source.state import StateDir
 from tests.daemonpolicy import EAST2, break_prefix, daemon_policy, fix_prefix, set_mode
 from tests.policytools import EXAMPLE
 from tests.unit.fakekernel import FakeKernel

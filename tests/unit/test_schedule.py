@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from op25b_ctl.desired import compute, from_policy
 from op25b_ctl.errors import PolicyError
-from op25b_ctl.loader import load_policy
-from op25b_ctl.model import Policy
-from op25b_ctl.modes import decide, modes, next_change, upcoming
-from op25b_ctl.overrides import Override, OverrideError, check, parse_when
-from op25b_ctl.state import StateDir
+from op25b_ctl.plan.desired import compute, from_policy
+from op25b_ctl.plan.modes import decide, modes, next_change, upcoming
+from op25b_ctl.policy.loader import load_policy
+from op25b_ctl.policy.model import Policy
+from op25b_ctl.policy.overrides import Override, OverrideError, check, parse_when
+from op25b_ctl.source.state import StateDir
 from tests.policytools import EXAMPLE, edit, example_policy
 
 JST = timezone(timedelta(hours=9))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from op25b_ctl.cli import build_parser
+from op25b_ctl.cli.main import build_parser
 from tests.policytools import REPO
 
 UNITS = REPO / "systemd"

@@ -17,15 +17,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from op25b_ctl import __version__, applier, desired, operate
-from op25b_ctl.backend import Backend, NftBackend
+from op25b_ctl import __version__
 from op25b_ctl.errors import BackendError, NotOurTableError, Op25bError, PolicyError
-from op25b_ctl.loader import load_policy
-from op25b_ctl.model import Policy, split_families
-from op25b_ctl.modes import Decision, decide
-from op25b_ctl.overrides import OverrideError, parse_when
-from op25b_ctl.render import describe, render
-from op25b_ctl.ruleset import (
+from op25b_ctl.kernel.backend import Backend, NftBackend
+from op25b_ctl.ops import applier, operate
+from op25b_ctl.plan import desired
+from op25b_ctl.plan.modes import Decision, decide
+from op25b_ctl.plan.render import describe, render
+from op25b_ctl.plan.ruleset import (
     EXEMPTED_COUNTER,
     FAMILY,
     RELAYED_COUNTER,
@@ -34,9 +33,12 @@ from op25b_ctl.ruleset import (
     monitored_counter,
     pool_chain,
 )
-from op25b_ctl.state import LockBusy, StateDir, StateError
-from op25b_ctl.table import RULE_TAG, Table
-from op25b_ctl.transaction import Transaction
+from op25b_ctl.plan.table import RULE_TAG, Table
+from op25b_ctl.plan.transaction import Transaction
+from op25b_ctl.policy.loader import load_policy
+from op25b_ctl.policy.model import Policy, split_families
+from op25b_ctl.policy.overrides import OverrideError, parse_when
+from op25b_ctl.source.state import LockBusy, StateDir, StateError
 
 DEFAULT_POLICY = "/etc/op25b"
 DEFAULT_STATE_DIR = "/var/lib/op25b"
@@ -176,7 +178,7 @@ def cmd_apply(ctx: Context) -> int:
 
 def _live_view(table: str) -> tuple[dict[str, tuple[str, ...]] | None, dict[str, Any]]:
     """Rule ids per chain and counter values, read over netlink (cheap at any table size)."""
-    from op25b_ctl import netlink
+    from op25b_ctl.kernel import netlink
 
     skeleton = netlink.read_skeleton(table, FAMILY)
     if skeleton is None:
@@ -297,7 +299,7 @@ def _positive_seconds(text: str) -> float:
 
 
 def _metrics_address(text: str) -> tuple[str, int] | None:
-    from op25b_ctl.daemon import parse_address
+    from op25b_ctl.daemon.loop import parse_address
 
     try:
         return parse_address(text)
@@ -308,7 +310,7 @@ def _metrics_address(text: str) -> tuple[str, int] | None:
 def cmd_daemon(ctx: Context) -> int:
     import logging
 
-    from op25b_ctl import daemon
+    from op25b_ctl.daemon import loop as daemon
 
     args = ctx.args
     fmt = "%(levelname)s %(message)s"
@@ -382,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("teardown", cmd_teardown, "delete our table: the emergency off switch")
     p.add_argument("--yes", action="store_true", help="confirm; required")
     p.add_argument("--table", help="table name if the policy cannot be read (default: policy's)")
-    from op25b_ctl import cli_ops  # rollout, pool, audit, explain
+    from op25b_ctl.cli import ops as cli_ops  # rollout, pool, audit, explain
 
     cli_ops.register(sub, common)
     p = add(

@@ -15,16 +15,23 @@ from zoneinfo import ZoneInfo
 
 import netaddr
 
-from op25b_ctl import audit, operate
-from op25b_ctl.desired import Desired, from_policy
 from op25b_ctl.errors import Op25bError
-from op25b_ctl.model import DEFAULT_TIMEZONE, Policy
-from op25b_ctl.modes import local, upcoming
-from op25b_ctl.overrides import ACTION_MODE, Action, OverrideError, parse_when
-from op25b_ctl.ruleset import BASE_CHAIN, DISPATCH_CHAIN, FAMILY, FINGERPRINT_PREFIX, pool_chain
+from op25b_ctl.ops import operate
+from op25b_ctl.plan.desired import Desired, from_policy
+from op25b_ctl.plan.modes import local, upcoming
+from op25b_ctl.plan.ruleset import (
+    BASE_CHAIN,
+    DISPATCH_CHAIN,
+    FAMILY,
+    FINGERPRINT_PREFIX,
+    pool_chain,
+)
+from op25b_ctl.policy.model import DEFAULT_TIMEZONE, Policy
+from op25b_ctl.policy.overrides import ACTION_MODE, Action, OverrideError, parse_when
+from op25b_ctl.source import audit
 
 if TYPE_CHECKING:
-    from op25b_ctl.cli import Context
+    from op25b_ctl.cli.main import Context
 
 EXIT_OK = 0
 
@@ -118,11 +125,11 @@ def cmd_tick(ctx: Context) -> int:
 
 def _generation_reader(ctx: Context) -> Callable[[], int] | None:
     """The kernel's ruleset generation for the real backend; None (always a full tick) else."""
-    from op25b_ctl.backend import NftBackend
+    from op25b_ctl.kernel.backend import NftBackend
 
     if not isinstance(ctx.backend, NftBackend):
         return None
-    from op25b_ctl import netlink
+    from op25b_ctl.kernel import netlink
 
     return netlink.ruleset_generation
 

@@ -39,14 +39,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from op25b_ctl import applier, desired
-from op25b_ctl.backend import Backend, NftBackend, release_memory
-from op25b_ctl.diff import diff
 from op25b_ctl.errors import Op25bError, PolicyError
-from op25b_ctl.loader import policy_digest
-from op25b_ctl.state import LockBusy, StateDir
-from op25b_ctl.table import Table
-from op25b_ctl.transaction import AddCounter, AddRule, FlushChain, Op, Transaction
+from op25b_ctl.kernel.backend import Backend, NftBackend, release_memory
+from op25b_ctl.ops import applier
+from op25b_ctl.plan import desired
+from op25b_ctl.plan.diff import diff
+from op25b_ctl.plan.table import Table
+from op25b_ctl.plan.transaction import AddCounter, AddRule, FlushChain, Op, Transaction
+from op25b_ctl.policy.loader import policy_digest
+from op25b_ctl.source.state import LockBusy, StateDir
 
 log = logging.getLogger("op25b_ctl.reconcile")
 
@@ -147,7 +148,7 @@ DigestReader = Callable[[str, str, Iterable[str] | None], Mapping[tuple[str, str
 def default_rule_digests(backend: Backend) -> DigestReader | None:
     """The kernel's rule digests for nftables; none otherwise (tests pass their own)."""
     if isinstance(backend, NftBackend):
-        from op25b_ctl import netlink
+        from op25b_ctl.kernel import netlink
 
         return netlink.read_rule_digests
     return None
@@ -166,7 +167,7 @@ def default_generation(backend: Backend) -> Callable[[], int] | None:
     """The generation reader that fits the backend: the kernel's for nftables, none otherwise
     (then every pass reads at least the skeleton)."""
     if isinstance(backend, NftBackend):
-        from op25b_ctl import netlink
+        from op25b_ctl.kernel import netlink
 
         return netlink.ruleset_generation
     return None

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from op25b_ctl.backend import Backend
-from op25b_ctl.diff import diff
 from op25b_ctl.errors import NotOurTableError
-from op25b_ctl.ruleset import BASE_CHAIN, DISPATCH_CHAIN, FINGERPRINT_PREFIX
-from op25b_ctl.table import Table
-from op25b_ctl.transaction import DeleteTable, Transaction
+from op25b_ctl.kernel.backend import Backend
+from op25b_ctl.plan.diff import diff
+from op25b_ctl.plan.ruleset import BASE_CHAIN, DISPATCH_CHAIN, FINGERPRINT_PREFIX
+from op25b_ctl.plan.table import Table
+from op25b_ctl.plan.transaction import DeleteTable, Transaction
 
 
 def _ensure_ours(live: Table | None) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from op25b_ctl.table import Chain, Hook, NamedSet, Rule
+from op25b_ctl.plan.table import Chain, Hook, NamedSet, Rule
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from op25b_ctl.model import Mode, Policy, aware_datetime
+from op25b_ctl.policy.model import Mode, Policy, aware_datetime
 
 Action = Literal["enforce", "monitor", "rollback"]
 ACTION_MODE: dict[str, Mode] = {"enforce": "enforce", "monitor": "monitor", "rollback": "off"}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from op25b_ctl.transaction import (
+from op25b_ctl.plan.transaction import (
     AddChain,
     AddCounter,
     AddElements,

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from op25b_ctl.lab import (
+from op25b_lab.lab import (
     DYN_A,
     DYN_B,
     FOREIGN_MX,
@@ -110,7 +110,7 @@ def run(policy: Path) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m op25b_ctl.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m op25b_lab.demo", description=__doc__)
     parser.add_argument("--policy", type=Path, default=POLICY, help="policy directory")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:

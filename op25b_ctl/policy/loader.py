@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from op25b_ctl.errors import PolicyError, Problem
-from op25b_ctl.model import (
+from op25b_ctl.policy.model import (
     PATTERN_HELP,
     ExemptionsFile,
     GatewayFile,

@@ -15,9 +15,9 @@ from dataclasses import replace
 from typing import Protocol
 
 from op25b_ctl.errors import BackendError
-from op25b_ctl.render import render
-from op25b_ctl.table import RULE_TAG, Chain, Hook, NamedSet, Rule, Table
-from op25b_ctl.transaction import (
+from op25b_ctl.plan.render import render
+from op25b_ctl.plan.table import RULE_TAG, Chain, Hook, NamedSet, Rule, Table
+from op25b_ctl.plan.transaction import (
     AddChain,
     AddCounter,
     AddElements,
@@ -53,7 +53,7 @@ class Backend(Protocol):
 
 def _read_skeleton(family: str, name: str) -> Table | None:
     """Our table without set elements, from a few netlink dumps (no libnftables cache)."""
-    from op25b_ctl import netlink
+    from op25b_ctl.kernel import netlink
 
     skeleton = netlink.read_skeleton(name, family)
     if skeleton is None:
@@ -126,7 +126,7 @@ class NftBackend:
     def read(self, family: str, name: str, *, elements: bool = True) -> Table | None:
         """Read over netlink, never through libnftables' cache (seconds and hundreds of MB at
         100,000 elements); all dumps of one read come from one ruleset generation."""
-        from op25b_ctl import netlink
+        from op25b_ctl.kernel import netlink
 
         for _ in range(3):
             before = netlink.ruleset_generation()

@@ -16,8 +16,8 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from op25b_ctl.model import Mode, Policy, split_families
-from op25b_ctl.table import Chain, Hook, NamedSet, Rule, Table
+from op25b_ctl.plan.table import Chain, Hook, NamedSet, Rule, Table
+from op25b_ctl.policy.model import Mode, Policy, split_families
 
 FAMILY = "inet"
 BASE_CHAIN = "gate"

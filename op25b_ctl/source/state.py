@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from op25b_ctl.errors import Op25bError
-from op25b_ctl.overrides import Override, OverrideError
+from op25b_ctl.policy.overrides import Override, OverrideError
 
 DEFAULT_STATE_DIR = "/var/lib/op25b"
 FORMAT = 1

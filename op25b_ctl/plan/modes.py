@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from op25b_ctl.model import Exemption, Mode, Policy, Stage
-from op25b_ctl.overrides import Override
+from op25b_ctl.policy.model import Exemption, Mode, Policy, Stage
+from op25b_ctl.policy.overrides import Override
 
 Source = Literal["static", "baseline", "stage", "override"]
 

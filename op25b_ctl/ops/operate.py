@@ -18,16 +18,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from op25b_ctl import applier, audit
-from op25b_ctl.backend import Backend
-from op25b_ctl.desired import Desired, from_policy
-from op25b_ctl.loader import policy_digest
-from op25b_ctl.model import Mode, Policy
-from op25b_ctl.overrides import Action, Override, OverrideError, check
-from op25b_ctl.ruleset import mode_of_rules, pool_chain
-from op25b_ctl.state import StateDir
-from op25b_ctl.table import Table
-from op25b_ctl.transaction import AddElements, DeleteElements, Transaction
+from op25b_ctl.kernel.backend import Backend
+from op25b_ctl.ops import applier
+from op25b_ctl.plan.desired import Desired, from_policy
+from op25b_ctl.plan.ruleset import mode_of_rules, pool_chain
+from op25b_ctl.plan.table import Table
+from op25b_ctl.plan.transaction import AddElements, DeleteElements, Transaction
+from op25b_ctl.policy.loader import policy_digest
+from op25b_ctl.policy.model import Mode, Policy
+from op25b_ctl.policy.overrides import Action, Override, OverrideError, check
+from op25b_ctl.source import audit
+from op25b_ctl.source.state import StateDir
 
 EXEMPT_SET_PREFIX = "exempt_"  # ruleset's exempt_v4 / exempt_v6
 

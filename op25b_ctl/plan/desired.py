@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from op25b_ctl.loader import load_policy_cached
-from op25b_ctl.model import Exemption, Policy
-from op25b_ctl.modes import Decision, active_exemptions, decide, modes, next_change
-from op25b_ctl.overrides import Override
-from op25b_ctl.ruleset import desired_table
-from op25b_ctl.state import StateDir
-from op25b_ctl.table import Table
+from op25b_ctl.plan.modes import Decision, active_exemptions, decide, modes, next_change
+from op25b_ctl.plan.ruleset import desired_table
+from op25b_ctl.plan.table import Table
+from op25b_ctl.policy.loader import load_policy_cached
+from op25b_ctl.policy.model import Exemption, Policy
+from op25b_ctl.policy.overrides import Override
+from op25b_ctl.source.state import StateDir
 
 
 @dataclass(frozen=True)

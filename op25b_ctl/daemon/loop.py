@@ -21,11 +21,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from op25b_ctl.metrics import Metrics
-from op25b_ctl.reconcile import Reconciler, ReconcileResult
-from op25b_ctl.render import describe
-from op25b_ctl.sdnotify import Notifier
-from op25b_ctl.transaction import AddTable
+from op25b_ctl.daemon.metrics import Metrics
+from op25b_ctl.daemon.reconcile import Reconciler, ReconcileResult
+from op25b_ctl.daemon.sdnotify import Notifier
+from op25b_ctl.plan.render import describe
+from op25b_ctl.plan.transaction import AddTable
 
 log = logging.getLogger("op25b_ctl.daemon")
 
@@ -221,8 +221,12 @@ def run(
     metrics_address: tuple[str, int] | None = None,
 ) -> int:
     """The real daemon: nftables backend, kernel counters, signals, systemd, HTTP exporter."""
-    from op25b_ctl.backend import NftBackend
-    from op25b_ctl.metrics import build_registry, kernel_counter_reader, kernel_generation_reader
+    from op25b_ctl.daemon.metrics import (
+        build_registry,
+        kernel_counter_reader,
+        kernel_generation_reader,
+    )
+    from op25b_ctl.kernel.backend import NftBackend
 
     backend = NftBackend()
     generation = kernel_generation_reader()

@@ -8,8 +8,8 @@ that use them; elements and rules removed before the chains and objects they poi
 
 from __future__ import annotations
 
-from op25b_ctl.table import Table
-from op25b_ctl.transaction import (
+from op25b_ctl.plan.table import Table
+from op25b_ctl.plan.transaction import (
     AddChain,
     AddCounter,
     AddElements,

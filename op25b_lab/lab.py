@@ -9,7 +9,7 @@ its own; every process the lab starts is tracked by pid and killed on teardown. 
 documentation addresses are used (RFC 5737, RFC 3849).
 
 The same file is also the small helper program run *inside* the namespaces
-(``python -m op25b_ctl.lab listen|probe|smtp|remove``), so probes need nothing but this venv.
+(``python -m op25b_lab.lab listen|probe|smtp|remove``), so probes need nothing but this venv.
 """
 
 from __future__ import annotations
@@ -188,7 +188,7 @@ def remove(ident: str, *, deadline: float = 5.0) -> None:
     """Delete this lab's namespaces after killing whatever still runs in them.
 
     Works from the ident alone so a crashed run can be cleaned up later
-    (``python -m op25b_ctl.lab remove IDENT``); it never matches other labs' names.
+    (``python -m op25b_lab.lab remove IDENT``); it never matches other labs' names.
     """
     if not _IDENT_RE.fullmatch(ident):
         raise ValueError(f"bad lab ident {ident!r}")
@@ -214,7 +214,7 @@ def _ns_pids(name: str) -> list[int]:
 
 def _helper_argv(*args: str) -> list[str]:
     """argv that runs this module's helper with the current interpreter (the venv's)."""
-    return [sys.executable, "-m", "op25b_ctl.lab", *args]
+    return [sys.executable, "-m", "op25b_lab.lab", *args]
 
 
 def _env() -> dict[str, str]:
@@ -724,7 +724,7 @@ def smtp_serve(spool: Path, ports: Sequence[int]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the in-namespace helpers (and of `remove IDENT` for stale labs)."""
-    parser = argparse.ArgumentParser(prog="python -m op25b_ctl.lab")
+    parser = argparse.ArgumentParser(prog="python -m op25b_lab.lab")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("probe", help="TCP connect attempts; prints JSON results")
     p.add_argument("--timeout", type=float, default=2.0)

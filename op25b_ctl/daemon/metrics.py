@@ -32,12 +32,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 from op25b_ctl import __version__
-from op25b_ctl.desired import Desired
+from op25b_ctl.daemon.reconcile import CounterMemory, Reconciler, ReconcileResult
 from op25b_ctl.errors import Op25bError
-from op25b_ctl.model import MODES, split_families
-from op25b_ctl.netlink import TableNotFound
-from op25b_ctl.reconcile import CounterMemory, Reconciler, ReconcileResult
-from op25b_ctl.ruleset import (
+from op25b_ctl.kernel.netlink import TableNotFound
+from op25b_ctl.plan.desired import Desired
+from op25b_ctl.plan.ruleset import (
     EXEMPTED_COUNTER,
     FAMILY,
     FINGERPRINT_PREFIX,
@@ -46,6 +45,7 @@ from op25b_ctl.ruleset import (
     monitored_counter,
     pool_chain,
 )
+from op25b_ctl.policy.model import MODES, split_families
 
 NAMESPACE = "op25b"
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -65,7 +65,7 @@ CounterReader = Callable[[str], Mapping[str, CounterObjectLike]]
 
 
 def kernel_counter_reader() -> CounterReader:
-    from op25b_ctl import netlink
+    from op25b_ctl.kernel import netlink
 
     def read(table: str) -> Mapping[str, CounterObjectLike]:
         return netlink.read_counter_objects(table, FAMILY)
@@ -74,7 +74,7 @@ def kernel_counter_reader() -> CounterReader:
 
 
 def kernel_generation_reader() -> Callable[[], int]:
-    from op25b_ctl import netlink
+    from op25b_ctl.kernel import netlink
 
     return netlink.ruleset_generation
 

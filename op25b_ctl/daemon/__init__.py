@@ -1,0 +1,1 @@
+"""The long-running controller: reconcile passes, the loop, systemd notify, metrics."""

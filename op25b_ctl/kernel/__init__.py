@@ -1,0 +1,1 @@
+"""The kernel seam: read our table and counters, check and apply transactions."""

@@ -1,0 +1,1 @@
+"""Engineers' operations: apply, pool overrides, rollout tick, each locked and audited."""

@@ -1,0 +1,1 @@
+"""What the operator wrote: the policy files' model, their loader, engineers' overrides."""

@@ -1,0 +1,1 @@
+"""Where the controller is told things: the state directory, overrides, the audit trail."""
