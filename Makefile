@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo test lint typecheck unit e2e bench clean
+.PHONY: help setup demo test lint typecheck unit e2e bench reliability clean
 
 help:
 	@echo "make demo       lab gateway in network namespaces + example NMTnet policy (root)"
@@ -11,6 +11,7 @@ help:
 	@echo "make unit       unit tests only (no root)"
 	@echo "make e2e        end-to-end tests only (root)"
 	@echo "make bench      ISP-scale benchmarks, writes docs/benchmarks.md (root)"
+	@echo "make reliability  hostile input, faults, churn; writes docs/reliability.md (root)"
 	@echo "make clean      remove the virtualenv and caches"
 
 setup:
@@ -37,6 +38,13 @@ e2e: setup
 bench: setup
 	@if [ "$$(id -u)" -ne 0 ]; then echo "make bench: needs root (network namespaces, nftables)" >&2; exit 1; fi
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# Not part of `make test` as a whole (its slow cases take minutes): root; runs
+# tests/reliability/ with the slow cases and writes docs/reliability.md. The fast corpus and
+# the property tests in the same directory run in `make test` too.
+reliability: setup
+	@if [ "$$(id -u)" -ne 0 ]; then echo "make reliability: needs root (network namespaces, nftables)" >&2; exit 1; fi
+	$(PY) -m tests.reliability.report $(RELIABILITY_ARGS)
 
 test: lint typecheck
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
