@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -26,7 +26,7 @@ from op25b_ctl.plan.ruleset import (
     FINGERPRINT_PREFIX,
     pool_chain,
 )
-from op25b_ctl.policy.model import DEFAULT_TIMEZONE, Policy
+from op25b_ctl.policy.model import DEFAULT_TIMEZONE, Policy, parse_net
 from op25b_ctl.policy.overrides import ACTION_MODE, Action, OverrideError, parse_when
 from op25b_ctl.source import audit
 
@@ -324,6 +324,17 @@ def _live_check(ctx: Context, want: Desired, pool: str | None) -> tuple[bool | N
     return not problems, problems
 
 
+def _holds(prefixes: Iterable[str], addr: netaddr.IPAddress) -> bool:
+    """Whether one of the (validated) prefixes holds `addr`; integers, not netaddr objects,
+    because explain scans all 110,000 prefixes of an ISP policy."""
+    value = int(addr)
+    for prefix in prefixes:
+        net = parse_net(prefix)
+        if net.version == addr.version and net.first <= value <= net.last:
+            return True
+    return False
+
+
 def cmd_explain(ctx: Context) -> int:
     policy = ctx.policy()
     when = parse_when(ctx.args.at, ctx.now) if ctx.args.at else ctx.now
@@ -335,12 +346,10 @@ def cmd_explain(ctx: Context) -> int:
     if dest is not None and dest.version != addr.version:
         raise OverrideError("--to must be of the same address family as ADDRESS")
     want = from_policy(policy, when, ctx.state.overrides().values())
-    pool = next(
-        (p for p in policy.pools for pref in p.prefixes if addr in netaddr.IPNetwork(pref)), None
-    )
-    exemption = next((e for e in policy.exemptions if addr in netaddr.IPNetwork(e.prefix)), None)
+    pool = next((p for p in policy.pools if _holds(p.prefixes, addr)), None)
+    exemption = next((e for e in policy.exemptions if _holds([e.prefix], addr)), None)
     relay = (
-        next((r for r in policy.relays for a in r.addresses if dest in netaddr.IPNetwork(a)), None)
+        next((r for r in policy.relays if _holds(r.addresses, dest)), None)
         if dest is not None
         else None
     )

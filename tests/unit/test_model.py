@@ -127,12 +127,12 @@ def test_prefix_index_finds_exactly_the_overlapping_prefixes() -> None:
 
     import netaddr
 
-    from op25b_ctl.policy.model import PrefixIndex
+    from op25b_ctl.policy.model import PrefixIndex, parse_net
 
     rng = random.Random(7)
     nets = [netaddr.IPNetwork(f"198.51.100.{i * 8}/29") for i in range(0, 32, 2)]
     nets += [netaddr.IPNetwork(f"2001:db8:{i:x}::/48") for i in range(0, 64, 3)]
-    index = PrefixIndex([(n, ("pools", k)) for k, n in enumerate(nets)])
+    index = PrefixIndex([(parse_net(str(n)), ("pools", k), str(n)) for k, n in enumerate(nets)])
     for _ in range(2000):
         if rng.random() < 0.5:
             q = netaddr.IPNetwork(f"198.51.100.{rng.randrange(256)}/{rng.randrange(24, 33)}").cidr
@@ -141,4 +141,63 @@ def test_prefix_index_finds_exactly_the_overlapping_prefixes() -> None:
         want = [
             n for n in nets if n.version == q.version and n.first <= q.last and q.first <= n.last
         ]
-        assert [n for n, _ in index.overlapping(q)] == sorted(want, key=lambda n: n.first), q
+        got = [text for _, _, text in index.overlapping(parse_net(str(q)))]
+        assert got == [str(n) for n in sorted(want, key=lambda n: n.first)], q
+
+
+def test_fast_prefix_parse_agrees_with_netaddr() -> None:
+    """The C-parser fast path accepts only what netaddr reads as the same prefix and prints
+    back unchanged; everything else (and every error message) is netaddr's."""
+    import random
+
+    import netaddr
+
+    from op25b_ctl.policy.model import _canonical_net, _prefix, parse_net
+
+    rng = random.Random(11)
+
+    def v6() -> str:
+        groups = [rng.choice([0, 0, 1, 0xFFFF, rng.randrange(65536)]) for _ in range(8)]
+        text = ":".join(f"{g:x}" for g in groups)
+        return rng.choice([text, text.upper(), str(netaddr.IPAddress(text))])
+
+    def v4() -> str:
+        parts = [rng.choice([0, 1, 10, 255, rng.randrange(256)]) for _ in range(4)]
+        text = ".".join(map(str, parts))
+        return rng.choice([text, text.replace(".0", ".00", 1), "::ffff:" + text])
+
+    odd = ["10.0.0.0/8 ", "10/8", "10.0.0.0/08", "1.2.3.4/33", "::/129", "::/0", "a/b", "1.2.3/24"]
+    samples = odd + [f"{rng.choice([v4, v6])()}/{rng.randrange(0, 130)}" for _ in range(20000)]
+    for _ in range(5000):  # canonical ones too, as written policies hold
+        v = rng.choice([4, 6])
+        samples.append(
+            str(
+                netaddr.IPNetwork(
+                    (
+                        rng.getrandbits(32 if v == 4 else 128),
+                        rng.randrange(0, 33 if v == 4 else 129),
+                    ),
+                    v,
+                ).cidr
+            )
+        )
+    fast_hits = 0
+    for text in samples:
+        try:
+            net = netaddr.IPNetwork(text)
+        except (netaddr.AddrFormatError, ValueError, TypeError):
+            net = None
+        fast = _canonical_net(text)
+        if fast is not None:
+            fast_hits += 1
+            assert net is not None and str(net.cidr) == text and net.ip == net.network, text
+            assert fast == (net.version, net.first, net.last, net.prefixlen), text
+        try:
+            got: str | None = _prefix(text)
+        except ValueError:
+            got = None
+        want = str(net.cidr) if net is not None and net.ip == net.network else None
+        assert got == want, text
+        if net is not None and got is not None:
+            assert parse_net(got) == (net.version, net.first, net.last, net.prefixlen), text
+    assert fast_hits > 1000  # the comparison covered the fast path, not only the fallback
