@@ -1,4 +1,5 @@
-"""Every test gets its own state directory: no test may touch /var/lib/op25b."""
+"""Every test gets its own state and cache directories: no test may touch /var/lib/op25b or
+the user's ~/.cache."""
 
 from __future__ import annotations
 
@@ -11,4 +12,5 @@ import pytest
 def _state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path_factory.mktemp("state")
     monkeypatch.setenv("OP25B_STATE_DIR", str(path))
+    monkeypatch.setenv("OP25B_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
     return path

@@ -35,7 +35,7 @@ from op25b_ctl.plan.ruleset import (
 )
 from op25b_ctl.plan.table import RULE_TAG, Table
 from op25b_ctl.plan.transaction import Transaction
-from op25b_ctl.policy.loader import load_policy
+from op25b_ctl.policy import cache as policy_cache
 from op25b_ctl.policy.model import Policy, split_families
 from op25b_ctl.policy.overrides import OverrideError, parse_when
 from op25b_ctl.source.state import LockBusy, StateDir, StateError
@@ -83,7 +83,7 @@ class Context:
         return self._backend
 
     def policy(self) -> Policy:
-        return load_policy(self.args.policy)
+        return policy_cache.load(self.args.policy)
 
     def emit(self, data: dict[str, Any], text: Sequence[str]) -> None:
         if self.json:

@@ -1,0 +1,158 @@
+"""The validated-policy cache: used only for the exact files, code and user that made it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from op25b_ctl.errors import PolicyError
+from op25b_ctl.policy import cache
+from op25b_ctl.policy.loader import load_policy, policy_digest
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "policies" / "nmtnet"
+
+
+@pytest.fixture
+def policy_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "policy"
+    shutil.copytree(EXAMPLE, d)
+    return d
+
+
+@pytest.fixture
+def where(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+def _entry(policy_dir: Path, where: Path) -> Path:
+    return cache.entry_path(policy_dir, where)
+
+
+def _reseal(path: Path, edit: object) -> None:
+    """Rewrite an entry with `edit` applied to its body and a correct seal, as a forger would."""
+    body = json.loads(path.read_bytes().partition(b"\n")[2])
+    assert callable(edit)
+    edit(body)
+    text = json.dumps(body).encode()
+    path.write_bytes(hashlib.sha256(text).hexdigest().encode() + b"\n" + text)
+
+
+def _enforce_everything(body: dict[str, object]) -> None:
+    pools = body["policy"]["pools"]  # type: ignore[index]
+    for pool in pools:
+        pool["mode"] = "enforce"
+
+
+def test_a_hit_is_the_validated_policy(policy_dir: Path, where: Path) -> None:
+    first = cache.load(policy_dir, where)
+    assert first == load_policy(policy_dir)
+    assert _entry(policy_dir, where).exists()
+    hit = cache.lookup(policy_dir, policy_digest(policy_dir), where)
+    assert hit is not None and hit == first
+    assert hit.stages and hit.exemptions  # times came back as datetimes, not strings
+    assert hit.stages[0].scheduled is None or hit.stages[0].scheduled.tzinfo is not None
+    assert oct(_entry(policy_dir, where).stat().st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda b: b[: len(b) // 2],  # truncated
+        lambda b: b.replace(b'"enforce"', b'"off"', 1),  # one value changed, seal kept
+        lambda b: b"0" * 64 + b"\n" + b.partition(b"\n")[2],  # seal replaced
+        lambda b: b"not json at all",
+        lambda b: b"",
+    ],
+    ids=["truncated", "body-edited", "bad-seal", "garbage", "empty"],
+)
+def test_a_corrupted_entry_is_ignored_and_replaced(
+    policy_dir: Path, where: Path, damage: object
+) -> None:
+    good = cache.load(policy_dir, where)
+    entry = _entry(policy_dir, where)
+    assert callable(damage)
+    entry.write_bytes(damage(entry.read_bytes()))
+    assert cache.lookup(policy_dir, policy_digest(policy_dir), where) is None
+    assert cache.load(policy_dir, where) == good
+    assert cache.lookup(policy_dir, policy_digest(policy_dir), where) == good  # rewritten
+
+
+def test_a_stale_entry_never_hides_an_edit(policy_dir: Path, where: Path) -> None:
+    cache.load(policy_dir, where)
+    pools = policy_dir / "pools.yaml"
+    pools.write_text(pools.read_text().replace("prefixes: [", "prefixes: [198.51.100.7/24, ", 1))
+    assert cache.lookup(policy_dir, policy_digest(policy_dir), where) is None
+    with pytest.raises(PolicyError, match="host bits set"):
+        cache.load(policy_dir, where)
+
+
+def test_an_entry_from_other_code_or_another_directory_is_ignored(
+    policy_dir: Path, where: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache.load(policy_dir, where)
+    digest = policy_digest(policy_dir)
+    monkeypatch.setattr(cache, "code_digest", lambda: "0" * 64)
+    assert cache.lookup(policy_dir, digest, where) is None
+    monkeypatch.undo()
+    _reseal(_entry(policy_dir, where), lambda b: b.update(directory="/elsewhere"))
+    assert cache.lookup(policy_dir, digest, where) is None
+
+
+def test_a_resealed_forgery_for_other_files_is_ignored(policy_dir: Path, where: Path) -> None:
+    """A well-formed entry whose digest is not the files' own (e.g. copied from another
+    gateway) is a miss, whatever it says."""
+    cache.load(policy_dir, where)
+    _reseal(_entry(policy_dir, where), lambda b: (_enforce_everything(b), b.update(digest="x")))
+    assert cache.lookup(policy_dir, policy_digest(policy_dir), where) is None
+    assert cache.load(policy_dir, where) == load_policy(policy_dir)
+
+
+@pytest.mark.parametrize("target", ["file", "directory"])
+def test_an_entry_others_can_write_is_ignored(policy_dir: Path, where: Path, target: str) -> None:
+    cache.load(policy_dir, where)
+    entry = _entry(policy_dir, where)
+    _reseal(entry, _enforce_everything)  # what a second user with write access could plant
+    (entry if target == "file" else where).chmod(0o666 if target == "file" else 0o777)
+    assert cache.lookup(policy_dir, policy_digest(policy_dir), where) is None
+    assert all(p.mode != "enforce" or p.dynamic for p in cache.load(policy_dir, where).pools)
+    assert cache.load(policy_dir, where) == load_policy(policy_dir)
+
+
+def test_a_symlinked_entry_is_ignored(policy_dir: Path, where: Path, tmp_path: Path) -> None:
+    cache.load(policy_dir, where)
+    entry = _entry(policy_dir, where)
+    elsewhere = tmp_path / "planted.json"
+    entry.rename(elsewhere)
+    entry.symlink_to(elsewhere)
+    assert cache.lookup(policy_dir, policy_digest(policy_dir), where) is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another user")
+def test_an_entry_written_by_another_user_is_ignored(policy_dir: Path, where: Path) -> None:
+    good = cache.load(policy_dir, where)
+    entry = _entry(policy_dir, where)
+    _reseal(entry, _enforce_everything)
+    os.chown(entry, 65534, 65534)  # nobody: sealed, right digest, right mode, wrong owner
+    assert cache.lookup(policy_dir, policy_digest(policy_dir), where) is None
+    assert cache.load(policy_dir, where) == good
+    os.chown(entry, 0, 0)
+    os.chown(where, 65534, 65534)  # our file in a directory someone else controls
+    assert cache.lookup(policy_dir, policy_digest(policy_dir), where) is None
+
+
+def test_an_unwritable_cache_only_costs_speed(policy_dir: Path, tmp_path: Path) -> None:
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("")
+    assert cache.load(policy_dir, blocked) == load_policy(policy_dir)
+
+
+def test_the_cache_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(cache.ENV, "off")
+    assert cache.cache_dir() is None
+    monkeypatch.setenv(cache.ENV, "/somewhere")
+    assert cache.cache_dir() == Path("/somewhere")
