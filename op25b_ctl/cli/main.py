@@ -38,6 +38,7 @@ from op25b_ctl.plan.transaction import Transaction
 from op25b_ctl.policy import cache as policy_cache
 from op25b_ctl.policy.model import Policy, split_families
 from op25b_ctl.policy.overrides import OverrideError, parse_when
+from op25b_ctl.source.etcd import ConcurrentPublish, StoreError, StoreUsageError
 from op25b_ctl.source.state import LockBusy, StateDir, StateError
 
 DEFAULT_POLICY = "/etc/op25b"
@@ -352,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TIME",
         help="act as if it were TIME (ISO 8601 with UTC offset): for tests and dry runs",
     )
+    from op25b_ctl.cli import fleet as cli_fleet  # publish, fleet status, --store
+
+    cli_fleet.add_store_options(common)
     common.add_argument(
         "--lock-timeout",
         type=float,
@@ -387,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     from op25b_ctl.cli import ops as cli_ops  # rollout, pool, audit, explain
 
     cli_ops.register(sub, common)
+    cli_fleet.register(sub, common)
     p = add(
         "daemon",
         cmd_daemon,
@@ -447,6 +452,13 @@ def main(argv: Sequence[str] | None = None, backend: Backend | None = None) -> i
             file=sys.stderr,
         )
         return EXIT_INVALID
+    except (StoreUsageError, ConcurrentPublish) as exc:
+        print(f"op25b-ctl: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except StoreError as exc:
+        print(f"op25b-ctl: store: {exc}", file=sys.stderr)
+        print("op25b-ctl: nothing changed in the store by this command", file=sys.stderr)
+        return EXIT_FAILED
     except (NotOurTableError, OverrideError) as exc:
         print(f"op25b-ctl: {exc}", file=sys.stderr)
         if isinstance(exc, OverrideError):

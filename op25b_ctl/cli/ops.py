@@ -57,6 +57,12 @@ def _outcome_json(policy: Policy, out: operate.Outcome) -> dict[str, Any]:
 
 def cmd_pool(ctx: Context) -> int:
     args = ctx.args
+    if args.store:
+        from op25b_ctl.cli.fleet import cmd_pool_store
+
+        return cmd_pool_store(ctx)
+    if args.gateway or args.group or args.wait:
+        raise OverrideError("--gateway, --group and --wait go with --store (the fleet)")
     action: Action | None = None if args.pool_action == "clear" else args.pool_action
     policy = ctx.policy()  # invalid policy: exit 2 before the lock is taken
     until = parse_when(args.until, ctx.now) if getattr(args, "until", None) else None
@@ -259,7 +265,14 @@ def cmd_rollout_status(ctx: Context) -> int:
 
 
 def cmd_audit(ctx: Context) -> int:
-    entries = audit.read(ctx.state.audit_file)
+    if ctx.args.store:
+        from op25b_ctl.cli.fleet import store_of
+
+        entries = store_of(ctx).audit()
+        where = f"{ctx.args.store}"
+    else:
+        entries = audit.read(ctx.state.audit_file)
+        where = str(ctx.state.audit_file)
     if ctx.args.pool:
         entries = [
             e
@@ -289,10 +302,12 @@ def cmd_audit(ctx: Context) -> int:
             + (f" {e['pool']}" if e.get("pool") else "")
             + (f"  [{changes}]" if changes else "")
             + (f"  reason: {e['reason']}" if e.get("reason") else "")
+            + (f"  from {e['host']}" if e.get("host") else "")
+            + (f"  policy r{e['policy_revision']}" if e.get("policy_revision") else "")
             + f"  ({shlex.join(e.get('command') or [])})"
         )
     if not entries:
-        text.append(f"no audit entries in {ctx.state.audit_file}")
+        text.append(f"no audit entries in {where}")
     ctx.emit({"entries": entries}, text)
     return EXIT_OK
 
@@ -420,6 +435,20 @@ def cmd_explain(ctx: Context) -> int:
 # ---------------------------------------------------------------------------- wiring
 
 
+def _fleet_scope(p: argparse.ArgumentParser) -> None:
+    """With --store: which gateways the one key reaches, and whether to wait for them."""
+    p.add_argument("--gateway", metavar="NAME", help="with --store: only this gateway")
+    p.add_argument("--group", metavar="NAME", help="with --store: only this group's gateways")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="with --store: wait until every gateway reached reports it applied (exit 1 if "
+        "some did not within SECONDS)",
+    )
+
+
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the pool/rollout/audit/explain commands to op25b-ctl's subparsers."""
 
@@ -452,10 +481,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         p.add_argument("--reason", required=True, help="why (recorded in the audit log)")
         p.add_argument("--until", metavar="TIME", help="expiry: ISO time with offset or 4h/2d")
         p.add_argument("--dry-run", action="store_true", help="check with nftables, change nothing")
+        _fleet_scope(p)
     p = leaf(pool_sub, "clear", cmd_pool, "remove the pool's override: the schedule rules again")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--reason", default="", help="why (recorded in the audit log)")
     p.add_argument("--dry-run", action="store_true", help="check with nftables, change nothing")
+    _fleet_scope(p)
 
     rollout = sub.add_parser(
         "rollout",

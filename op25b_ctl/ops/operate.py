@@ -102,7 +102,11 @@ def live_modes(policy: Policy, live: Table | None) -> dict[str, Mode | None]:
 
 
 def due_stages(policy: Policy, now: datetime) -> list[str]:
-    return [s.name for s in policy.stages if s.scheduled is not None and s.scheduled <= now]
+    return [
+        s.name
+        for s in policy.stages
+        if s.scheduled is not None and s.scheduled <= now and policy.applies(s)
+    ]
 
 
 def converge(

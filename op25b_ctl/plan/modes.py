@@ -45,7 +45,7 @@ def stage_modes(policy: Policy, now: datetime) -> dict[str, tuple[Mode, Stage]]:
     out: dict[str, tuple[Mode, Stage]] = {}
     for stage in policy.stages:
         at = stage.scheduled
-        if at is None or at > now:
+        if at is None or at > now or not policy.applies(stage):
             continue
         for name in policy.stage_pools(stage):
             out[name] = (stage.mode, stage)
@@ -110,7 +110,7 @@ def upcoming(policy: Policy, now: datetime, overrides: Iterable[Override] = ()) 
     out: list[Change] = []
     for stage in policy.stages:
         at = stage.scheduled
-        if at is not None and at > now:
+        if at is not None and at > now and policy.applies(stage):
             pools = ", ".join(policy.stage_pools(stage))
             out.append(Change(at, "stage", f"stage {stage.name!r}: {pools} -> {stage.mode}"))
     for o in overrides:

@@ -8,6 +8,7 @@ every mapping key and sequence item so a pydantic error location such as
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,6 +20,7 @@ from op25b_ctl.policy.model import (
     PATTERN_HELP,
     ExemptionsFile,
     GatewayFile,
+    GatewaysFile,
     Policy,
     PoolsFile,
     RelaysFile,
@@ -37,6 +39,7 @@ FILES: dict[str, tuple[type[BaseModel], bool]] = {
     "relays.yaml": (RelaysFile, True),
     "rollout.yaml": (RolloutFile, False),
     "exemptions.yaml": (ExemptionsFile, False),
+    "gateways.yaml": (GatewaysFile, False),  # the fleet: gateways, groups, their pools
 }
 
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -123,31 +126,47 @@ class _Doc:
             return None
 
 
-def load_policy(directory: Path | str) -> Policy:
-    """Read, validate and cross-check a policy directory; raise PolicyError with every problem."""
+def read_policy_files(directory: Path | str) -> dict[str, str]:
+    """The policy directory's YAML files by name, as text (unexpected names included: the
+    parser reports them with everything else)."""
     root = Path(directory)
     if not root.is_dir():
         raise PolicyError([Problem(str(root), "", "policy directory not found")])
     problems: list[Problem] = []
-    docs: dict[str, _Doc] = {}
+    texts: dict[str, str] = {}
     for path in sorted(root.glob("*.y*ml")):
-        if path.name not in FILES:
-            problems.append(
-                Problem(
-                    path.name, "", f"unexpected policy file (known: {', '.join(sorted(FILES))})"
-                )
-            )
-            continue
         try:
-            docs[path.name] = _Doc(path.name, path.read_text(encoding="utf-8"))
+            texts[path.name] = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             problems.append(Problem(path.name, "", f"cannot read: {exc}"))
+    if problems:
+        raise PolicyError(problems)
+    return texts
+
+
+def load_policy(directory: Path | str) -> Policy:
+    """Read, validate and cross-check a policy directory; raise PolicyError with every problem."""
+    return parse_policy(read_policy_files(directory), origin=str(Path(directory)))
+
+
+def parse_policy(texts: Mapping[str, str], origin: str = "the policy") -> Policy:
+    """Validate and cross-check policy files given as {file name: text}: a directory's, or
+    the ones published to the fleet store (so both are checked by exactly the same code)."""
+    problems: list[Problem] = []
+    docs: dict[str, _Doc] = {}
+    for name in sorted(texts):
+        if name not in FILES:
+            problems.append(
+                Problem(name, "", f"unexpected policy file (known: {', '.join(sorted(FILES))})")
+            )
+            continue
+        docs[name] = _Doc(name, texts[name])
     models: dict[str, BaseModel] = {}
     for name, (model, required) in FILES.items():
         doc = docs.get(name)
         if doc is None:
             if required and not any(p.file == name for p in problems):
-                problems.append(Problem(name, "", f"missing from {root}"))
+                problems.append(Problem(name, "", f"missing from {origin}"))
             elif not required:
                 models[name] = model()
             continue
@@ -168,6 +187,8 @@ def load_policy(directory: Path | str) -> Policy:
     exemptions = models["exemptions.yaml"]
     assert isinstance(rollout, RolloutFile)
     assert isinstance(exemptions, ExemptionsFile)
+    gateways = models["gateways.yaml"]
+    assert isinstance(gateways, GatewaysFile)
     policy = Policy(
         gateway=gateway.gateway,
         pools=tuple(pools.pools),
@@ -175,6 +196,7 @@ def load_policy(directory: Path | str) -> Policy:
         stages=tuple(rollout.stages),
         exemptions=tuple(exemptions.exemptions),
         timezone=rollout.timezone,
+        gateways=tuple(gateways.gateways),
     )
     findings = check_policy(policy)
     if findings:

@@ -222,6 +222,8 @@ class Stage(_Strict):
     description: str = ""
     pools: list[Name] = []
     tags: list[Name] = []
+    # only the gateways of these groups (gateways.yaml); empty: every gateway
+    groups: list[Name] = []
     # moving a pool down (enforce -> monitor/off, monitor -> off) must be said out loud
     allow_backwards: bool = False
 
@@ -240,6 +242,20 @@ class Exemption(_Strict):
 
     def active(self, now: datetime) -> bool:
         return self.expires is None or now < self.expires
+
+
+class FleetGateway(_Strict):
+    """One gateway of the fleet (gateways.yaml): its group and the pools it terminates."""
+
+    name: Name
+    group: Name | None = None
+    description: str = ""
+    pools: list[Name] = []
+    tags: list[Name] = []
+
+
+class GatewaysFile(_Strict):
+    gateways: list[FleetGateway] = []
 
 
 class GatewayFile(_Strict):
@@ -273,10 +289,63 @@ class Policy:
     stages: tuple[Stage, ...] = ()
     exemptions: tuple[Exemption, ...] = ()
     timezone: str = DEFAULT_TIMEZONE
+    gateways: tuple[FleetGateway, ...] = ()
 
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    @staticmethod
+    def applies(stage: Stage) -> bool:
+        """A stage for some groups only applies once the policy is narrowed to one gateway
+        of them (`for_gateway` keeps it there, without its groups); elsewhere it never fires."""
+        return not stage.groups
+
+    def fleet_gateway(self, name: str) -> FleetGateway:
+        for gw in self.gateways:
+            if gw.name == name:
+                return gw
+        if not self.gateways:
+            raise KeyError(f"gateway {name!r}: the policy has no gateways.yaml")
+        known = ", ".join(g.name for g in self.gateways)
+        raise KeyError(f"gateway {name!r} is not in gateways.yaml (known: {known})")
+
+    def gateway_pools(self, gw: FleetGateway) -> list[str]:
+        """The pools a gateway carries, by name or by tag, in pools.yaml order."""
+        wanted = set(gw.pools)
+        tags = set(gw.tags)
+        return [p.name for p in self.pools if p.name in wanted or tags.intersection(p.tags)]
+
+    def gateways_carrying(self, pool: str) -> list[FleetGateway]:
+        return [gw for gw in self.gateways if pool in self.gateway_pools(gw)]
+
+    def groups(self) -> list[str]:
+        return sorted({gw.group for gw in self.gateways if gw.group})
+
+    def for_gateway(self, name: str) -> Policy:
+        """The policy as gateway `name` enforces it: only its pools, the exemptions inside
+        them, and the stages for every gateway or for its group (KeyError: unknown name)."""
+        gw = self.fleet_gateway(name)
+        carried = set(self.gateway_pools(gw))
+        pools = tuple(p for p in self.pools if p.name in carried)
+        nets = [netaddr.IPNetwork(x) for p in pools for x in p.prefixes]
+        exemptions = tuple(
+            e for e in self.exemptions if any(netaddr.IPNetwork(e.prefix) in net for net in nets)
+        )
+        stages = tuple(
+            s.model_copy(update={"groups": []}) if s.groups else s
+            for s in self.stages
+            if not s.groups or (gw.group is not None and gw.group in s.groups)
+        )
+        return Policy(
+            gateway=self.gateway,
+            pools=pools,
+            relays=self.relays,
+            stages=stages,
+            exemptions=exemptions,
+            timezone=self.timezone,
+            gateways=(gw,),
+        )
 
     def stage_pools(self, stage: Stage) -> list[str]:
         """The dynamic pools a stage selects, by name or by tag, in pools.yaml order."""
@@ -415,8 +484,53 @@ def check_policy(policy: Policy) -> list[Finding]:
             )
     for path, other, text, other_text in _overlaps(relay_items):
         found.append(Finding("relays.yaml", path, f"{text} overlaps {other_text} at {_fmt(other)}"))
+    found += _check_gateways(policy)
     found += _check_rollout(policy)
     found += _check_exemptions(policy, index)
+    return found
+
+
+def _check_gateways(policy: Policy) -> list[Finding]:
+    """Gateways have unique names and each carries at least one real pool."""
+    found: list[Finding] = []
+    f = "gateways.yaml"
+    pools = {p.name for p in policy.pools}
+    tags = {t for p in policy.pools for t in p.tags}
+    seen: dict[str, int] = {}
+    for i, gw in enumerate(policy.gateways):
+        if gw.name in seen:
+            found.append(
+                Finding(
+                    f,
+                    ("gateways", i, "name"),
+                    f"duplicate gateway name {gw.name!r} (also gateways[{seen[gw.name]}])",
+                )
+            )
+        seen.setdefault(gw.name, i)
+        for j, name in enumerate(gw.pools):
+            if name not in pools:
+                found.append(
+                    Finding(
+                        f,
+                        ("gateways", i, "pools", j),
+                        f"unknown pool {name!r} (known: {', '.join(sorted(pools))})",
+                    )
+                )
+        for j, tag in enumerate(gw.tags):
+            if tag not in tags:
+                found.append(
+                    Finding(
+                        f,
+                        ("gateways", i, "tags", j),
+                        f"no pool has tag {tag!r} (known: {', '.join(sorted(tags)) or 'none'})",
+                    )
+                )
+        if not gw.pools and not gw.tags:
+            found.append(
+                Finding(
+                    f, ("gateways", i), "gateway carries no pools: give `pools:` and/or `tags:`"
+                )
+            )
     return found
 
 
@@ -426,7 +540,7 @@ def _check_rollout(policy: Policy) -> list[Finding]:
     f = "rollout.yaml"
     pools = {p.name: p for p in policy.pools}
     tags = {t for p in policy.pools if p.dynamic for t in p.tags}
-    current: dict[str, str] = {p.name: p.mode for p in policy.pools}  # baseline (pools.yaml)
+    groups = policy.groups()
     seen: dict[str, int] = {}
     last: tuple[int, datetime] | None = None
     tbd_at: int | None = None
@@ -469,6 +583,16 @@ def _check_rollout(policy: Policy) -> list[Finding]:
                         f"no dynamic pool has tag {tag!r} (known: {', '.join(sorted(tags))})",
                     )
                 )
+        for j, group in enumerate(stage.groups):
+            if group not in groups:
+                found.append(
+                    Finding(
+                        f,
+                        (*where, "groups", j),
+                        f"no gateway in gateways.yaml is in group {group!r}"
+                        + (f" (known: {', '.join(groups)})" if groups else ""),
+                    )
+                )
         at = stage.scheduled
         if at is None:
             tbd_at = i if tbd_at is None else tbd_at
@@ -490,18 +614,33 @@ def _check_rollout(policy: Policy) -> list[Finding]:
             )
         if at is not None:
             last = (i, at) if last is None or at >= last[1] else last
-        for name in policy.stage_pools(stage):
-            before = current.get(name, "off")
-            if MODE_RANK[stage.mode] < MODE_RANK[before] and not stage.allow_backwards:
-                found.append(
-                    Finding(
-                        f,
-                        (*where, "mode"),
-                        f"moves pool {name!r} backwards ({before} -> {stage.mode}); "
-                        "add `allow_backwards: true` if that is intended",
+    # Backwards moves, judged as each group sees the stages (a stage for `east` and a later
+    # one for `west` do not follow each other on any gateway).
+    reported: set[tuple[int, str]] = set()
+    contexts: list[str | None] = [None, *groups]
+    for context in contexts:
+        current = {p.name: p.mode for p in policy.pools}  # baseline (pools.yaml)
+        for i, stage in enumerate(policy.stages):
+            if stage.groups and context not in stage.groups:
+                continue
+            for name in policy.stage_pools(stage):
+                before = current.get(name, "off")
+                if (
+                    MODE_RANK[stage.mode] < MODE_RANK[before]
+                    and not stage.allow_backwards
+                    and (i, name) not in reported
+                ):
+                    reported.add((i, name))
+                    found.append(
+                        Finding(
+                            f,
+                            ("stages", i, "mode"),
+                            f"moves pool {name!r} backwards ({before} -> {stage.mode})"
+                            + (f" in group {context!r}" if context else "")
+                            + "; add `allow_backwards: true` if that is intended",
+                        )
                     )
-                )
-            current[name] = stage.mode
+                current[name] = stage.mode
     return found
 
 

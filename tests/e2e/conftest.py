@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from op25b_lab.etcd import EtcdServer, etcd_binary
 from op25b_lab.lab import Lab
 
 
@@ -56,3 +57,15 @@ def netns() -> Iterator[str]:
         yield name
     finally:
         subprocess.run(["ip", "netns", "delete", name], check=False, capture_output=True)
+
+
+@pytest.fixture
+def etcd() -> Iterator[EtcdServer]:
+    """A real etcd member on loopback with its own data directory, killed by pid after."""
+    if etcd_binary() is None:
+        pytest.fail("etcd missing: scripts/bootstrap installs etcd-server")
+    server = EtcdServer(prefix=f"/op25b-{secrets.token_hex(3)}")
+    try:
+        yield server.start()
+    finally:
+        server.destroy()
