@@ -31,6 +31,7 @@ from typing import Any
 from op25b_ctl.policy import loader, model
 from op25b_ctl.policy.model import (
     Exemption,
+    FleetGateway,
     Gateway,
     Policy,
     Pool,
@@ -105,6 +106,7 @@ def _to_json(policy: Policy) -> dict[str, Any]:
         "stages": [s.model_dump(mode="json") for s in policy.stages],
         "exemptions": [e.model_dump(mode="json") for e in policy.exemptions],
         "timezone": policy.timezone,
+        "gateways": [g.model_dump(mode="json") for g in policy.gateways],
     }
 
 
@@ -121,6 +123,7 @@ def _from_json(data: dict[str, Any]) -> Policy:
         stages=tuple(Stage.model_validate(s) for s in data["stages"]),
         exemptions=tuple(Exemption.model_validate(e) for e in data["exemptions"]),
         timezone=str(data["timezone"]),
+        gateways=tuple(FleetGateway.model_validate(g) for g in data["gateways"]),
     )
 
 

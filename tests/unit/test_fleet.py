@@ -186,3 +186,14 @@ def test_fleet_rows_mark_laggards_and_missing(tmp_path: Path) -> None:
         "bras-west-1": ("MISSING", None),
         "stray": ("STALE", 0),
     }
+
+
+def test_policy_cache_keeps_gateways_and_stage_groups(tmp_path: Path) -> None:
+    from op25b_ctl.policy import cache
+
+    d = fleet_policy(tmp_path / "p", east_stage_at=T0)
+    where = tmp_path / "cache"
+    first = cache.load(d, where)
+    again = cache.load(d, where)  # from the cache entry
+    assert again.gateways == first.gateways and len(again.gateways) == 3
+    assert again.stages[0].groups == ["east"]
