@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo       lab gateway in network namespaces + example NMTnet policy (root)"
 	@echo "make test       lint, type check, unit and end-to-end tests (e2e needs root)"
-	@echo "make unit       unit tests only (no root)"
+	@echo "make unit       unit tests only (unprivileged: as nobody when run as root)"
 	@echo "make e2e        end-to-end tests only (root)"
 	@echo "make bench      ISP-scale benchmarks, writes docs/benchmarks.md (root)"
 	@echo "make reliability  hostile input, faults, churn; writes docs/reliability.md (root)"
@@ -28,8 +28,9 @@ typecheck: setup
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy -p bench
 
+# As root, as user nobody (scripts/unit-tests): no unit test may need privileges or the kernel.
 unit: setup
-	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+	scripts/unit-tests $(PYTEST_ARGS)
 
 e2e: setup
 	$(VENV)/bin/pytest tests/e2e $(PYTEST_ARGS)
@@ -46,8 +47,9 @@ reliability: setup
 	@if [ "$$(id -u)" -ne 0 ]; then echo "make reliability: needs root (network namespaces, nftables)" >&2; exit 1; fi
 	$(PY) -m tests.reliability.report $(RELIABILITY_ARGS)
 
-test: lint typecheck
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+# The unit tests unprivileged (`make unit`), then everything else (e2e, reliability) as is.
+test: lint typecheck unit
+	$(VENV)/bin/pytest --ignore=tests/unit $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -568,7 +568,8 @@ def context_rows(m: SizeResult, dp: DataPath) -> list[tuple[str, str, str]]:
         ("same, parts: netlink skeleton read / diff / nft commit",
          " / ".join(fmt(median(parts[k]), "s") for k in ("read", "diff", "commit")), "-"),
         ("daemon pass incl. recompute (a real Reconciler after an override file was written: "
-         "`desired.compute`, which reuses the parsed policy while its files are unchanged, + "
+         "`source.load()` + `desired.from_policy`, which reuse the parsed policy while its "
+         "files are unchanged, + "
          "the one-chain commit, read == \"known\")",
          fmt(m.wmed("recompute"), "s"), f"{len(m.warm['recompute'])} runs"),
         ("ruleset generation id (NFT_MSG_GETGEN)", fmt(median(m.warm["generation"]), "s"),
@@ -840,7 +841,7 @@ def render_report(
         "documentation addresses only: the enforced pool `pool-0500` also holds DYN_A's "
         "192.0.2.0/26 and 2001:db8:1000::/40; the destination is the lab's FOREIGN_MX "
         "(203.0.113.99); the relay is RELAY.",
-        "- **Full apply (cold).** Each run in a fresh namespace: `applier.apply(NftBackend(), "
+        "- **Full apply (cold).** Each run in a fresh namespace: `applier.apply(NftKernel(), "
         "desired)` (what ships: read, diff, one commit; the kernel validates the whole batch) "
         "in the venv's Python, timed inside the process (the pickled desired table is loaded "
         "before the clock starts); for context the same with nft's dry run first "
@@ -860,10 +861,10 @@ def render_report(
         "unchanged). Baseline: the cold full apply of the "
         "same size. Flat means: the median at 100,000 prefixes within 1.5x of the median at "
         "1,000.",
-        "- **Scrape.** `netlink.read_counters(table)` (all named counters, the dump parsed by "
+        "- **Scrape.** `NftKernel().counters(family, table)` (all named counters, the dump parsed by "
         "hand) against `nft list counters table inet op25b`, in the same namespace.",
-        "- **No-change pass.** A real `op25b_ctl.daemon.reconcile.Reconciler(backend, policy_dir, "
-        "state_dir).run_once()` on the YAML inventory, after its start-up pass; the worker "
+        "- **No-change pass.** A real `op25b_ctl.daemon.reconcile.Reconciler(NftKernel(), "
+        "DirectorySource(policy_dir, state_dir)).run_once()` on the YAML inventory, after its start-up pass; the worker "
         'fails unless every timed pass reports read == "fast" and no change. The '
         "1,000,000-prefix row has no YAML: there it is `applier.plan(trust_fingerprint=True)` "
         '(marked "plan"), what a pass costs when the generation has changed.',

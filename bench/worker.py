@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from op25b_ctl.daemon.reconcile import Reconciler
-from op25b_ctl.kernel import netlink
-from op25b_ctl.kernel.backend import NftBackend
+from op25b_ctl.kernel.nft import NftKernel
 from op25b_ctl.ops import applier
 from op25b_ctl.plan.desired import from_policy
 from op25b_ctl.plan.diff import diff
@@ -34,7 +33,7 @@ from op25b_ctl.plan.transaction import AddRule, FlushChain, Transaction
 from op25b_ctl.policy.loader import load_policy
 from op25b_ctl.policy.model import Mode
 from op25b_ctl.policy.overrides import Override
-from op25b_ctl.source.state import StateDir
+from op25b_ctl.source.directory import DirectorySource
 
 
 def _load(path: str) -> Table:
@@ -76,7 +75,7 @@ def cold_apply(desired: Table, variant: str) -> dict[str, Any]:
     whole batch and aborts all of it on any error). "checked" is the same with nft's dry run
     first (`backend.check`, then `backend.apply`): what the core did before, for context.
     """
-    backend = NftBackend()
+    backend = NftKernel()
     t = time.perf_counter()
     if variant == "ours":
         tx = applier.apply(backend, desired)
@@ -109,7 +108,7 @@ def _expect_rewrite(tx: Transaction, what: str) -> None:
 
 
 def no_change_passes(
-    backend: NftBackend,
+    backend: NftKernel,
     desired: Table,
     policy_dir: Path | None,
     state_dir: Path | None,
@@ -123,7 +122,9 @@ def no_change_passes(
     generation, a fingerprint-trusting plan that must plan nothing.
     """
     if policy_dir is not None and state_dir is not None:
-        rec = Reconciler(backend, policy_dir, state_dir, clock=lambda: datetime.now(UTC))
+        rec = Reconciler(
+            backend, DirectorySource(policy_dir, state_dir), clock=lambda: datetime.now(UTC)
+        )
         first = rec.run_once()  # start-up: compute + full read, must find the table in sync
         if not first.ok or first.changed:
             raise SystemExit(f"reconciler's first pass: changed={first.changed} {first.error}")
@@ -146,7 +147,7 @@ def no_change_passes(
 
 
 def override_passes(
-    backend: NftBackend, policy_dir: Path, state_dir: Path, pool: str, runs: int
+    backend: NftKernel, policy_dir: Path, state_dir: Path, pool: str, runs: int
 ) -> list[float]:
     """The daemon reacting to `pool monitor` / its removal: a real Reconciler pass each time.
 
@@ -154,8 +155,8 @@ def override_passes(
     (load_policy + desired.from_policy) and then commits the one-chain rewrite against what
     it last made live (read == "known": nothing read from the kernel).
     """
-    sd = StateDir(state_dir)
-    rec = Reconciler(backend, policy_dir, state_dir, clock=lambda: datetime.now(UTC))
+    source = DirectorySource(policy_dir, state_dir)
+    rec = Reconciler(backend, source, clock=lambda: datetime.now(UTC))
     first = rec.run_once()
     if not first.ok or first.changed:
         raise SystemExit(f"reconciler's first pass: changed={first.changed} {first.error}")
@@ -165,9 +166,9 @@ def override_passes(
             now = datetime.now(UTC)
             if i % 2 == 0:
                 o = Override(pool, "monitor", "bench", "bench", now)
-                sd.save_overrides({pool: o})
+                source.set_override(o)
             else:
-                sd.save_overrides({})
+                source.clear_override(pool)
             t = time.perf_counter()
             result = rec.run_once()
             times.append(time.perf_counter() - t)
@@ -175,7 +176,7 @@ def override_passes(
                 raise SystemExit(f"override pass was not a known-state commit: {result}")
             _expect_rewrite(result.tx, "override pass")
     finally:
-        sd.save_overrides({})
+        source.clear_override(pool)
         rec.run_once()  # leave the pool as the policy has it
     return times
 
@@ -192,14 +193,14 @@ def warm(
     state_dir: Path | None,
 ) -> dict[str, Any]:
     """Load the table, then time one-pool mode changes, scrapes and no-change passes."""
-    backend = NftBackend()
+    backend = NftKernel()
     loaded = applier.apply(backend, desired)
     assert loaded, "the namespace already held a table"
 
     # The daemon's path for a due stage or an override (Reconciler, read == "known"): the
     # generation says nobody committed since our own last commit, so the change is diffed
     # against the table we last made live and committed; nothing is read from the kernel.
-    expected = netlink.ruleset_generation()
+    expected = backend.generation()
     current = desired
     changes: list[float] = []
     cur: Mode = "enforce"
@@ -207,12 +208,12 @@ def warm(
         cur = "monitor" if cur == "enforce" else "enforce"
         target = with_pool_mode(desired, pool, cur, action)
         t = time.perf_counter()
-        before = netlink.ruleset_generation()
+        before = backend.generation()
         if before != expected:
             raise SystemExit(f"ruleset generation {before}, expected {expected}: not our commit")
         tx = diff(current, target)
         backend.apply(tx)
-        after = netlink.ruleset_generation()
+        after = backend.generation()
         seconds = time.perf_counter() - t
         _expect_rewrite(tx, "one-pool change")
         if after != before + 1:
@@ -245,13 +246,13 @@ def warm(
         _expect_rewrite(tx, "CLI one-pool change")
     if cur != "enforce":  # leave the pool as the desired table has it
         applier.apply(backend, desired, trust_fingerprint=True)
-    generations = [_timed(netlink.ruleset_generation) for _ in range(runs)]
+    generations = [_timed(backend.generation) for _ in range(runs)]
 
     count = len(desired.counters)
     scrapes = []
     for _ in range(runs):
         t = time.perf_counter()
-        got = netlink.read_counters(desired.name, desired.family)
+        got = backend.counters(desired.family, desired.name)
         scrapes.append(time.perf_counter() - t)
         if len(got) != count:
             raise SystemExit(f"read_counters returned {len(got)} counters, expected {count}")
@@ -293,12 +294,13 @@ def daemonlike(policy_dir: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     policy = load_policy(policy_dir)
     t1 = time.perf_counter()
-    state = from_policy(policy, datetime.now(UTC))  # what desired.compute does after loading
+    state = from_policy(policy, datetime.now(UTC))  # what the reconciler does after loading
     t2 = time.perf_counter()
     before_apply = rss()["VmRSS"]
-    tx = applier.apply(NftBackend(), state.table)
+    kernel = NftKernel()
+    tx = applier.apply(kernel, state.table)
     t3 = time.perf_counter()
-    counters = netlink.read_counters(state.table.name, state.table.family)
+    counters = kernel.counters(state.table.family, state.table.name)
     t4 = time.perf_counter()
     mem = rss()  # `state` (policy + desired table) is alive here, as in a daemon
     return {
@@ -349,7 +351,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     a.add_argument("--desired", required=True)
     a = sub.add_parser("counters", help="packet counts of a table's named counters")
     a.add_argument("--table", required=True)
-    a = sub.add_parser("read", help="pickle our table as NftBackend reads it (for tests)")
+    a = sub.add_parser("read", help="pickle our table as NftKernel reads it (for tests)")
     a.add_argument("--table", required=True)
     a.add_argument("--out", type=Path, required=True)
     a = sub.add_parser("metrics", help="a daemon's reconcile pass counts")
@@ -381,11 +383,11 @@ def main(argv: Iterable[str] | None = None) -> int:
     elif args.cmd == "daemonlike":
         out = daemonlike(args.policy_dir)
     elif args.cmd == "load":
-        out = {"ops": len(applier.apply(NftBackend(), _load(args.desired)).ops)}
+        out = {"ops": len(applier.apply(NftKernel(), _load(args.desired)).ops)}
     elif args.cmd == "counters":
-        out = {k: v.packets for k, v in netlink.read_counters(args.table).items()}
+        out = {k: v.packets for k, v in NftKernel().counters("inet", args.table).items()}
     elif args.cmd == "read":
-        table = NftBackend().read("inet", args.table)
+        table = NftKernel().read("inet", args.table)
         args.out.write_bytes(pickle.dumps(table))
         out = {"found": table is not None}
     elif args.cmd == "metrics":

@@ -1,14 +1,35 @@
-"""Exceptions, so callers and the CLI can map failures to exit codes.
+"""Every exception op25b-ctl raises on purpose, in one tree, so callers catch by meaning.
 
-Op25bError                 base; anything op25b-ctl raises on purpose
-├── PolicyError            the policy files are invalid: exit 2, nothing applied
-├── NotOurTableError       a table of the configured name exists but was not made by us
-└── BackendError           nftables refused or failed: exit 1, live ruleset unchanged
+The CLI maps each branch to one exit status; the daemon logs any `Op25bError` and keeps the
+last good state. Anything else escaping is a bug.
+
+    Op25bError                  base: anything op25b-ctl raises deliberately
+    ├── PolicyError             the policy is invalid (every problem, file:line): exit 2
+    ├── OverrideError           an operator's override or time argument is refused: exit 2
+    ├── NotOurTableError        a table of our name exists but was not made by us: exit 2
+    ├── StateError              the state directory cannot be read or written: exit 1
+    ├── LockBusy                another command holds the state lock, nothing changed: exit 75
+    └── KernelError             nftables refused or could not be read: exit 1, ruleset unchanged
+        └── TableNotFound       the table asked for does not exist (reads only)
+
+Each class lives here and nowhere else; modules import them from `op25b_ctl.errors`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+__all__ = [
+    "KernelError",
+    "LockBusy",
+    "NotOurTableError",
+    "Op25bError",
+    "OverrideError",
+    "PolicyError",
+    "Problem",
+    "StateError",
+    "TableNotFound",
+]
 
 
 class Op25bError(Exception):
@@ -39,9 +60,25 @@ class PolicyError(Op25bError):
         super().__init__("\n".join(str(p) for p in problems))
 
 
+class OverrideError(Op25bError):
+    """An override (or a time given on the command line) cannot be accepted; nothing changed."""
+
+
 class NotOurTableError(Op25bError):
     """Refuse to adopt a table that another owner created under our name."""
 
 
-class BackendError(Op25bError):
+class StateError(Op25bError):
+    """The state directory cannot be read or written, or holds a malformed file."""
+
+
+class LockBusy(Op25bError):
+    """Another op25b-ctl command holds the state lock; nothing was changed."""
+
+
+class KernelError(Op25bError):
     """nftables rejected a transaction or could not be read; carries nft's own message."""
+
+
+class TableNotFound(KernelError):
+    """The table asked for does not exist (in this namespace and family)."""

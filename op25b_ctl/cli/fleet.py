@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from op25b_ctl.errors import Op25bError
+from op25b_ctl.cli.context import Context
+from op25b_ctl.errors import Op25bError, OverrideError
 from op25b_ctl.policy.loader import parse_policy, read_policy_files
 from op25b_ctl.policy.model import Policy
-from op25b_ctl.policy.overrides import Action, Override, OverrideError, check, parse_when
+from op25b_ctl.policy.overrides import Action, Override, check, parse_when
 from op25b_ctl.source import audit
 from op25b_ctl.source.etcd import (
     EtcdStore,
@@ -25,9 +26,6 @@ from op25b_ctl.source.etcd import (
     host_name,
     parse_store_url,
 )
-
-if TYPE_CHECKING:
-    from op25b_ctl.cli.main import Context
 
 EXIT_OK = 0
 STALE_AFTER = 60.0  # seconds without a status report before a gateway is shown as stale

@@ -9,17 +9,28 @@ our name (nothing applied), 75 (EX_TEMPFAIL) another op25b-ctl command held the 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from op25b_ctl import __version__
-from op25b_ctl.errors import BackendError, NotOurTableError, Op25bError, PolicyError
-from op25b_ctl.kernel.backend import Backend, NftBackend
+from op25b_ctl.cli import fleet as cli_fleet
+from op25b_ctl.cli import ops as cli_ops
+from op25b_ctl.cli.context import EXIT_BUSY, EXIT_FAILED, EXIT_INVALID, EXIT_OK, Context
+from op25b_ctl.daemon import DEFAULT_INTERVAL, DEFAULT_METRICS_ADDRESS, DEFAULT_VERIFY_INTERVAL
+from op25b_ctl.errors import (
+    KernelError,
+    LockBusy,
+    NotOurTableError,
+    Op25bError,
+    OverrideError,
+    PolicyError,
+    StateError,
+    TableNotFound,
+)
+from op25b_ctl.kernel.base import Counter, Kernel
 from op25b_ctl.ops import applier, operate
 from op25b_ctl.plan import desired
 from op25b_ctl.plan.modes import Decision, decide
@@ -33,77 +44,23 @@ from op25b_ctl.plan.ruleset import (
     monitored_counter,
     pool_chain,
 )
-from op25b_ctl.plan.table import RULE_TAG, Table
+from op25b_ctl.plan.table import Table
 from op25b_ctl.plan.transaction import Transaction
-from op25b_ctl.policy import cache as policy_cache
+from op25b_ctl.policy.loader import DEFAULT_POLICY_DIR
 from op25b_ctl.policy.model import Policy, split_families
-from op25b_ctl.policy.overrides import OverrideError, parse_when
 from op25b_ctl.source.etcd import ConcurrentPublish, StoreError, StoreUsageError
-from op25b_ctl.source.state import LockBusy, StateDir, StateError
-
-DEFAULT_POLICY = "/etc/op25b"
-DEFAULT_STATE_DIR = "/var/lib/op25b"
-EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
-EXIT_BUSY = 75  # EX_TEMPFAIL: the state lock was held; cron's next run will retry
-
-
-class Context:
-    """What a command needs; the backend is created lazily so `validate` needs no root."""
-
-    def __init__(
-        self,
-        args: argparse.Namespace,
-        backend: Backend | None = None,
-        command: Sequence[str] = (),
-    ) -> None:
-        self.args = args
-        self._backend = backend
-        self.json = args.output == "json"
-        self.command = list(command)
-        self._now: datetime | None = None
-
-    @property
-    def now(self) -> datetime:
-        """The time commands act at: the clock, or --now (for tests and dry runs)."""
-        if self._now is None:
-            clock = datetime.now(UTC)
-            self._now = parse_when(self.args.now, clock) if self.args.now else clock
-        return self._now
-
-    @property
-    def state(self) -> StateDir:
-        return StateDir(self.args.state_dir)
-
-    def lock(self, what: str) -> Any:
-        return self.state.lock(what, timeout=self.args.lock_timeout)
-
-    @property
-    def backend(self) -> Backend:
-        if self._backend is None:
-            self._backend = NftBackend()
-        return self._backend
-
-    def policy(self) -> Policy:
-        return policy_cache.load(self.args.policy)
-
-    def emit(self, data: dict[str, Any], text: Sequence[str]) -> None:
-        if self.json:
-            json.dump(data, sys.stdout, indent=2, sort_keys=True)
-            sys.stdout.write("\n")
-        else:
-            for line in text:
-                print(line)
+from op25b_ctl.source.state import DEFAULT_STATE_DIR
 
 
 def _desired(ctx: Context, policy: Policy) -> tuple[Table, dict[str, Decision]]:
-    want = desired.from_policy(policy, ctx.now, ctx.state.overrides().values())
+    want = desired.from_policy(policy, ctx.now, ctx.source.overrides().values())
     return want.table, want.decisions
 
 
 def cmd_validate(ctx: Context) -> int:
     policy = ctx.policy()
     try:
-        overrides = list(ctx.state.overrides().values())
+        overrides = list(ctx.source.overrides().values())
     except StateError:  # validating the files needs no (readable) state directory
         overrides = []
     decisions = decide(policy, ctx.now, overrides)
@@ -162,44 +119,45 @@ def _tx_report(ctx: Context, tx: Transaction, *, applied: bool, verb: str) -> in
 
 def cmd_plan(ctx: Context) -> int:
     desired, _ = _desired(ctx, ctx.policy())
-    tx = applier.plan(ctx.backend, desired)
+    tx = applier.plan(ctx.kernel, desired)
     return _tx_report(ctx, tx, applied=False, verb="plan")
 
 
 def cmd_apply(ctx: Context) -> int:
-    # overrides and due stages count (through desired.compute's path), and the change is
+    # overrides and due stages count (through desired.from_policy, as in the daemon), and the change is
     # audited, so `apply` never silently undoes an engineer's `pool rollback`
     policy = ctx.policy()  # invalid policy: exit 2 before taking the lock
     with ctx.lock("apply"):
         out = operate.apply_all(
-            ctx.backend, policy, ctx.state, ctx.now, ctx.command, dry_run=ctx.args.dry_run
+            ctx.kernel,
+            policy,
+            ctx.source,
+            ctx.state,
+            ctx.now,
+            ctx.command,
+            dry_run=ctx.args.dry_run,
         )
     return _tx_report(ctx, out.tx, applied=out.applied, verb="apply")
 
 
-def _live_view(table: str) -> tuple[dict[str, tuple[str, ...]] | None, dict[str, Any]]:
-    """Rule ids per chain and counter values, read over netlink (cheap at any table size)."""
-    from op25b_ctl.kernel import netlink
-
-    skeleton = netlink.read_skeleton(table, FAMILY)
-    if skeleton is None:
+def _live_view(
+    kernel: Kernel, table: str
+) -> tuple[dict[str, tuple[str, ...]] | None, dict[str, Counter]]:
+    """Rule ids per chain and counter values: the table's shape only (cheap at any size)."""
+    live = kernel.read(FAMILY, table, elements=False)
+    if live is None:
         return None, {}
-    chains: dict[str, list[str]] = {c.name: [] for c in skeleton.chains}
-    for rule in skeleton.rules:
-        comment = rule.comment or ""
-        rid = comment[len(RULE_TAG) :] if comment.startswith(RULE_TAG) else f"foreign:{rule.handle}"
-        chains.setdefault(rule.chain, []).append(rid)
     try:
-        counters = netlink.read_counters(table, FAMILY)
-    except netlink.TableNotFound:  # deleted between the two reads
+        counters = kernel.counters(FAMILY, table)
+    except TableNotFound:  # deleted between the two reads
         return None, {}
-    return {k: tuple(v) for k, v in chains.items()}, counters
+    return {name: chain.rule_ids for name, chain in live.chains.items()}, counters
 
 
 def cmd_status(ctx: Context) -> int:
     policy = ctx.policy()
     desired, decisions = _desired(ctx, policy)
-    chains, counters = _live_view(policy.gateway.table)
+    chains, counters = _live_view(ctx.kernel, policy.gateway.table)
 
     def counter(name: str) -> dict[str, int]:
         value = counters.get(name)
@@ -278,7 +236,7 @@ def cmd_teardown(ctx: Context) -> int:
         )
         return EXIT_INVALID
     table = ctx.args.table or ctx.policy().gateway.table
-    removed = applier.teardown(ctx.backend, FAMILY, table)
+    removed = applier.teardown(ctx.kernel, FAMILY, table)
     ctx.emit(
         {"table": f"{FAMILY} {table}", "removed": removed},
         [
@@ -334,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--policy",
         type=Path,
-        default=Path(os.environ.get("OP25B_POLICY", DEFAULT_POLICY)),
+        default=Path(os.environ.get("OP25B_POLICY", DEFAULT_POLICY_DIR)),
         metavar="DIR",
         help="policy directory (default: $OP25B_POLICY or %(default)s)",
     )
@@ -353,8 +311,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TIME",
         help="act as if it were TIME (ISO 8601 with UTC offset): for tests and dry runs",
     )
-    from op25b_ctl.cli import fleet as cli_fleet  # publish, fleet status, --store
-
     cli_fleet.add_store_options(common)
     common.add_argument(
         "--lock-timeout",
@@ -388,10 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("teardown", cmd_teardown, "delete our table: the emergency off switch")
     p.add_argument("--yes", action="store_true", help="confirm; required")
     p.add_argument("--table", help="table name if the policy cannot be read (default: policy's)")
-    from op25b_ctl.cli import ops as cli_ops  # rollout, pool, audit, explain
-
-    cli_ops.register(sub, common)
-    cli_fleet.register(sub, common)
+    cli_ops.register(sub, common)  # rollout, pool, audit, explain
+    cli_fleet.register(sub, common)  # publish, fleet status
     p = add(
         "daemon",
         cmd_daemon,
@@ -401,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--interval",
         type=_positive_seconds,
-        default=5.0,
+        default=DEFAULT_INTERVAL,
         metavar="SECONDS",
         help="seconds between passes: the bound on noticing a policy change or repairing a "
         "deleted, flushed or edited table (default: %(default)s)",
@@ -409,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--verify-interval",
         type=float,
-        default=300.0,
+        default=DEFAULT_VERIFY_INTERVAL,
         metavar="SECONDS",
         help="seconds between full reads of every set element, which catch hand edits of "
         "elements; 0 = only at start, on SIGHUP and after drift or a failure (default: %(default)s)",
@@ -417,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metrics-address",
         type=_metrics_address,
-        default="127.0.0.1:9625",
+        default=DEFAULT_METRICS_ADDRESS,
         metavar="HOST:PORT",
         help="serve Prometheus metrics on http://HOST:PORT/metrics; [IPV6]:PORT, :PORT for "
         "all addresses, or off (default: %(default)s)",
@@ -426,10 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None, backend: Backend | None = None) -> int:
+def main(argv: Sequence[str] | None = None, kernel: Kernel | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    ctx = Context(args, backend, ["op25b-ctl", *argv])
+    ctx = Context(args, kernel, ["op25b-ctl", *argv])
     try:
         code: int = args.func(ctx)
         return code
@@ -470,7 +424,7 @@ def main(argv: Sequence[str] | None = None, backend: Backend | None = None) -> i
     except StateError as exc:
         print(f"op25b-ctl: state: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except (BackendError, Op25bError) as exc:
+    except (KernelError, Op25bError) as exc:
         print(f"op25b-ctl: {exc}", file=sys.stderr)
         print("op25b-ctl: live ruleset left unchanged", file=sys.stderr)
         return EXIT_FAILED

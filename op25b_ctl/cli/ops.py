@@ -10,12 +10,13 @@ import argparse
 import shlex
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import netaddr
 
-from op25b_ctl.errors import Op25bError
+from op25b_ctl.cli.context import EXIT_OK, Context
+from op25b_ctl.errors import Op25bError, OverrideError
 from op25b_ctl.ops import operate
 from op25b_ctl.plan.desired import Desired, from_policy
 from op25b_ctl.plan.modes import local, upcoming
@@ -27,13 +28,7 @@ from op25b_ctl.plan.ruleset import (
     pool_chain,
 )
 from op25b_ctl.policy.model import DEFAULT_TIMEZONE, Policy, parse_net
-from op25b_ctl.policy.overrides import ACTION_MODE, Action, OverrideError, parse_when
-from op25b_ctl.source import audit
-
-if TYPE_CHECKING:
-    from op25b_ctl.cli.main import Context
-
-EXIT_OK = 0
+from op25b_ctl.policy.overrides import ACTION_MODE, Action, parse_when
 
 
 def _when(policy: Policy, at: datetime | None) -> str:
@@ -68,8 +63,9 @@ def cmd_pool(ctx: Context) -> int:
     until = parse_when(args.until, ctx.now) if getattr(args, "until", None) else None
     with ctx.lock(f"pool {args.pool_action} {args.name}"):
         out = operate.set_override(
-            ctx.backend,
+            ctx.kernel,
             policy,
+            ctx.source,
             ctx.state,
             ctx.now,
             ctx.command,
@@ -101,23 +97,25 @@ def cmd_pool(ctx: Context) -> int:
 
 
 def cmd_tick(ctx: Context) -> int:
-    generation = _generation_reader(ctx)
-    digest = operate.inputs_digest(ctx.args.policy, ctx.state)  # before the policy is read
-    if generation is not None and not ctx.args.dry_run:
+    kernel = ctx.kernel
+    digest = ctx.source.digest()  # before the policy is read
+    if not ctx.args.dry_run:
         with ctx.lock("rollout tick (idle check)"):
-            idle = operate.tick_is_idle(ctx.state, digest, ctx.now, generation())
+            gen = kernel.generation()
+            idle = gen is not None and operate.tick_is_idle(ctx.state, digest, ctx.now, gen)
         if idle:
             data = {"now": ctx.now.isoformat(), "applied": False, "ops": 0, "idle": True}
             ctx.emit(data, ["op25b-ctl rollout tick: idle"] if ctx.args.verbose else [])
             return EXIT_OK
     policy = ctx.policy()  # invalid policy: exit 2 before taking the lock
     with ctx.lock("rollout tick"):
-        before = generation() if generation is not None else 0
+        before = kernel.generation()
         out = operate.tick(
-            ctx.backend, policy, ctx.state, ctx.now, ctx.command, dry_run=ctx.args.dry_run
+            kernel, policy, ctx.source, ctx.state, ctx.now, ctx.command, dry_run=ctx.args.dry_run
         )
-        if generation is not None and not ctx.args.dry_run:
-            operate.remember_tick(ctx.state, digest, ctx.now, out, before, generation())
+        after = kernel.generation()
+        if before is not None and after is not None and not ctx.args.dry_run:
+            operate.remember_tick(ctx.state, digest, ctx.now, out, before, after)
     data = {"now": _when(policy, ctx.now), **_outcome_json(policy, out)}
     changed = bool(out.tx or out.expired or out.new_stages)
     line = f"op25b-ctl rollout tick {_when(policy, ctx.now)}: " + (
@@ -129,21 +127,10 @@ def cmd_tick(ctx: Context) -> int:
     return EXIT_OK
 
 
-def _generation_reader(ctx: Context) -> Callable[[], int] | None:
-    """The kernel's ruleset generation for the real backend; None (always a full tick) else."""
-    from op25b_ctl.kernel.backend import NftBackend
-
-    if not isinstance(ctx.backend, NftBackend):
-        return None
-    from op25b_ctl.kernel import netlink
-
-    return netlink.ruleset_generation
-
-
 def _live_modes_or_none(ctx: Context, policy: Policy) -> dict[str, Any] | None:
     """The gateway's pool modes, or None where it cannot be read (no root, no nftables)."""
     try:
-        live = ctx.backend.read(FAMILY, policy.gateway.table, elements=False)
+        live = ctx.kernel.read(FAMILY, policy.gateway.table, elements=False)
     except (Op25bError, OSError, ImportError):
         return None
     return operate.live_modes(policy, live) if live is not None else None
@@ -165,7 +152,7 @@ def _stage_state(
 def cmd_rollout_status(ctx: Context) -> int:
     policy = ctx.policy()
     when = parse_when(ctx.args.at, ctx.now) if ctx.args.at else ctx.now
-    overrides = ctx.state.overrides()
+    overrides = ctx.source.overrides()
     done = ctx.state.applied_stages()
     want = from_policy(policy, when, overrides.values())
     if not ctx.args.at:
@@ -271,8 +258,8 @@ def cmd_audit(ctx: Context) -> int:
         entries = store_of(ctx).audit()
         where = f"{ctx.args.store}"
     else:
-        entries = audit.read(ctx.state.audit_file)
-        where = str(ctx.state.audit_file)
+        entries = ctx.source.audit_log()
+        where = ctx.source.audit_location
     if ctx.args.pool:
         entries = [
             e
@@ -321,7 +308,7 @@ def _live_check(ctx: Context, want: Desired, pool: str | None) -> tuple[bool | N
     The elements-fingerprint counter proves the kernel's sets hold exactly the desired
     prefixes (pools, relays, exemptions); chain rule ids prove the modes and the dispatch.
     """
-    live = ctx.backend.read(FAMILY, want.table.name, elements=False)
+    live = ctx.kernel.read(FAMILY, want.table.name, elements=False)
     if live is None:
         return None, [f"table {FAMILY} {want.table.name} is absent: nothing is blocked"]
     problems: list[str] = []
@@ -360,7 +347,7 @@ def cmd_explain(ctx: Context) -> int:
         raise OverrideError(f"not an IP address: {exc}") from None
     if dest is not None and dest.version != addr.version:
         raise OverrideError("--to must be of the same address family as ADDRESS")
-    want = from_policy(policy, when, ctx.state.overrides().values())
+    want = from_policy(policy, when, ctx.source.overrides().values())
     pool = next((p for p in policy.pools if _holds(p.prefixes, addr)), None)
     exemption = next((e for e in policy.exemptions if _holds([e.prefix], addr)), None)
     relay = (

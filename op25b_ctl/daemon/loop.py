@@ -21,17 +21,18 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from op25b_ctl.daemon.metrics import Metrics
-from op25b_ctl.daemon.reconcile import Reconciler, ReconcileResult
+from op25b_ctl.daemon import DEFAULT_INTERVAL, DEFAULT_VERIFY_INTERVAL
+from op25b_ctl.daemon.metrics import Metrics, build_registry
+from op25b_ctl.daemon.reconcile import Reconciler
 from op25b_ctl.daemon.sdnotify import Notifier
+from op25b_ctl.daemon.view import ReconcileResult
+from op25b_ctl.kernel.nft import NftKernel
 from op25b_ctl.plan.render import describe
 from op25b_ctl.plan.transaction import AddTable
+from op25b_ctl.source.directory import DirectorySource
 
 log = logging.getLogger("op25b_ctl.daemon")
 
-DEFAULT_INTERVAL = 5.0
-DEFAULT_VERIFY_INTERVAL = 300.0
-DEFAULT_METRICS_ADDRESS = "127.0.0.1:9625"
 MAX_LOGGED_CHANGES = 20  # lines of a transaction written to the log per pass
 MIN_SLEEP = 0.01
 
@@ -220,24 +221,15 @@ def run(
     verify_interval: float | None = DEFAULT_VERIFY_INTERVAL,
     metrics_address: tuple[str, int] | None = None,
 ) -> int:
-    """The real daemon: nftables backend, kernel counters, signals, systemd, HTTP exporter."""
-    from op25b_ctl.daemon.metrics import (
-        build_registry,
-        kernel_counter_reader,
-        kernel_generation_reader,
-    )
-    from op25b_ctl.kernel.backend import NftBackend
-
-    backend = NftBackend()
-    generation = kernel_generation_reader()
+    """The real daemon: the running kernel, the policy directory, signals, systemd, exporter."""
     reconciler = Reconciler(
-        backend,
-        policy_dir,
-        state_dir,
-        generation=generation,
+        NftKernel(),
+        DirectorySource(policy_dir, state_dir),
         verify_interval=verify_interval,
+        # the exporter shows what the passes sample: every pass samples when it is on
+        sample_every_pass=metrics_address is not None,
     )
-    registry, metrics = build_registry(reconciler, kernel_counter_reader(), generation)
+    registry, metrics = build_registry(lambda: reconciler.view)
     notifier = Notifier()
     daemon = Daemon(reconciler, interval=interval, metrics=metrics, notifier=notifier)
     daemon.install_signal_handlers()

@@ -2,12 +2,12 @@
 
 Two halves, one registry (passed in, never prometheus_client's global default):
 
-* `PoolCollector.collect()` runs at scrape time. Per-pool packet/byte counters are the kernel's
-  own named counters, read in one netlink object dump (~0.1 s at 1,000 pools, no element
-  listing), so they never go backwards when the daemon restarts or re-applies: the daemon
-  holds no count of its own. The same dump carries each counter's reference count, which
-  tells the pool's *live* mode (its blocked_ counter used by a rule = enforced in the
-  kernel) independently of what the controller believes.
+* `PoolCollector.collect()` runs at scrape time and reads only the reconciler's last `View`
+  (never the kernel, never the reconciler itself). Per-pool packet/byte counters are the
+  kernel's own named counters as the last pass sampled them, so they never go backwards when
+  the daemon restarts or re-applies, and never run ahead of what a drift repair restores. Each
+  counter's reference count tells the pool's *live* mode (its blocked_ counter used by a rule
+  = enforced in the kernel) independently of what the controller believes.
 * `Metrics.observe(result)` counts reconcile passes (process-local, reset on restart as usual
   for a process's own counters).
 
@@ -17,8 +17,7 @@ gauges with a constant 1); the list is in docs/daemon.md.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Protocol
+from collections.abc import Callable, Iterable, Iterator
 
 import netaddr
 from prometheus_client import (
@@ -32,13 +31,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 from op25b_ctl import __version__
-from op25b_ctl.daemon.reconcile import CounterMemory, Reconciler, ReconcileResult
-from op25b_ctl.errors import Op25bError
-from op25b_ctl.kernel.netlink import TableNotFound
+from op25b_ctl.daemon.view import READS, ReconcileResult, View
 from op25b_ctl.plan.desired import Desired
 from op25b_ctl.plan.ruleset import (
     EXEMPTED_COUNTER,
-    FAMILY,
     FINGERPRINT_PREFIX,
     RELAYED_COUNTER,
     blocked_counter,
@@ -51,39 +47,11 @@ NAMESPACE = "op25b"
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
-class CounterObjectLike(Protocol):
-    @property
-    def packets(self) -> int: ...
-    @property
-    def bytes(self) -> int: ...
-    @property
-    def refs(self) -> int: ...
-
-
-# table name -> {counter name: value}; raises TableNotFound if there is no such table
-CounterReader = Callable[[str], Mapping[str, CounterObjectLike]]
-
-
-def kernel_counter_reader() -> CounterReader:
-    from op25b_ctl.kernel import netlink
-
-    def read(table: str) -> Mapping[str, CounterObjectLike]:
-        return netlink.read_counter_objects(table, FAMILY)
-
-    return read
-
-
-def kernel_generation_reader() -> Callable[[], int]:
-    from op25b_ctl.kernel import netlink
-
-    return netlink.ruleset_generation
-
-
 def exemptions_in_force(want: Desired) -> dict[str, int]:
     """Exempted prefixes in force per pool, read from the desired table itself.
 
     The exempt sets hold exactly the exemptions in force at `now` (expired ones are left out
-    by desired.compute), and the pools' verdict maps say which pool holds each address, so
+    by desired.from_policy), and the pools' verdict maps say which pool holds each address, so
     this needs no knowledge of how exemptions are written in the policy.
     """
     counts = dict.fromkeys((pool.name for pool in want.policy.pools), 0)
@@ -104,55 +72,46 @@ def exemptions_in_force(want: Desired) -> dict[str, int]:
 
 
 class PoolCollector(Collector):
-    """Reads the kernel and the reconciler's desired state at scrape time."""
+    """Turns the reconciler's last published `View` into metrics at scrape time."""
 
-    def __init__(
-        self,
-        reconciler: Reconciler,
-        read_counters: CounterReader,
-        generation: Callable[[], int] | None = None,
-    ) -> None:
-        self.reconciler = reconciler
-        self.read_counters = read_counters
-        self.generation = generation
+    def __init__(self, view: Callable[[], View]) -> None:
+        self.view = view
         self._exemptions: tuple[object, dict[str, int]] = (None, {})
 
     def describe(self) -> Iterable[object]:
-        return []  # collect() reads the kernel; do not let register() call it
+        return []  # collect() depends on the view; do not let register() call it
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | InfoMetricFamily]:
-        want = self.reconciler.desired
+        view = self.view()
+        want = view.desired
         valid = GaugeMetricFamily(
             f"{NAMESPACE}_policy_valid",
             "1 if the policy files as they are now are valid; 0 while a bad change is refused "
             "(the last good policy stays enforced)",
         )
-        valid.add_metric([], 0 if self.reconciler.policy_error is not None else 1)
+        valid.add_metric([], 0 if view.policy_error is not None else 1)
         yield valid
         in_sync = GaugeMetricFamily(
             f"{NAMESPACE}_table_in_sync",
             "1 if the last reconcile pass left the live table equal to the desired one",
         )
-        in_sync.add_metric([], 1 if self.reconciler.in_sync else 0)
+        in_sync.add_metric([], 1 if view.in_sync else 0)
         yield in_sync
-        if self.generation is not None:
-            try:
-                gen = self.generation()
-            except (Op25bError, OSError):
-                pass
-            else:
-                g = GaugeMetricFamily(
-                    f"{NAMESPACE}_ruleset_generation",
-                    "The kernel's nftables ruleset generation (bumped by every commit to any table)",
-                )
-                g.add_metric([], gen)
-                yield g
+        if view.generation is not None:
+            g = GaugeMetricFamily(
+                f"{NAMESPACE}_ruleset_generation",
+                "The kernel's nftables ruleset generation (bumped by every commit to any table)",
+            )
+            g.add_metric([], view.generation)
+            yield g
         if want is None:
             return
-        yield from self._policy(want)
-        yield from self._kernel(want)
+        yield from self._policy(want, view.digest)
+        yield from self._kernel(want, view)
 
-    def _policy(self, want: Desired) -> Iterator[GaugeMetricFamily | InfoMetricFamily]:
+    def _policy(
+        self, want: Desired, digest: str | None
+    ) -> Iterator[GaugeMetricFamily | InfoMetricFamily]:
         policy = want.policy
         info = InfoMetricFamily(
             f"{NAMESPACE}_policy", "The policy in force: its digest (sha256 of the files), table"
@@ -160,7 +119,7 @@ class PoolCollector(Collector):
         info.add_metric(
             [],
             {
-                "digest": self.reconciler.digest or "",
+                "digest": digest or "",
                 "table": f"{want.table.family} {want.table.name}",
                 "action": policy.gateway.action,
             },
@@ -221,32 +180,27 @@ class PoolCollector(Collector):
             )
         yield from (mode, prefixes, exempt, pool_info)
 
-    def _kernel(self, want: Desired) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    def _kernel(
+        self, want: Desired, view: View
+    ) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         present = GaugeMetricFamily(
             f"{NAMESPACE}_table_present",
             "1 if our nftables table exists in the kernel (0: nothing is blocked)",
         )
         read_ok = GaugeMetricFamily(
-            f"{NAMESPACE}_kernel_read_ok", "1 if this scrape could read the kernel's counters"
+            f"{NAMESPACE}_kernel_read_ok",
+            "1 if the last reconcile pass could read the kernel's counters",
         )
-        try:
-            counters = self.read_counters(want.table.name)
-        except TableNotFound:
-            present.add_metric([], 0)
-            read_ok.add_metric([], 1)
-            yield from (present, read_ok)
-            return
-        except (Op25bError, OSError):
+        if view.table_present is None:
             read_ok.add_metric([], 0)
             yield read_ok
             return
-        present.add_metric([], 1)
         read_ok.add_metric([], 1)
+        present.add_metric([], 1 if view.table_present else 0)
         yield from (present, read_ok)
-        if self.reconciler.counter_memory is not None:
-            self.reconciler.counter_memory.remember(
-                {name: (c.packets, c.bytes) for name, c in counters.items()}
-            )
+        if not view.table_present:
+            return
+        counters = view.counters
 
         def family(name: str, doc: str) -> CounterMetricFamily:
             return CounterMetricFamily(f"{NAMESPACE}_{name}", doc, labels=["pool"])
@@ -356,7 +310,7 @@ class Metrics:
             f"{NAMESPACE}_build_info", "op25b-ctl version", ["version"], registry=registry
         )
         build.labels(__version__).set(1)
-        for read in ("fast", "known", "skeleton", "full", "none"):
+        for read in READS:
             self.runs.labels(read)  # every series exists from the start (rate() needs it)
 
     def observe(self, result: ReconcileResult, now: float) -> None:
@@ -375,16 +329,10 @@ class Metrics:
             self.drift.inc()
 
 
-def build_registry(
-    reconciler: Reconciler,
-    read_counters: CounterReader,
-    generation: Callable[[], int] | None = None,
-) -> tuple[CollectorRegistry, Metrics]:
-    """A fresh registry holding both halves; scrapes feed the reconciler's counter memory."""
-    if reconciler.counter_memory is None:
-        reconciler.counter_memory = CounterMemory()
+def build_registry(view: Callable[[], View]) -> tuple[CollectorRegistry, Metrics]:
+    """A fresh registry holding both halves: the view's metrics and the passes' counts."""
     disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` series: clutter
     registry = CollectorRegistry(auto_describe=False)
     metrics = Metrics(registry)
-    registry.register(PoolCollector(reconciler, read_counters, generation))
+    registry.register(PoolCollector(view))
     return registry, metrics

@@ -1,6 +1,6 @@
 """Read the live table, diff it against the desired one, commit the difference in one batch.
 
-The only place that sequences backend calls; it never decides *what* the table should be.
+The only place that sequences kernel calls; it never decides *what* the table should be.
 """
 
 from __future__ import annotations
@@ -8,14 +8,14 @@ from __future__ import annotations
 from dataclasses import replace
 
 from op25b_ctl.errors import NotOurTableError
-from op25b_ctl.kernel.backend import Backend
+from op25b_ctl.kernel.base import Kernel
 from op25b_ctl.plan.diff import diff
 from op25b_ctl.plan.ruleset import BASE_CHAIN, DISPATCH_CHAIN, FINGERPRINT_PREFIX
 from op25b_ctl.plan.table import Table
 from op25b_ctl.plan.transaction import DeleteTable, Transaction
 
 
-def _ensure_ours(live: Table | None) -> None:
+def ensure_ours(live: Table | None) -> None:
     """Refuse to take over a table someone else made under our name."""
     if live is None or not (live.chains or live.sets or live.counters):
         return
@@ -29,7 +29,7 @@ def _ensure_ours(live: Table | None) -> None:
     )
 
 
-def read_live(backend: Backend, desired: Table, *, trust_fingerprint: bool = False) -> Table | None:
+def read_live(kernel: Kernel, desired: Table, *, trust_fingerprint: bool = False) -> Table | None:
     """The live table, as cheaply as is safe.
 
     With `trust_fingerprint`, a skeleton read (no elements) is enough when the kernel holds
@@ -38,56 +38,55 @@ def read_live(backend: Backend, desired: Table, *, trust_fingerprint: bool = Fal
     read and compared (seconds at 100,000 prefixes).
     """
     if trust_fingerprint:
-        live = backend.read(desired.family, desired.name, elements=False)
+        live = kernel.read(desired.family, desired.name, elements=False)
         if live is None or live.elements_known:
             return live
         fingerprints = {c for c in desired.counters if c.startswith(FINGERPRINT_PREFIX)}
         if fingerprints <= live.counters and live.sets.keys() == desired.sets.keys():
             return replace(live, sets=desired.sets, elements_known=True)
-    return backend.read(desired.family, desired.name)
+    return kernel.read(desired.family, desired.name)
 
 
-def plan(backend: Backend, desired: Table, *, trust_fingerprint: bool = False) -> Transaction:
+def plan(kernel: Kernel, desired: Table, *, trust_fingerprint: bool = False) -> Transaction:
     """What `apply` would do now; reads the live table, changes nothing."""
-    live = read_live(backend, desired, trust_fingerprint=trust_fingerprint)
-    _ensure_ours(live)
+    live = read_live(kernel, desired, trust_fingerprint=trust_fingerprint)
+    ensure_ours(live)
     return diff(live, desired)
 
 
 def apply(
-    backend: Backend, desired: Table, *, dry_run: bool = False, trust_fingerprint: bool = False
+    kernel: Kernel, desired: Table, *, dry_run: bool = False, trust_fingerprint: bool = False
 ) -> Transaction:
     """Make the live table equal to `desired`; an empty transaction means it already was."""
-    live = read_live(backend, desired, trust_fingerprint=trust_fingerprint)
-    return apply_to(backend, live, desired, dry_run=dry_run)
+    live = read_live(kernel, desired, trust_fingerprint=trust_fingerprint)
+    return apply_to(kernel, live, desired, dry_run=dry_run)
 
 
 def apply_to(
-    backend: Backend, live: Table | None, desired: Table, *, dry_run: bool = False
+    kernel: Kernel, live: Table | None, desired: Table, *, dry_run: bool = False
 ) -> Transaction:
     """`apply` for a caller that has just read the live table itself (from `read_live`).
 
     One commit, no separate dry run first: libnftables evaluates the whole script before it
     sends anything, and the kernel validates the whole batch before it commits, aborting all
-    of it on any error (measured: a dry run reaches the kernel too, so it would only repeat
-    the same checks and double the cost, 2 s at 100,000 prefixes). `dry_run` runs only
-    that check.
+    of it on any error (a dry run reaches the kernel too, so it would only repeat the same
+    checks and double the cost). `dry_run` runs only that check.
     """
-    _ensure_ours(live)
+    ensure_ours(live)
     tx = diff(live, desired)
     if tx:
         if dry_run:
-            backend.check(tx)
+            kernel.check(tx)
         else:
-            backend.apply(tx)
+            kernel.apply(tx)
     return tx
 
 
-def teardown(backend: Backend, family: str, name: str) -> bool:
+def teardown(kernel: Kernel, family: str, name: str) -> bool:
     """Delete our table (the emergency off switch); False if there was none."""
-    live = backend.read(family, name, elements=False)
+    live = kernel.read(family, name, elements=False)
     if live is None:
         return False
-    _ensure_ours(live)
-    backend.apply(Transaction(family, name, (DeleteTable(),)))
+    ensure_ours(live)
+    kernel.apply(Transaction(family, name, (DeleteTable(),)))
     return True

@@ -1,7 +1,8 @@
 """Changing the gateway on an operator's or cron's behalf: overrides, ticks, bookkeeping.
 
 The policy is loaded once by the caller (at 100,000 prefixes loading dominates a command's
-time) and passed in. The sequences behind `pool enforce|monitor|rollback|clear`, `rollout tick` and `apply`:
+time) and passed in; overrides and the audit trail go through the `Source`, the rollout
+bookkeeping through the gateway's own `StateDir`. The sequences behind `pool enforce|monitor|rollback|clear`, `rollout tick` and `apply`:
 compute the desired state at `now` (through `desired.from_policy`, like every caller), apply
 it with the cheap fingerprint read (a one-pool change is one chain rewrite at any table size),
 then record what happened (state files, audit log). Callers hold the state lock around these.
@@ -16,18 +17,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 
-from op25b_ctl.kernel.backend import Backend
+from op25b_ctl.errors import OverrideError
+from op25b_ctl.kernel.base import Kernel
 from op25b_ctl.ops import applier
 from op25b_ctl.plan.desired import Desired, from_policy
 from op25b_ctl.plan.ruleset import mode_of_rules, pool_chain
 from op25b_ctl.plan.table import Table
 from op25b_ctl.plan.transaction import AddElements, DeleteElements, Transaction
-from op25b_ctl.policy.loader import policy_digest
 from op25b_ctl.policy.model import Mode, Policy
-from op25b_ctl.policy.overrides import Action, Override, OverrideError, check
+from op25b_ctl.policy.overrides import Action, Override, check
 from op25b_ctl.source import audit
+from op25b_ctl.source.base import Source
 from op25b_ctl.source.state import StateDir
 
 EXEMPT_SET_PREFIX = "exempt_"  # ruleset's exempt_v4 / exempt_v6
@@ -110,7 +111,7 @@ def due_stages(policy: Policy, now: datetime) -> list[str]:
 
 
 def converge(
-    backend: Backend,
+    kernel: Kernel,
     policy: Policy,
     now: datetime,
     overrides: Iterable[Override],
@@ -120,9 +121,9 @@ def converge(
     """Make the gateway match the desired state at `now`; report pools whose mode changed."""
     want = from_policy(policy, now, overrides)
     # one cheap read (netlink skeleton + elements fingerprint) serves the report and the diff
-    live = applier.read_live(backend, want.table, trust_fingerprint=True)
+    live = applier.read_live(kernel, want.table, trust_fingerprint=True)
     before = live_modes(policy, live)
-    tx = applier.apply_to(backend, live, want.table, dry_run=dry_run)
+    tx = applier.apply_to(kernel, live, want.table, dry_run=dry_run)
     changes: dict[str, tuple[Mode | None, Mode]] = {
         name: (before[name], d.mode)
         for name, d in want.decisions.items()
@@ -132,6 +133,7 @@ def converge(
 
 
 def _record(
+    source: Source,
     state: StateDir,
     out: Outcome,
     now: datetime,
@@ -147,8 +149,7 @@ def _record(
     new = state.mark_applied(due_stages(out.desired.policy, now), now)
     out = Outcome(out.desired, out.tx, out.changes, out.applied, new, out.expired)
     if out.tx or out.expired or new or force:
-        audit.append(
-            state.audit_file,
+        source.record(
             audit.Entry(
                 at=now,
                 user=audit.invoking_user(),
@@ -165,8 +166,9 @@ def _record(
 
 
 def tick(
-    backend: Backend,
+    kernel: Kernel,
     policy: Policy,
+    source: Source,
     state: StateDir,
     now: datetime,
     command: Sequence[str],
@@ -174,22 +176,16 @@ def tick(
     dry_run: bool = False,
 ) -> Outcome:
     """Apply whatever is due at `now`; prune expired overrides. Idempotent."""
-    overrides = state.overrides()
+    overrides = source.overrides()
     active = {p: o for p, o in overrides.items() if o.active(now)}
     expired = [o for o in overrides.values() if not o.active(now)]
-    out = converge(backend, policy, now, active.values(), dry_run=dry_run)
+    out = converge(kernel, policy, now, active.values(), dry_run=dry_run)
     out = Outcome(out.desired, out.tx, out.changes, out.applied, [], expired)
     if dry_run:
         return out
-    if expired:
-        state.save_overrides(active)
-    return _record(state, out, now, action="rollout tick", command=command)
-
-
-def inputs_digest(policy_dir: Path, state: StateDir) -> str:
-    """What a tick's answer depends on besides the time and the live table: the policy files
-    and the overrides (milliseconds even for a 100,000-prefix policy)."""
-    return policy_digest(policy_dir, state.overrides_file)
+    for o in expired:
+        source.clear_override(o.pool)
+    return _record(source, state, out, now, action="rollout tick", command=command)
 
 
 def tick_is_idle(state: StateDir, digest: str, now: datetime, generation: int) -> bool:
@@ -234,8 +230,9 @@ def remember_tick(
 
 
 def apply_all(
-    backend: Backend,
+    kernel: Kernel,
     policy: Policy,
+    source: Source,
     state: StateDir,
     now: datetime,
     command: Sequence[str],
@@ -243,15 +240,16 @@ def apply_all(
     dry_run: bool = False,
 ) -> Outcome:
     """`op25b-ctl apply`: like a tick, but leaves expired overrides in the file for tick."""
-    out = converge(backend, policy, now, state.overrides().values(), dry_run=dry_run)
+    out = converge(kernel, policy, now, source.overrides().values(), dry_run=dry_run)
     if dry_run:
         return out
-    return _record(state, out, now, action="apply", command=command)
+    return _record(source, state, out, now, action="apply", command=command)
 
 
 def set_override(
-    backend: Backend,
+    kernel: Kernel,
     policy: Policy,
+    source: Source,
     state: StateDir,
     now: datetime,
     command: Sequence[str],
@@ -263,7 +261,7 @@ def set_override(
     dry_run: bool = False,
 ) -> Outcome:
     """Set (action) or clear (action None) one pool's override and apply it at once."""
-    old = state.overrides()
+    old = source.overrides()
     new = dict(old)
     if action is None:
         if pool not in {p.name for p in policy.pools} and pool not in old:
@@ -275,14 +273,14 @@ def set_override(
         check(policy, pool, reason, until, now)
         new[pool] = Override(pool, action, reason, audit.invoking_user(), now, until)
     if dry_run:
-        return converge(backend, policy, now, new.values(), dry_run=True)
+        return converge(kernel, policy, now, new.values(), dry_run=True)
     if new != old:
-        state.save_overrides(new)
+        _put(source, pool, new.get(pool))
     try:
-        out = converge(backend, policy, now, new.values())
+        out = converge(kernel, policy, now, new.values())
     except BaseException:
         if new != old:
-            state.save_overrides(old)  # nftables refused: the intent did not happen
+            _put(source, pool, old.get(pool))  # nftables refused: the intent did not happen
         raise
     verb = f"pool {action}" if action else "pool clear"
     detail = out.summary()
@@ -291,6 +289,7 @@ def set_override(
     if action is None and pool not in old:
         detail = f"no override on {pool}; " + detail
     return _record(
+        source,
         state,
         out,
         now,
@@ -301,3 +300,10 @@ def set_override(
         detail=detail,
         force=True,
     )
+
+
+def _put(source: Source, pool: str, override: Override | None) -> None:
+    if override is None:
+        source.clear_override(pool)
+    else:
+        source.set_override(override)

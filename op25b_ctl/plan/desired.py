@@ -1,8 +1,8 @@
 """The one question every caller asks: what should the table hold at time `now`?
 
-CLI commands, `rollout tick` and the daemon all go through `compute`, so they can never
-disagree about the desired state. It reads the policy and the operators' overrides (from the
-state directory) and is otherwise pure: time comes in as an argument.
+CLI commands, `rollout tick` and the daemon all go through `from_policy`, so they can never
+disagree about the desired state. Pure: the policy and the overrides come from a `Source`,
+time comes in as an argument.
 """
 
 from __future__ import annotations
@@ -10,15 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 
 from op25b_ctl.plan.modes import Decision, active_exemptions, decide, modes, next_change
 from op25b_ctl.plan.ruleset import desired_table
 from op25b_ctl.plan.table import Table
-from op25b_ctl.policy.loader import load_policy_cached
 from op25b_ctl.policy.model import Exemption, Policy
 from op25b_ctl.policy.overrides import Override
-from op25b_ctl.source.state import StateDir
 
 
 @dataclass(frozen=True)
@@ -48,10 +45,3 @@ def from_policy(policy: Policy, now: datetime, overrides: Iterable[Override] = (
         exempt,
         tuple(o for o in overrides if o.active(now)),
     )
-
-
-def compute(policy_dir: Path, state_dir: Path | None, now: datetime) -> Desired:
-    """Desired state at `now` from the policy files and the operators' state (overrides)."""
-    policy = load_policy_cached(policy_dir)
-    overrides = StateDir(state_dir).overrides().values() if state_dir is not None else ()
-    return from_policy(policy, now, overrides)

@@ -27,6 +27,13 @@ class Rule:
     def of(cls, text: str) -> Rule:
         return cls(id=hashlib.sha256(text.encode()).hexdigest()[:16], text=text)
 
+    @classmethod
+    def live(cls, comment: str | None, handle: int) -> Rule:
+        """A rule read back from the kernel: our id from its comment, else `foreign:<handle>`."""
+        if comment is not None and comment.startswith(RULE_TAG):
+            return cls(comment[len(RULE_TAG) :])
+        return cls(f"foreign:{handle}")
+
     @property
     def comment(self) -> str:
         return RULE_TAG + self.id

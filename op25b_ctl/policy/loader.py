@@ -126,6 +126,9 @@ class _Doc:
             return None
 
 
+DEFAULT_POLICY_DIR = "/etc/op25b"
+
+
 def read_policy_files(directory: Path | str) -> dict[str, str]:
     """The policy directory's YAML files by name, as text (unexpected names included: the
     parser reports them with everything else)."""

@@ -16,16 +16,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from op25b_ctl.errors import OverrideError
 from op25b_ctl.policy.model import Mode, Policy, aware_datetime
 
 Action = Literal["enforce", "monitor", "rollback"]
 ACTION_MODE: dict[str, Mode] = {"enforce": "enforce", "monitor": "monitor", "rollback": "off"}
 _DURATION = re.compile(r"^\+?(\d+)\s*([mhd])$")
 _UNIT = {"m": "minutes", "h": "hours", "d": "days"}
-
-
-class OverrideError(ValueError):
-    """An override the operator asked for cannot be accepted (exit 2, nothing changed)."""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from op25b_ctl.source.state import StateError
+from op25b_ctl.errors import StateError
 
 
 def invoking_user() -> str:

@@ -27,19 +27,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from op25b_ctl.errors import Op25bError
-from op25b_ctl.policy.overrides import Override, OverrideError
+from op25b_ctl.errors import LockBusy, OverrideError, StateError
+from op25b_ctl.policy.overrides import Override
 
 DEFAULT_STATE_DIR = "/var/lib/op25b"
 FORMAT = 1
-
-
-class StateError(Op25bError):
-    """The state directory cannot be read or written, or holds a malformed file."""
-
-
-class LockBusy(Op25bError):
-    """Another op25b-ctl command holds the lock; nothing was changed."""
 
 
 def write_atomic(path: Path, text: str) -> None:

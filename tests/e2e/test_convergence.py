@@ -16,13 +16,13 @@ SCRIPT = """
 import json, random, sys
 from datetime import UTC, datetime
 from op25b_ctl.ops import applier
-from op25b_ctl.kernel.backend import NftBackend
+from op25b_ctl.kernel.nft import NftKernel
 from op25b_ctl.plan.modes import decide, modes
 from op25b_ctl.plan.ruleset import desired_table
 from tests.randompolicy import random_policy
 
 rng = random.Random(int(sys.argv[1]))
-backend = NftBackend()
+backend = NftKernel()
 steps = []
 for _ in range(8):
     policy = random_policy(rng, action=rng.choice(["drop", "reject"]))

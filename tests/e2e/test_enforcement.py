@@ -190,8 +190,8 @@ def test_teardown_removes_only_our_table(gateway: Lab) -> None:
 
 
 FAILING_TX = """
-from op25b_ctl.kernel.backend import NftBackend
-from op25b_ctl.errors import BackendError
+from op25b_ctl.kernel.nft import NftKernel
+from op25b_ctl.errors import KernelError
 from op25b_ctl.plan.transaction import AddElements, FlushChain, Transaction
 
 tx = Transaction("inet", "op25b", (
@@ -200,8 +200,8 @@ tx = Transaction("inet", "op25b", (
     AddElements("pools_v4", {"192.0.2.0/27": "pool_flets-east-dyn-1"}),
 ))
 try:
-    NftBackend().apply(tx)
-except BackendError as exc:
+    NftKernel().apply(tx)
+except KernelError as exc:
     print("refused:", exc)
 else:
     raise SystemExit("the kernel accepted an overlapping element")

@@ -92,7 +92,7 @@ from op25b_ctl.kernel import netlink
 op, args = sys.argv[1], sys.argv[2:]
 try:
     if op == "counters":
-        out = {k: dataclasses.asdict(v) for k, v in netlink.read_counters(*args).items()}
+        out = {k: {"packets": v.packets, "bytes": v.bytes} for k, v in netlink.read_counters(*args).items()}
     elif op == "elements":
         out = netlink.read_elements(*args)
     elif op == "generation":

@@ -31,7 +31,7 @@ READER = """
 import dataclasses, json, sys
 from op25b_ctl.kernel import netlink
 print(json.dumps({
-    "objects": {k: dataclasses.asdict(v) for k, v in netlink.read_counter_objects("op25b").items()},
+    "objects": {k: dataclasses.asdict(v) for k, v in netlink.read_counters("op25b").items()},
     "digests": {f"{c}|{k}": d for (c, k), d in netlink.read_rule_digests("op25b").items()},
     "missing": netlink.read_rule_digests("nope"),
 }))

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 
 from op25b_ctl.cli.main import main
-from op25b_ctl.kernel.backend import MemoryBackend
+from op25b_ctl.kernel.memory import MemoryKernel
 from tests.policytools import EXAMPLE, edit, example_policy
 
 
 def run(
-    capsys: pytest.CaptureFixture[str], *argv: str, backend: MemoryBackend | None = None
+    capsys: pytest.CaptureFixture[str], *argv: str, kernel: MemoryKernel | None = None
 ) -> tuple[int, str, str]:
-    code = main(list(argv), backend=backend or MemoryBackend())
+    code = main(list(argv), kernel=kernel or MemoryKernel())
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -33,8 +33,8 @@ def test_invalid_policy_exits_2_and_applies_nothing(
 ) -> None:
     d = example_policy(tmp_path)
     edit(d / "pools.yaml", "192.0.2.0/26", "192.0.2.1/26")
-    backend = MemoryBackend()
-    code, out, err = run(capsys, "apply", "--policy", str(d), "-o", "json", backend=backend)
+    backend = MemoryKernel()
+    code, out, err = run(capsys, "apply", "--policy", str(d), "-o", "json", kernel=backend)
     assert code == 2
     assert json.loads(out)["errors"][0]["line"] == 13
     assert "pools.yaml:13: pools[0].prefixes[0]" in err
@@ -43,40 +43,40 @@ def test_invalid_policy_exits_2_and_applies_nothing(
 
 
 def test_plan_apply_plan(capsys: pytest.CaptureFixture[str]) -> None:
-    backend = MemoryBackend()
-    code, out, _ = run(capsys, "plan", "--policy", str(EXAMPLE), "-o", "json", backend=backend)
+    backend = MemoryKernel()
+    code, out, _ = run(capsys, "plan", "--policy", str(EXAMPLE), "-o", "json", kernel=backend)
     assert code == 0 and json.loads(out)["changes"] > 0 and not backend.applied
-    code, out, _ = run(capsys, "apply", "--policy", str(EXAMPLE), "-o", "json", backend=backend)
+    code, out, _ = run(capsys, "apply", "--policy", str(EXAMPLE), "-o", "json", kernel=backend)
     assert code == 0 and json.loads(out)["applied"] is True
-    code, out, _ = run(capsys, "plan", "--policy", str(EXAMPLE), backend=backend)
+    code, out, _ = run(capsys, "plan", "--policy", str(EXAMPLE), kernel=backend)
     assert code == 0 and "no changes" in out
 
 
 def test_apply_dry_run_commits_nothing(capsys: pytest.CaptureFixture[str]) -> None:
-    backend = MemoryBackend()
+    backend = MemoryKernel()
     code, out, _ = run(
-        capsys, "apply", "--dry-run", "--policy", str(EXAMPLE), "-o", "json", backend=backend
+        capsys, "apply", "--dry-run", "--policy", str(EXAMPLE), "-o", "json", kernel=backend
     )
     assert code == 0 and json.loads(out)["applied"] is False
     assert backend.tables == {}
 
 
 def test_backend_failure_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
-    backend = MemoryBackend()
+    backend = MemoryKernel()
     backend.fail_next = "Error: simulated"
-    code, _, err = run(capsys, "apply", "--policy", str(EXAMPLE), backend=backend)
+    code, _, err = run(capsys, "apply", "--policy", str(EXAMPLE), kernel=backend)
     assert code == 1
     assert "simulated" in err and "left unchanged" in err
     assert backend.tables == {}
 
 
 def test_teardown_needs_confirmation(capsys: pytest.CaptureFixture[str]) -> None:
-    backend = MemoryBackend()
-    run(capsys, "apply", "--policy", str(EXAMPLE), backend=backend)
-    code, _, err = run(capsys, "teardown", "--policy", str(EXAMPLE), backend=backend)
+    backend = MemoryKernel()
+    run(capsys, "apply", "--policy", str(EXAMPLE), kernel=backend)
+    code, _, err = run(capsys, "teardown", "--policy", str(EXAMPLE), kernel=backend)
     assert code == 2 and "--yes" in err and backend.tables
     code, out, _ = run(
-        capsys, "teardown", "--yes", "--policy", str(EXAMPLE), "-o", "json", backend=backend
+        capsys, "teardown", "--yes", "--policy", str(EXAMPLE), "-o", "json", kernel=backend
     )
     assert code == 0 and json.loads(out)["removed"] is True and backend.tables == {}
 

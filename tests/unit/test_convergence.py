@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from op25b_ctl.kernel.backend import MemoryBackend
+from op25b_ctl.kernel.memory import MemoryKernel
 from op25b_ctl.ops import applier
 from op25b_ctl.plan.modes import decide, modes
 from op25b_ctl.plan.ruleset import desired_table
@@ -29,7 +29,7 @@ def shape(t: Table | None) -> object:
 @pytest.mark.parametrize("seed", range(40))
 def test_random_policy_sequences_converge(seed: int) -> None:
     rng = random.Random(seed)
-    backend = MemoryBackend()
+    backend = MemoryKernel()
     for _ in range(6):
         policy = random_policy(rng, action=rng.choice(["drop", "reject"]))
         want = desired_table(policy, modes(decide(policy, NOW)))

@@ -6,7 +6,7 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,13 +14,17 @@ from pathlib import Path
 import pytest
 
 from op25b_ctl.cli.main import build_parser, main
+from op25b_ctl.daemon import reconcile
 from op25b_ctl.daemon.loop import Daemon, parse_address
 from op25b_ctl.daemon.metrics import build_registry
 from op25b_ctl.daemon.reconcile import Reconciler
 from op25b_ctl.daemon.sdnotify import Notifier
-from op25b_ctl.plan import desired
+from op25b_ctl.kernel.memory import MemoryKernel
+from op25b_ctl.plan.desired import Desired
+from op25b_ctl.policy.model import Policy
+from op25b_ctl.policy.overrides import Override
+from op25b_ctl.source.directory import DirectorySource
 from tests.daemonpolicy import EAST2, daemon_policy, set_mode
-from tests.unit.fakekernel import FakeKernel
 
 NOW = datetime(2011, 1, 31, 9, 0, tzinfo=UTC)
 
@@ -71,15 +75,9 @@ def test_daemon_reports_ready_status_watchdog_and_stopping(
     tmp_path: Path, notify_socket: tuple[socket.socket, str]
 ) -> None:
     sock, path = notify_socket
-    kernel = FakeKernel()
-    rec = Reconciler(
-        kernel,
-        daemon_policy(tmp_path / "p"),
-        None,
-        clock=lambda: NOW,
-        generation=kernel.generation,
-    )
-    registry, metrics = build_registry(rec, kernel.read_counters)
+    kernel = MemoryKernel()
+    rec = Reconciler(kernel, DirectorySource(daemon_policy(tmp_path / "p")), clock=lambda: NOW)
+    registry, metrics = build_registry(lambda: rec.view)
     notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "2000000"})
     daemon = Daemon(rec, interval=0.01, metrics=metrics, notifier=notifier)
 
@@ -96,9 +94,9 @@ def test_daemon_reports_ready_status_watchdog_and_stopping(
 
 
 def test_stop_and_reload_flags_wake_the_loop(tmp_path: Path) -> None:
-    kernel = FakeKernel()
+    kernel = MemoryKernel()
     policy = daemon_policy(tmp_path / "p")
-    rec = Reconciler(kernel, policy, None, clock=lambda: NOW, generation=kernel.generation)
+    rec = Reconciler(kernel, DirectorySource(policy), clock=lambda: NOW)
     daemon = Daemon(rec, interval=3600)  # only a wake-up can end the sleep in time
     done = threading.Event()
 
@@ -126,8 +124,8 @@ def test_stop_and_reload_flags_wake_the_loop(tmp_path: Path) -> None:
 
 
 def test_signal_handlers_only_set_flags(tmp_path: Path) -> None:
-    kernel = FakeKernel()
-    rec = Reconciler(kernel, daemon_policy(tmp_path / "p"), None, clock=lambda: NOW)
+    kernel = MemoryKernel()
+    rec = Reconciler(kernel, DirectorySource(daemon_policy(tmp_path / "p")), clock=lambda: NOW)
     daemon = Daemon(rec, interval=3600)
     old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
@@ -183,14 +181,14 @@ def test_daemon_cli_options(
 def test_sleep_until_the_next_stage_or_half_the_watchdog(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, notify_socket: tuple[socket.socket, str]
 ) -> None:
-    real = desired.compute
+    real = reconcile.from_policy
 
-    def soon(policy_dir: Path, state_dir: Path | None, now: datetime) -> desired.Desired:
-        return replace(real(policy_dir, state_dir, now), next_change=now + timedelta(seconds=2))
+    def soon(policy: Policy, now: datetime, overrides: Iterable[Override]) -> Desired:
+        return replace(real(policy, now, overrides), next_change=now + timedelta(seconds=2))
 
-    monkeypatch.setattr(desired, "compute", soon)
-    kernel = FakeKernel()
-    rec = Reconciler(kernel, daemon_policy(tmp_path / "p"), None, clock=lambda: NOW)
+    monkeypatch.setattr(reconcile, "from_policy", soon)
+    kernel = MemoryKernel()
+    rec = Reconciler(kernel, DirectorySource(daemon_policy(tmp_path / "p")), clock=lambda: NOW)
     daemon = Daemon(rec, interval=3600)
     daemon.step()
     assert daemon._sleep_time() == 2.0  # the stage fires on time, not at the next interval

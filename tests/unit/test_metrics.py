@@ -10,18 +10,19 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from op25b_ctl.daemon.metrics import Metrics, build_registry, exemptions_in_force
 from op25b_ctl.daemon.reconcile import Reconciler
+from op25b_ctl.kernel.memory import MemoryKernel
 from op25b_ctl.plan.desired import Desired
 from op25b_ctl.plan.ruleset import desired_table
 from op25b_ctl.policy.loader import load_policy
+from op25b_ctl.source.directory import DirectorySource
 from tests.daemonpolicy import EAST1, EAST2, WEST1, break_prefix, daemon_policy, set_mode
-from tests.unit.fakekernel import FakeKernel
 
 NOW = datetime(2011, 1, 31, 9, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def kernel() -> FakeKernel:
-    return FakeKernel()
+def kernel() -> MemoryKernel:
+    return MemoryKernel()
 
 
 @pytest.fixture
@@ -30,27 +31,31 @@ def policy_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def rec(kernel: FakeKernel, policy_dir: Path) -> Reconciler:
-    return Reconciler(kernel, policy_dir, None, clock=lambda: NOW, generation=kernel.generation)
+def rec(kernel: MemoryKernel, policy_dir: Path) -> Reconciler:
+    return Reconciler(
+        kernel, DirectorySource(policy_dir), clock=lambda: NOW, sample_every_pass=True
+    )
 
 
 @pytest.fixture
-def scrape(rec: Reconciler, kernel: FakeKernel) -> tuple[CollectorRegistry, Metrics]:
-    return build_registry(rec, kernel.read_counters, kernel.generation)
+def scrape(rec: Reconciler, kernel: MemoryKernel) -> tuple[CollectorRegistry, Metrics]:
+    return build_registry(lambda: rec.view)
 
 
 def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
     return registry.get_sample_value(name, labels)
 
 
-def test_pool_counters_come_from_the_kernel_at_scrape_time(
-    rec: Reconciler, kernel: FakeKernel, scrape: tuple[CollectorRegistry, Metrics]
+def test_pool_counters_are_the_kernels_as_the_last_pass_sampled_them(
+    rec: Reconciler, kernel: MemoryKernel, scrape: tuple[CollectorRegistry, Metrics]
 ) -> None:
     registry, _ = scrape
     rec.run_once()
     kernel.values[f"blocked_{EAST1}"] = (7, 420)
     kernel.values[f"monitored_{EAST2}"] = (3, 180)
     kernel.values["relayed"] = (11, 660)
+    assert value(registry, "op25b_pool_blocked_packets_total", pool=EAST1) == 0  # not yet
+    assert rec.run_once().read == "fast"  # a pass that reads nothing else samples them
 
     assert value(registry, "op25b_pool_blocked_packets_total", pool=EAST1) == 7
     assert value(registry, "op25b_pool_blocked_bytes_total", pool=EAST1) == 420
@@ -60,12 +65,13 @@ def test_pool_counters_come_from_the_kernel_at_scrape_time(
     # static pools are never in the table: no counter series for them
     assert value(registry, "op25b_pool_blocked_packets_total", pool="static-biz") is None
 
-    kernel.values[f"blocked_{EAST1}"] = (9, 540)  # no reconcile pass in between
+    kernel.values[f"blocked_{EAST1}"] = (9, 540)
+    rec.run_once()
     assert value(registry, "op25b_pool_blocked_packets_total", pool=EAST1) == 9
 
 
 def test_modes_desired_and_in_the_kernel(
-    rec: Reconciler, kernel: FakeKernel, scrape: tuple[CollectorRegistry, Metrics]
+    rec: Reconciler, kernel: MemoryKernel, scrape: tuple[CollectorRegistry, Metrics]
 ) -> None:
     registry, _ = scrape
     rec.run_once()
@@ -79,18 +85,22 @@ def test_modes_desired_and_in_the_kernel(
     assert value(registry, "op25b_pool_exemptions", pool=EAST1) == 0
 
     kernel.flush_chains("inet", "op25b")  # someone flushed our rules: nothing is enforced
+    kernel.fail_next = "Error: simulated"  # and the repair is refused: the pass sees it as is
+    rec.run_once()
     assert value(registry, "op25b_pool_mode", pool=EAST1, mode="enforce") == 1
     assert value(registry, "op25b_pool_kernel_mode", pool=EAST1, mode="enforce") == 0
     assert value(registry, "op25b_pool_kernel_mode", pool=EAST1, mode="off") == 1
 
 
 def test_absent_table(
-    rec: Reconciler, kernel: FakeKernel, scrape: tuple[CollectorRegistry, Metrics]
+    rec: Reconciler, kernel: MemoryKernel, scrape: tuple[CollectorRegistry, Metrics]
 ) -> None:
     registry, _ = scrape
     rec.run_once()
     assert value(registry, "op25b_table_present") == 1
     kernel.edit("inet", "op25b", None)
+    kernel.fail_next = "Error: simulated"  # the repair is refused: the table stays absent
+    rec.run_once()
     assert value(registry, "op25b_table_present") == 0
     assert value(registry, "op25b_kernel_read_ok") == 1
     assert value(registry, "op25b_pool_blocked_packets_total", pool=EAST1) is None
@@ -98,7 +108,7 @@ def test_absent_table(
 
 def test_health_counts_each_pass(
     rec: Reconciler,
-    kernel: FakeKernel,
+    kernel: MemoryKernel,
     scrape: tuple[CollectorRegistry, Metrics],
     policy_dir: Path,
 ) -> None:
@@ -148,11 +158,11 @@ def test_policy_and_ruleset_identity(
 
 
 def test_before_any_valid_policy_only_health_is_exported(
-    kernel: FakeKernel, policy_dir: Path
+    kernel: MemoryKernel, policy_dir: Path
 ) -> None:
     (policy_dir / "relays.yaml").write_text("relays: []\n")
-    rec = Reconciler(kernel, policy_dir, None, clock=lambda: NOW)
-    registry, metrics = build_registry(rec, kernel.read_counters)
+    rec = Reconciler(kernel, DirectorySource(policy_dir), clock=lambda: NOW)
+    registry, metrics = build_registry(lambda: rec.view)
     metrics.observe(rec.run_once(), now=1.0)
     assert value(registry, "op25b_policy_valid") == 0
     assert value(registry, "op25b_reconcile_errors_total") == 1
@@ -160,11 +170,12 @@ def test_before_any_valid_policy_only_health_is_exported(
 
 
 def test_a_deleted_table_comes_back_with_the_counters_prometheus_last_saw(
-    rec: Reconciler, kernel: FakeKernel, scrape: tuple[CollectorRegistry, Metrics]
+    rec: Reconciler, kernel: MemoryKernel, scrape: tuple[CollectorRegistry, Metrics]
 ) -> None:
     registry, _ = scrape
     rec.run_once()
     kernel.values[f"blocked_{EAST1}"] = (7, 420)
+    rec.run_once()
     assert value(registry, "op25b_pool_blocked_packets_total", pool=EAST1) == 7  # a scrape
     kernel.edit("inet", "op25b", None)  # `nft delete table inet op25b`: the kernel forgets
 

@@ -19,9 +19,10 @@ from prometheus_client import generate_latest
 
 from op25b_ctl.daemon.metrics import build_registry
 from op25b_ctl.daemon.reconcile import Reconciler
+from op25b_ctl.kernel.memory import MemoryKernel
+from op25b_ctl.source.directory import DirectorySource
 from tests.daemonpolicy import daemon_policy
 from tests.policytools import REPO
-from tests.unit.fakekernel import FakeKernel
 
 RULES = REPO / "monitoring" / "prometheus" / "op25b-rules.yml"
 RULES_TEST = REPO / "monitoring" / "prometheus" / "op25b-rules.test.yml"
@@ -38,19 +39,18 @@ needs_promtool = pytest.mark.skipif(
 
 def exposition(tmp: Path) -> str:
     """A real scrape of the exporter, over a fake kernel with traffic in every counter."""
-    kernel = FakeKernel()
+    kernel = MemoryKernel()
     rec = Reconciler(
         kernel,
-        daemon_policy(tmp / "policy"),
-        None,
+        DirectorySource(daemon_policy(tmp / "policy")),
         clock=lambda: datetime(2011, 1, 31, tzinfo=UTC),
-        generation=kernel.generation,
+        sample_every_pass=True,
     )
-    registry, metrics = build_registry(rec, kernel.read_counters, kernel.generation)
+    registry, metrics = build_registry(lambda: rec.view)
     metrics.observe(rec.run_once(), now=1.0e9)
-    metrics.observe(rec.run_once(), now=1.0e9 + 5)
     for name in kernel.tables[("inet", "op25b")].counters:
         kernel.values[name] = (3, 180)
+    metrics.observe(rec.run_once(), now=1.0e9 + 5)
     return generate_latest(registry).decode()
 
 

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from op25b_ctl.cli.main import main
-from op25b_ctl.kernel.backend import MemoryBackend
+from op25b_ctl.kernel.memory import MemoryKernel
 from op25b_ctl.plan.transaction import AddRule, FlushChain
 from op25b_ctl.source import state as state_mod
+from op25b_ctl.source.directory import DirectorySource
 from op25b_ctl.source.state import StateDir
 from tests.policytools import EXAMPLE, edit, example_policy
 
@@ -25,7 +26,7 @@ class Gw:
 
     def __init__(self, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
         self.capsys = capsys
-        self.backend = MemoryBackend()
+        self.backend = MemoryKernel()
         self.state = StateDir(tmp_path / "state")
         self.policy = EXAMPLE
 
@@ -33,7 +34,7 @@ class Gw:
         common = ["--policy", str(self.policy), "--state-dir", str(self.state.path)]
         if now:
             common += ["--now", now]
-        code = main([*argv, *common], backend=self.backend)
+        code = main([*argv, *common], kernel=self.backend)
         out, err = self.capsys.readouterr()
         return code, out, err
 
@@ -315,7 +316,7 @@ def test_idle_tick_cache(tmp_path: Path) -> None:
     state = StateDir(tmp_path / "state")
     policy_dir = example_policy(tmp_path / "p")
     now = datetime.fromisoformat("2011-01-17T09:00:00+09:00")
-    digest = operate.inputs_digest(policy_dir, state)
+    digest = DirectorySource(policy_dir, state.path).digest()
     assert not operate.tick_is_idle(state, digest, now, 7)  # no cache yet
     want = from_policy(load_policy(policy_dir), now)
     applied = operate.Outcome(want, Transaction("inet", "op25b", ()), {}, applied=True)
@@ -330,9 +331,9 @@ def test_idle_tick_cache(tmp_path: Path) -> None:
         state, digest, datetime.fromisoformat("2011-01-17T08:00:00+09:00"), 7
     )
     state.save_overrides({})
-    assert operate.inputs_digest(policy_dir, state) != digest
+    assert DirectorySource(policy_dir, state.path).digest() != digest
     edit(policy_dir / "exemptions.yaml", "NMT-2011-0042", "NMT-2011-0044")
-    assert operate.inputs_digest(policy_dir, StateDir(tmp_path / "other")) != digest
+    assert DirectorySource(policy_dir, tmp_path / "other").digest() != digest
     # someone else committed around our apply: no cache, the next tick does the full work
     operate.remember_tick(state, digest, now, applied, before=6, after=8)
     assert not state.tick_cache_file.exists()

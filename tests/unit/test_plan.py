@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from op25b_ctl.errors import BackendError, NotOurTableError
-from op25b_ctl.kernel.backend import MemoryBackend
+from op25b_ctl.errors import KernelError, NotOurTableError
+from op25b_ctl.kernel.memory import MemoryKernel
 from op25b_ctl.ops import applier
 from op25b_ctl.plan.diff import diff
 from op25b_ctl.plan.modes import decide, modes
@@ -67,7 +67,7 @@ def test_mode_reads_back_from_rules(mode: Mode) -> None:
 
 
 def test_apply_is_idempotent(policy: Policy) -> None:
-    backend = MemoryBackend()
+    backend = MemoryKernel()
     first = applier.apply(backend, table_for(policy))
     assert first
     second = applier.apply(backend, table_for(policy))
@@ -76,7 +76,7 @@ def test_apply_is_idempotent(policy: Policy) -> None:
 
 
 def test_one_pool_mode_change_rewrites_only_that_chain(policy: Policy) -> None:
-    backend = MemoryBackend()
+    backend = MemoryKernel()
     applier.apply(backend, table_for(policy))
     tx = applier.apply(backend, table_for(policy, **{"flets-east-dyn-2": "enforce"}))
     assert [type(op) for op in tx.ops] == [FlushChain, AddRule]
@@ -87,7 +87,7 @@ def test_one_pool_mode_change_rewrites_only_that_chain(policy: Policy) -> None:
 
 
 def test_prefix_change_touches_only_that_element(policy: Policy) -> None:
-    backend = MemoryBackend()
+    backend = MemoryKernel()
     applier.apply(backend, table_for(policy))
     pool = policy.pool("flets-east-dyn-1")
     moved = pool.model_copy(update={"prefixes": [*pool.prefixes, "192.0.2.128/26"]})
@@ -106,7 +106,7 @@ def test_prefix_change_touches_only_that_element(policy: Policy) -> None:
 
 
 def test_fingerprint_lets_a_read_skip_elements(policy: Policy) -> None:
-    backend = MemoryBackend()
+    backend = MemoryKernel()
     applier.apply(backend, table_for(policy))
     live = backend.tables[("inet", "op25b")]
     skeleton = replace(
@@ -127,7 +127,7 @@ def test_fingerprint_lets_a_read_skip_elements(policy: Policy) -> None:
 
 
 def test_removing_a_pool_deletes_elements_before_its_chain(policy: Policy) -> None:
-    backend = MemoryBackend()
+    backend = MemoryKernel()
     applier.apply(backend, table_for(policy))
     fewer = replace(policy, pools=policy.pools[:2] + policy.pools[3:])
     tx = applier.apply(backend, desired_table(fewer, modes(decide(fewer, NOW))))
@@ -140,7 +140,7 @@ def test_removing_a_pool_deletes_elements_before_its_chain(policy: Policy) -> No
 
 
 def test_live_drift_is_repaired(policy: Policy) -> None:
-    backend = MemoryBackend()
+    backend = MemoryKernel()
     want = table_for(policy)
     applier.apply(backend, want)
     live = backend.tables[("inet", "op25b")]
@@ -161,18 +161,18 @@ def test_live_drift_is_repaired(policy: Policy) -> None:
 
 
 def test_failed_apply_changes_nothing(policy: Policy) -> None:
-    backend = MemoryBackend()
+    backend = MemoryKernel()
     applier.apply(backend, table_for(policy))
     before = backend.tables.copy()
     backend.fail_next = "simulated kernel refusal"
-    with pytest.raises(BackendError):
+    with pytest.raises(KernelError):
         applier.apply(backend, table_for(policy, **{"flets-east-dyn-2": "enforce"}))
     assert backend.tables == before
 
 
 def test_refuses_a_foreign_table_with_our_name(policy: Policy) -> None:
     foreign = Table("inet", "op25b", chains={"input": Chain("input", (Rule("foreign:1"),))})
-    backend = MemoryBackend([foreign])
+    backend = MemoryKernel([foreign])
     with pytest.raises(NotOurTableError):
         applier.apply(backend, table_for(policy))
     assert backend.tables[("inet", "op25b")] == foreign
@@ -180,7 +180,7 @@ def test_refuses_a_foreign_table_with_our_name(policy: Policy) -> None:
 
 def test_teardown_deletes_only_our_table(policy: Policy) -> None:
     other = Table("ip", "docker", chains={"x": Chain("x", (Rule("foreign:1"),))})
-    backend = MemoryBackend([other])
+    backend = MemoryKernel([other])
     applier.apply(backend, table_for(policy))
     assert applier.teardown(backend, "inet", "op25b")
     assert backend.tables == {("ip", "docker"): other}

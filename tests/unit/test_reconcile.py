@@ -9,18 +9,25 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 
-from op25b_ctl.daemon.reconcile import Reconciler, carry_counters, input_identity
-from op25b_ctl.kernel.backend import MemoryBackend
-from op25b_ctl.plan import desired
+from op25b_ctl.daemon import reconcile
+from op25b_ctl.daemon.metrics import build_registry
+from op25b_ctl.daemon.reconcile import Reconciler, carry_counters
+from op25b_ctl.kernel.base import Counter, RuleDigests
+from op25b_ctl.kernel.memory import MemoryKernel
+from op25b_ctl.plan.desired import Desired
 from op25b_ctl.plan.render import render
 from op25b_ctl.plan.ruleset import pool_chain
 from op25b_ctl.plan.table import Rule
 from op25b_ctl.plan.transaction import AddCounter, AddTable, Transaction
+from op25b_ctl.policy.model import Policy
+from op25b_ctl.policy.overrides import Override
+from op25b_ctl.source.directory import DirectorySource, input_identity
 from op25b_ctl.source.state import StateDir
+from tests.daemonpolicy import EAST1 as EAST1_POOL
 from tests.daemonpolicy import EAST2, break_prefix, daemon_policy, fix_prefix, set_mode
 from tests.policytools import EXAMPLE
-from tests.unit.fakekernel import FakeKernel
 
 NOW = datetime(2011, 1, 31, 9, 0, tzinfo=UTC)
 KEY = ("inet", "op25b")
@@ -41,8 +48,8 @@ def policy_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def kernel() -> FakeKernel:
-    return FakeKernel()
+def kernel() -> MemoryKernel:
+    return MemoryKernel()
 
 
 @pytest.fixture
@@ -51,21 +58,18 @@ def timer() -> Timer:
 
 
 @pytest.fixture
-def rec(kernel: FakeKernel, policy_dir: Path, tmp_path: Path, timer: Timer) -> Reconciler:
+def rec(kernel: MemoryKernel, policy_dir: Path, tmp_path: Path, timer: Timer) -> Reconciler:
     return Reconciler(
         kernel,
-        policy_dir,
-        tmp_path / "state",
+        DirectorySource(policy_dir, tmp_path / "state"),
         clock=lambda: NOW,
-        generation=kernel.generation,
         verify_interval=60,
         timer=timer,
-        rule_digests=kernel.rule_digests,
     )
 
 
 def test_first_pass_applies_with_a_full_read_then_passes_read_nothing(
-    rec: Reconciler, kernel: FakeKernel
+    rec: Reconciler, kernel: MemoryKernel
 ) -> None:
     first = rec.run_once()
     assert first.ok and first.changed and first.read == "full" and first.desired_changed
@@ -81,7 +85,7 @@ def test_first_pass_applies_with_a_full_read_then_passes_read_nothing(
 
 
 def test_commit_to_another_table_costs_one_skeleton_read(
-    rec: Reconciler, kernel: FakeKernel
+    rec: Reconciler, kernel: MemoryKernel
 ) -> None:
     rec.run_once()
     kernel.gen += 1  # e.g. docker changed its own table
@@ -94,7 +98,7 @@ def test_commit_to_another_table_costs_one_skeleton_read(
 
 @pytest.mark.parametrize("tamper", ["delete", "flush", "edit-rule", "edit-keeping-comment"])
 def test_drift_is_repaired_at_once_then_every_element_verified(
-    rec: Reconciler, kernel: FakeKernel, tamper: str
+    rec: Reconciler, kernel: MemoryKernel, tamper: str
 ) -> None:
     rec.run_once()
     good = kernel.tables[KEY]
@@ -126,7 +130,7 @@ def test_drift_is_repaired_at_once_then_every_element_verified(
 
 
 def test_policy_change_is_applied_and_is_not_drift(
-    rec: Reconciler, kernel: FakeKernel, policy_dir: Path
+    rec: Reconciler, kernel: MemoryKernel, policy_dir: Path
 ) -> None:
     rec.run_once()
     before = rec.digest
@@ -144,7 +148,7 @@ def test_policy_change_is_applied_and_is_not_drift(
 
 
 def test_touching_files_without_changing_them_changes_nothing(
-    rec: Reconciler, kernel: FakeKernel, policy_dir: Path
+    rec: Reconciler, kernel: MemoryKernel, policy_dir: Path
 ) -> None:
     rec.run_once()
     text = (policy_dir / "pools.yaml").read_text()
@@ -157,7 +161,7 @@ def test_touching_files_without_changing_them_changes_nothing(
 
 
 def test_invalid_policy_is_refused_once_and_last_good_stays_enforced(
-    rec: Reconciler, kernel: FakeKernel, policy_dir: Path, caplog: pytest.LogCaptureFixture
+    rec: Reconciler, kernel: MemoryKernel, policy_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     rec.run_once()
     good = kernel.tables[KEY]
@@ -183,17 +187,17 @@ def test_invalid_policy_is_refused_once_and_last_good_stays_enforced(
 
 
 def test_no_valid_policy_at_start_touches_nothing(
-    kernel: FakeKernel, policy_dir: Path, timer: Timer
+    kernel: MemoryKernel, policy_dir: Path, timer: Timer
 ) -> None:
     (policy_dir / "relays.yaml").write_text("relays: []\n")
-    rec = Reconciler(kernel, policy_dir, None, clock=lambda: NOW, timer=timer)
+    rec = Reconciler(kernel, DirectorySource(policy_dir), clock=lambda: NOW, timer=timer)
     result = rec.run_once()
     assert result.error and "no valid policy" in result.error and result.policy_rejected
     assert kernel.applied == [] and kernel.reads == []
 
 
 def test_full_verify_every_interval_and_on_request(
-    rec: Reconciler, kernel: FakeKernel, timer: Timer
+    rec: Reconciler, kernel: MemoryKernel, timer: Timer
 ) -> None:
     rec.run_once()
     timer.t += 59
@@ -208,7 +212,7 @@ def test_full_verify_every_interval_and_on_request(
 
 
 def test_backend_failure_is_reported_and_retried_with_a_full_read(
-    rec: Reconciler, kernel: FakeKernel
+    rec: Reconciler, kernel: MemoryKernel
 ) -> None:
     rec.run_once()
     kernel.edit(*KEY, None)
@@ -220,10 +224,9 @@ def test_backend_failure_is_reported_and_retried_with_a_full_read(
     assert retried.ok and retried.changed and rec.in_sync and retried.read == "full"
 
 
-def test_without_a_generation_reader_every_pass_reads_the_skeleton(
-    kernel: FakeKernel, policy_dir: Path, timer: Timer
-) -> None:
-    rec = Reconciler(kernel, policy_dir, None, clock=lambda: NOW, timer=timer)
+def test_without_a_generation_every_pass_reads_the_skeleton(policy_dir: Path, timer: Timer) -> None:
+    kernel = MemoryKernel(generations=False)
+    rec = Reconciler(kernel, DirectorySource(policy_dir), clock=lambda: NOW, timer=timer)
     rec.run_once()
     assert rec.run_once().read == "skeleton"
 
@@ -232,14 +235,13 @@ def test_inputs_are_recomputed_only_when_files_change_or_a_change_is_due(
     rec: Reconciler, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[datetime] = []
-    real = desired.compute
+    real = reconcile.from_policy
 
-    def counting(policy_dir: Path, state_dir: Path | None, now: datetime) -> desired.Desired:
+    def counting(policy: Policy, now: datetime, overrides: Iterable[Override]) -> Desired:
         calls.append(now)
-        want = real(policy_dir, state_dir, now)
-        return replace(want, next_change=NOW + timedelta(hours=1))
+        return replace(real(policy, now, overrides), next_change=NOW + timedelta(hours=1))
 
-    monkeypatch.setattr(desired, "compute", counting)
+    monkeypatch.setattr(reconcile, "from_policy", counting)
     rec.run_once()
     rec.run_once()
     assert len(calls) == 1  # unchanged files: no YAML parsed again
@@ -268,7 +270,7 @@ def test_input_identity_sees_every_edit(tmp_path: Path) -> None:
 
 def test_carry_counters_only_touches_recreated_counters() -> None:
     tx = Transaction("inet", "op25b", (AddTable("c"), AddCounter("a"), AddCounter("b")))
-    carried = carry_counters(tx, {"a": (5, 300), "z": (1, 1)})
+    carried = carry_counters(tx, {"a": Counter(5, 300), "z": Counter(1, 1)})
     assert carried.ops == (AddTable("c"), AddCounter("a", 5, 300), AddCounter("b"))
     assert "add counter inet op25b a { packets 5 bytes 300 }" in render(carried)
     assert "add counter inet op25b b\n" in render(carried)
@@ -277,8 +279,8 @@ def test_carry_counters_only_touches_recreated_counters() -> None:
 def test_a_pass_never_runs_while_a_command_holds_the_state_lock(tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir()
-    backend = MemoryBackend()
-    rec = Reconciler(backend, EXAMPLE, state, generation=lambda: None)
+    backend = MemoryKernel()
+    rec = Reconciler(backend, DirectorySource(EXAMPLE, state))
     with StateDir(state).lock("pool rollback (test)", timeout=0):
         skipped = rec.run_once()
     assert not skipped.changed and backend.applied == []
@@ -286,7 +288,7 @@ def test_a_pass_never_runs_while_a_command_holds_the_state_lock(tmp_path: Path) 
 
 
 def test_a_desired_change_on_an_untouched_kernel_is_committed_without_reading(
-    rec: Reconciler, kernel: FakeKernel, policy_dir: Path
+    rec: Reconciler, kernel: MemoryKernel, policy_dir: Path
 ) -> None:
     rec.run_once()
     set_mode(policy_dir, EAST2, "enforce")  # e.g. a stage fell due
@@ -303,7 +305,7 @@ def test_a_desired_change_on_an_untouched_kernel_is_committed_without_reading(
 
 
 def test_a_desired_change_after_someone_elses_commit_reads_the_skeleton(
-    rec: Reconciler, kernel: FakeKernel, policy_dir: Path
+    rec: Reconciler, kernel: MemoryKernel, policy_dir: Path
 ) -> None:
     rec.run_once()
     kernel.gen += 1  # another table changed: the kernel may no longer hold what we made
@@ -315,24 +317,20 @@ def test_a_desired_change_after_someone_elses_commit_reads_the_skeleton(
 
 
 def test_after_a_chain_rewrite_only_that_chains_digests_are_read(
-    kernel: FakeKernel, policy_dir: Path, tmp_path: Path, timer: Timer
+    policy_dir: Path, tmp_path: Path, timer: Timer
 ) -> None:
     asked: list[list[str] | None] = []
 
-    def digests(
-        table: str, family: str, chains: Iterable[str] | None = None
-    ) -> dict[tuple[str, str], tuple[str, ...]]:
-        asked.append(None if chains is None else sorted(chains))
-        return kernel.rule_digests(table, family, chains)
+    class Asked(MemoryKernel):
+        def rule_digests(
+            self, family: str, name: str, chains: Iterable[str] | None = None
+        ) -> RuleDigests:
+            asked.append(None if chains is None else sorted(chains))
+            return super().rule_digests(family, name, chains)
 
+    kernel = Asked()
     rec = Reconciler(
-        kernel,
-        policy_dir,
-        tmp_path / "state",
-        clock=lambda: NOW,
-        generation=kernel.generation,
-        timer=timer,
-        rule_digests=digests,
+        kernel, DirectorySource(policy_dir, tmp_path / "state"), clock=lambda: NOW, timer=timer
     )
     rec.run_once()
     set_mode(policy_dir, EAST2, "enforce")
@@ -346,3 +344,56 @@ def test_after_a_chain_rewrite_only_that_chains_digests_are_read(
     kernel.edit("inet", "op25b", replace(live, chains={**live.chains, chain.name: edited}))
     result = rec.run_once()
     assert result.drift_repaired and result.changed
+
+
+@pytest.mark.parametrize("every_pass", [True, False])
+def test_a_policy_change_and_a_deleted_table_in_one_pass_keep_the_counters(
+    kernel: MemoryKernel, policy_dir: Path, tmp_path: Path, timer: Timer, every_pass: bool
+) -> None:
+    rec = Reconciler(
+        kernel,
+        DirectorySource(policy_dir, tmp_path / "state"),
+        clock=lambda: NOW,
+        timer=timer,
+        sample_every_pass=every_pass,
+    )
+    registry, metrics = build_registry(lambda: rec.view)
+    metrics.observe(rec.run_once(), now=1.0)
+    blocked = f"blocked_{EAST1_POOL}"
+    kernel.values[blocked] = (7, 420)
+    if not every_pass:
+        kernel.gen += 1  # someone committed elsewhere: the next pass reads (and samples)
+    metrics.observe(rec.run_once(), now=2.0)
+    assert rec.view.counters[blocked] == Counter(7, 420, refs=1)
+
+    set_mode(policy_dir, EAST2, "enforce")  # the policy changes ...
+    kernel.edit(*KEY, None)  # ... and someone deletes the table, before the same pass
+    result = rec.run_once()
+    metrics.observe(result, now=3.0)
+
+    assert result.ok and result.changed and result.desired_changed
+    assert result.drift_repaired  # a deleted table is drift, whatever else changed
+    assert registry.get_sample_value("op25b_drift_repairs_total") == 1
+    assert kernel.values[blocked] == (7, 420)  # not back to 0
+    assert rec.desired is not None and kernel.tables[KEY] == rec.desired.table
+    assert "counter name blocked_flets-east-dyn-2" in (
+        kernel.tables[KEY].chains[pool_chain(EAST2)].rules[0].text or ""
+    )
+
+
+def test_counters_we_deleted_ourselves_start_again_at_zero(
+    rec: Reconciler, kernel: MemoryKernel, policy_dir: Path
+) -> None:
+    rec.run_once()
+    monitored = f"monitored_{EAST2}"
+    kernel.values[monitored] = (5, 300)
+    kernel.gen += 1
+    rec.run_once()  # sampled
+    pools = policy_dir / "pools.yaml"
+    saved = pools.read_text()
+    data = yaml.safe_load(saved)
+    data["pools"] = [p for p in data["pools"] if p["name"] != EAST2]
+    pools.write_text(yaml.safe_dump(data))
+    assert rec.run_once().changed and monitored not in kernel.tables[KEY].counters
+    pools.write_text(saved)
+    assert rec.run_once().changed and kernel.values[monitored] == (0, 0)

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from op25b_ctl.errors import PolicyError
-from op25b_ctl.plan.desired import compute, from_policy
+from op25b_ctl.errors import OverrideError, PolicyError
+from op25b_ctl.plan.desired import Desired, from_policy
 from op25b_ctl.plan.modes import decide, modes, next_change, upcoming
 from op25b_ctl.policy.loader import load_policy
 from op25b_ctl.policy.model import Policy
-from op25b_ctl.policy.overrides import Override, OverrideError, check, parse_when
+from op25b_ctl.policy.overrides import Override, check, parse_when
+from op25b_ctl.source.directory import DirectorySource
 from op25b_ctl.source.state import StateDir
 from tests.policytools import EXAMPLE, edit, example_policy
 
@@ -99,14 +100,22 @@ def test_exemptions_expire_by_the_controller(policy: Policy) -> None:
     assert after.table.sets["exempt_v4"].elements.keys() == {"192.0.2.48/30"}
 
 
-def test_compute_reads_overrides_from_state_dir(tmp_path: Path) -> None:
-    state = StateDir(tmp_path / "state")
+def test_directory_source_reads_overrides_from_state_dir(tmp_path: Path) -> None:
+    def at_jan_2(source: DirectorySource) -> Desired:
+        snap = source.load()
+        return from_policy(snap.policy, jst(2026, 1, 2), snap.overrides.values())
+
     o = Override(W1, "monitor", "customer complaint", "carol", jst(2026, 1, 1))
-    state.save_overrides({W1: o})
-    want = compute(EXAMPLE, state.path, jst(2026, 1, 2))
+    source = DirectorySource(EXAMPLE, tmp_path / "state")
+    source.set_override(o)
+    assert StateDir(tmp_path / "state").overrides() == {W1: o}
+    want = at_jan_2(source)
     assert want.decisions[W1].mode == "monitor" and want.overrides == (o,)
-    assert compute(EXAMPLE, tmp_path / "absent", jst(2026, 1, 2)).decisions[W1].mode == "enforce"
-    assert compute(EXAMPLE, None, jst(2026, 1, 2)).decisions[W1].mode == "enforce"
+    absent = DirectorySource(EXAMPLE, tmp_path / "absent")
+    assert at_jan_2(absent).decisions[W1].mode == "enforce"
+    assert at_jan_2(DirectorySource(EXAMPLE)).decisions[W1].mode == "enforce"
+    source.clear_override(W1)
+    assert at_jan_2(source).decisions[W1].mode == "enforce"
 
 
 def test_override_for_removed_pool_is_ignored(policy: Policy) -> None:

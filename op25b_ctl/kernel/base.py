@@ -1,0 +1,75 @@
+"""The one seam to the kernel's ruleset: the `Kernel` protocol and the values it returns.
+
+Everything above this package (operations, the daemon, the CLI) talks to the kernel only
+through a `Kernel`, the way an HTTP client talks to the network only through its transport:
+
+    NftKernel     (nft.py)     writes with python-nftables, reads over netlink
+    MemoryKernel  (memory.py)  the same answers from memory, for tests and dry reasoning
+
+Every operation names our own table; there is no call that could list, flush or delete
+anything else. Reads never go through libnftables: with nft 1.0.6 any listing first loads
+every set element into its cache (see docs/benchmarks.md for what that costs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from op25b_ctl.plan.table import Table
+from op25b_ctl.plan.transaction import Transaction
+
+__all__ = ["Counter", "Kernel", "RuleDigests"]
+
+# {(chain, rule comment or `handle:<n>`): one digest per rule, in order}
+RuleDigests = Mapping[tuple[str, str], tuple[str, ...]]
+
+
+@dataclass(frozen=True)
+class Counter:
+    """A named counter's value and reference count.
+
+    `refs > 0` means some rule counts into it, which tells a pool's live mode (its blocked_
+    or monitored_ counter in use) at no extra cost.
+    """
+
+    packets: int
+    bytes: int
+    refs: int = 0
+
+
+class Kernel(Protocol):
+    """What the controller needs from the kernel's nftables, and nothing more."""
+
+    def read(self, family: str, name: str, *, elements: bool = True) -> Table | None:
+        """Our table as the kernel has it, or None if it does not exist.
+
+        `elements=False` skips set elements (then `Table.elements_known` is False): that is
+        what keeps a read cheap when the sets hold 100,000 prefixes.
+        """
+        ...
+
+    def generation(self) -> int | None:
+        """The ruleset generation, bumped by every commit to any table; None if this kernel
+        cannot tell (then callers must read the table to know whether it changed)."""
+        ...
+
+    def counters(self, family: str, name: str) -> dict[str, Counter]:
+        """Named counters of our table; raise TableNotFound if the table does not exist."""
+        ...
+
+    def rule_digests(
+        self, family: str, name: str, chains: Iterable[str] | None = None
+    ) -> RuleDigests:
+        """A digest of what each rule does, keyed by its comment: a rule edited by hand that
+        keeps our comment changes its digest. Only `chains` if given; {} if no such table."""
+        ...
+
+    def check(self, tx: Transaction) -> None:
+        """Raise KernelError if nftables would refuse `tx`; change nothing."""
+        ...
+
+    def apply(self, tx: Transaction) -> None:
+        """Commit `tx` as one atomic batch; raise KernelError (nothing changed) if refused."""
+        ...

@@ -1,0 +1,131 @@
+"""The real kernel: writes through python-nftables (libnftables), reads over netlink.
+
+libnftables is the one writer: a transaction is rendered to nft text and committed as one
+batch, which the kernel validates whole and commits or refuses whole. Every read goes over
+netlink (`netlink.py`), because a libnftables listing loads every set element into its cache
+first.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+from collections.abc import Iterable
+from dataclasses import replace
+
+from op25b_ctl.errors import KernelError, TableNotFound
+from op25b_ctl.kernel import netlink
+from op25b_ctl.kernel.base import Counter, RuleDigests
+from op25b_ctl.plan.render import render
+from op25b_ctl.plan.table import Chain, Hook, NamedSet, Rule, Table
+from op25b_ctl.plan.transaction import Transaction
+
+__all__ = ["NftKernel", "release_memory"]
+
+MAX_ERROR = 4000  # nft echoes the offending line; an element line can be huge
+_BIG = 1 << 20  # scripts above this size leave megabytes of freed heap behind
+_READ_ATTEMPTS = 3  # a full read is retried if a commit lands between its dumps
+
+
+def release_memory() -> None:
+    """Give freed heap back to the OS after a large libnftables call or a full read.
+
+    glibc keeps freed memory in its arenas; a long-running daemon would otherwise stay at
+    its peak after a 100,000-element apply or listing (docs/benchmarks.md, memory).
+    """
+    gc.collect()  # a listing's cyclic garbage first, so its memory is free to return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to trim
+        return
+    libc.malloc_trim(0)
+
+
+def _skeleton_table(family: str, name: str) -> Table | None:
+    """Our table without set elements, from a few netlink dumps (no libnftables cache)."""
+    skeleton = netlink.read_skeleton(name, family)
+    if skeleton is None:
+        return None
+    rules: dict[str, list[Rule]] = {}
+    for r in skeleton.rules:
+        rules.setdefault(r.chain, []).append(Rule.live(r.comment, r.handle))
+    chains = {
+        c.name: Chain(
+            c.name,
+            tuple(rules.get(c.name, ())),
+            Hook(c.hook, c.priority or 0, c.policy or "accept") if c.hook else None,
+        )
+        for c in skeleton.chains
+    }
+    sets = {
+        s.name: NamedSet(s.name, "ipv6_addr" if s.name.endswith("_v6") else "ipv4_addr", s.is_map)
+        for s in skeleton.sets
+    }
+    return Table(family, name, chains, sets, skeleton.counters, elements_known=False)
+
+
+class NftKernel:
+    """The running kernel of the current network namespace.
+
+    A fresh libnftables context per command: libnftables keeps its cache inside the
+    context, and a dry run leaves the checked batch in that cache, so reusing it makes the
+    real commit fail with spurious "exists"/"overlaps" errors (nft 1.0.6).
+    """
+
+    def _cmd(self, script: str, *, dry_run: bool = False) -> str:
+        import nftables  # Debian's python3-nftables; imported here so unit tests need no root
+
+        nft = nftables.Nftables()
+        nft.set_handle_output(False)
+        nft.set_dry_run(dry_run)
+        try:
+            rc, out, err = nft.cmd(script)
+        finally:
+            del nft  # nft_ctx_free: libnftables' cache of every element goes with it
+            if len(script) > _BIG:
+                release_memory()
+        if rc != 0:
+            msg = (err or out or "").strip()
+            if len(msg) > MAX_ERROR:
+                msg = msg[:MAX_ERROR] + " ..."
+            raise KernelError(f"nftables refused the transaction: {msg or f'exit status {rc}'}")
+        return str(out)
+
+    def read(self, family: str, name: str, *, elements: bool = True) -> Table | None:
+        """All dumps of one read come from one ruleset generation (retried otherwise)."""
+        for _ in range(_READ_ATTEMPTS):
+            before = netlink.ruleset_generation()
+            table = _skeleton_table(family, name)
+            if table is None or not elements:
+                return table
+            try:
+                sets = {
+                    n: replace(s, elements=netlink.read_elements(name, n, family))
+                    for n, s in table.sets.items()
+                }
+            except TableNotFound:
+                continue  # deleted while we read: look again
+            if netlink.ruleset_generation() == before:
+                full = replace(table, sets=sets, elements_known=True)
+                release_memory()  # the listing's garbage, before a daemon sleeps on it
+                return full
+        raise KernelError(f"table {family} {name} kept changing while it was read")
+
+    def generation(self) -> int:
+        return netlink.ruleset_generation()
+
+    def counters(self, family: str, name: str) -> dict[str, Counter]:
+        return netlink.read_counters(name, family)
+
+    def rule_digests(
+        self, family: str, name: str, chains: Iterable[str] | None = None
+    ) -> RuleDigests:
+        return netlink.read_rule_digests(name, family, chains)
+
+    def check(self, tx: Transaction) -> None:
+        if tx:
+            self._cmd(render(tx), dry_run=True)
+
+    def apply(self, tx: Transaction) -> None:
+        if tx:
+            self._cmd(render(tx))

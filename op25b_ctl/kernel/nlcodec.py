@@ -1,0 +1,236 @@
+"""The hand-written half of the netlink reads: request bytes out, attribute bytes in.
+
+No pyroute2 here: a plain AF_NETLINK socket and `struct`. The two dumps that can be large --
+every named counter (a metrics scrape) and every element of a 100,000-prefix set -- are
+parsed by walking the attribute TLVs directly, which costs microseconds a message where
+generic attribute decoding costs a tenth of a millisecond (docs/benchmarks.md has the
+figures). The rule-comment and rule-expression parsers live here too: they read the same
+TLV formats. Used only by `netlink.py`.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import socket
+import struct
+from collections.abc import Iterator
+
+import netaddr
+
+from op25b_ctl.errors import KernelError, TableNotFound
+from op25b_ctl.kernel.base import Counter
+
+# Constants from include/uapi/linux/netfilter/nf_tables.h, netfilter.h and libnftnl.
+FAMILIES = {"inet": 1, "ip": 2, "ip6": 10}  # NFPROTO_INET, NFPROTO_IPV4, NFPROTO_IPV6
+NFT_OBJECT_COUNTER = 1
+NFTNL_UDATA_RULE_COMMENT = 0  # libnftnl's TLV type inside NFTA_RULE_USERDATA
+NFNL_SUBSYS_NFTABLES = 10
+NFT_MSG_GETOBJ = 19
+NFT_MSG_GETSETELEM = 13
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+
+_NETLINK_NETFILTER = 12
+_NLMSG_ERROR, _NLMSG_DONE = 2, 3
+_NFTA_OBJ_TABLE, _NFTA_OBJ_NAME, _NFTA_OBJ_TYPE, _NFTA_OBJ_DATA, _NFTA_OBJ_USE = 1, 2, 3, 4, 5
+_NFTA_COUNTER_BYTES, _NFTA_COUNTER_PACKETS = 1, 2
+_NFTA_SET_ELEM_LIST_TABLE, _NFTA_SET_ELEM_LIST_SET, _NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
+_NFTA_SET_ELEM_KEY, _NFTA_SET_ELEM_DATA, _NFTA_SET_ELEM_FLAGS = 1, 2, 3
+_NFTA_DATA_VALUE, _NFTA_DATA_VERDICT = 1, 2
+_NFTA_VERDICT_CODE, _NFTA_VERDICT_CHAIN = 1, 2
+_NFTA_EXPR_NAME, _NFTA_EXPR_DATA = 1, 2
+_NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
+
+
+def family_number(family: str) -> int:
+    if family not in FAMILIES:
+        raise ValueError(f"unsupported nftables family {family!r} (expected one of {FAMILIES})")
+    return FAMILIES[family]
+
+
+def nla(kind: int, payload: bytes) -> bytes:
+    """One netlink attribute: length, type, payload, padding to 4 bytes."""
+    return struct.pack("=HH", 4 + len(payload), kind) + payload + b"\0" * (-len(payload) % 4)
+
+
+def attrs(buf: bytes) -> Iterator[tuple[int, bytes]]:
+    """(type, payload) of each netlink attribute in buf (4-byte aligned TLVs)."""
+    offset = 0
+    while offset + 4 <= len(buf):
+        length, kind = struct.unpack_from("=HH", buf, offset)
+        if length < 4:
+            return
+        yield kind & _NLA_TYPE_MASK, bytes(buf[offset + 4 : offset + length])
+        offset += (length + 3) & ~3
+
+
+def dump(msg_type: int, body: bytes, what: str) -> Iterator[bytes]:
+    """Send one nf_tables dump request; yield each reply's attributes (after nfgenmsg).
+
+    ENOENT (no such table or set) raises TableNotFound; other failures KernelError.
+    """
+    request = struct.pack(
+        "=IHHII",
+        16 + len(body),
+        (NFNL_SUBSYS_NFTABLES << 8) | msg_type,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        1,
+        0,
+    )
+    try:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER)
+    except OSError as e:
+        raise KernelError(f"cannot open an nftables netlink socket: {e}") from e
+    with sock:
+        try:
+            sock.bind((0, 0))
+            sock.sendall(request + body)
+            while True:
+                buf = sock.recv(1 << 20)
+                offset = 0
+                while offset + 16 <= len(buf):
+                    length, kind = struct.unpack_from("=IH", buf, offset)
+                    if length < 16:
+                        raise KernelError(f"malformed netlink reply reading {what}")
+                    if kind == _NLMSG_DONE:
+                        return
+                    if kind == _NLMSG_ERROR:
+                        (code,) = struct.unpack_from("=i", buf, offset + 16)
+                        if code == -errno.ENOENT:
+                            raise TableNotFound(f"{what} does not exist")
+                        raise KernelError(f"reading {what} failed: {os.strerror(-code)}")
+                    yield buf[offset + 20 : offset + length]
+                    offset += (length + 3) & ~3
+        except OSError as e:
+            raise KernelError(f"reading {what} failed: {e}") from e
+
+
+# -- counters ----------------------------------------------------------------------------------
+
+
+def counter_dump(table: str, family: str) -> dict[str, Counter]:
+    """NFT_MSG_GETOBJ dump of one table's named counters; {} if none or no such table (the
+    kernel answers both with an empty dump or ENOENT: the caller tells them apart)."""
+    body = struct.pack("=BBH", family_number(family), 0, 0)  # nfgenmsg: family, version, res_id
+    body += nla(_NFTA_OBJ_TABLE, table.encode() + b"\0")
+    body += nla(_NFTA_OBJ_TYPE, struct.pack("!I", NFT_OBJECT_COUNTER))
+    counters: dict[str, Counter] = {}
+    try:
+        for msg in dump(NFT_MSG_GETOBJ, body, f"counters of table {table}"):
+            _add_counter(counters, msg, table)
+    except TableNotFound:
+        pass
+    return counters
+
+
+def _add_counter(counters: dict[str, Counter], msg: bytes, table: str) -> None:
+    a = dict(attrs(msg))
+    if a.get(_NFTA_OBJ_TABLE, b"").rstrip(b"\0").decode() != table:
+        return
+    if struct.unpack("!I", a.get(_NFTA_OBJ_TYPE, b"\0\0\0\0"))[0] != NFT_OBJECT_COUNTER:
+        return
+    data = dict(attrs(a.get(_NFTA_OBJ_DATA, b"")))
+    packets = data.get(_NFTA_COUNTER_PACKETS, b"\0" * 8)
+    nbytes = data.get(_NFTA_COUNTER_BYTES, b"\0" * 8)
+    use = a.get(_NFTA_OBJ_USE, b"\0\0\0\0")
+    counters[a[_NFTA_OBJ_NAME].rstrip(b"\0").decode()] = Counter(
+        packets=struct.unpack("!Q", packets)[0],
+        bytes=struct.unpack("!Q", nbytes)[0],
+        refs=struct.unpack("!I", use)[0],
+    )
+
+
+# -- set elements ------------------------------------------------------------------------------
+
+
+def element_dump(table: str, set_name: str, family: str) -> dict[str, str | None]:
+    """One interval set's (or verdict map's) elements as {canonical CIDR: jump target or None}.
+
+    The kernel keeps an interval set as start elements and end elements (flag INTERVAL_END,
+    key = last address + 1); they are paired back into ranges, and each range into its
+    prefixes. Raises TableNotFound if the table or the set does not exist.
+    """
+    body = struct.pack("=BBH", family_number(family), 0, 0)
+    body += nla(_NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
+    body += nla(_NFTA_SET_ELEM_LIST_SET, set_name.encode() + b"\0")
+    points: list[tuple[int, int, str | None]] = []  # (key, 0 = end / 1 = start, target)
+    width = 0
+    for msg in dump(NFT_MSG_GETSETELEM, body, f"set {set_name}"):
+        for _, elem in attrs(dict(attrs(msg)).get(_NFTA_SET_ELEM_LIST_ELEMENTS, b"")):
+            e = dict(attrs(elem))
+            raw = dict(attrs(e.get(_NFTA_SET_ELEM_KEY, b""))).get(_NFTA_DATA_VALUE, b"")
+            width = len(raw)
+            flags = (
+                struct.unpack("!I", e[_NFTA_SET_ELEM_FLAGS])[0] if _NFTA_SET_ELEM_FLAGS in e else 0
+            )
+            points.append((int.from_bytes(raw, "big"), 0 if flags & 1 else 1, _verdict(e)))
+    out: dict[str, str | None] = {}
+    top = (1 << (8 * width)) - 1
+    points.sort(key=lambda p: (p[0], p[1]))  # at one key an interval's end precedes the next start
+    start: tuple[int, str | None] | None = None
+    for key, is_start, target in points:
+        if is_start:
+            start = (key, target)
+        elif start is not None:  # an end without a start is the kernel's leading sentinel
+            for prefix in _prefixes(start[0], key - 1, width):
+                out[prefix] = start[1]
+            start = None
+    if start is not None:  # open to the top of the address space
+        for prefix in _prefixes(start[0], top, width):
+            out[prefix] = start[1]
+    return out
+
+
+def _verdict(elem: dict[int, bytes]) -> str | None:
+    """A map element's jump/goto target; other verdicts as `verdict:<code>`; None for sets."""
+    if _NFTA_SET_ELEM_DATA not in elem:
+        return None
+    verdict = dict(attrs(dict(attrs(elem[_NFTA_SET_ELEM_DATA])).get(_NFTA_DATA_VERDICT, b"")))
+    chain = verdict.get(_NFTA_VERDICT_CHAIN, b"").rstrip(b"\0").decode()
+    if chain:
+        return chain
+    return f"verdict:{struct.unpack('!i', verdict.get(_NFTA_VERDICT_CODE, bytes(4)))[0]}"
+
+
+def _prefixes(lo: int, hi: int, width: int) -> list[str]:
+    """The CIDR blocks covering [lo, hi], as netaddr prints them (one for an exact prefix)."""
+    bits = 8 * width
+    size = hi - lo + 1
+    if size & (size - 1) == 0 and lo % size == 0:  # the common case: exactly one prefix
+        af = socket.AF_INET if width == 4 else socket.AF_INET6
+        return [f"{socket.inet_ntop(af, lo.to_bytes(width, 'big'))}/{bits - size.bit_length() + 1}"]
+    version = 4 if width == 4 else 6
+    first, last = netaddr.IPAddress(lo, version), netaddr.IPAddress(hi, version)
+    return [str(c) for c in netaddr.iprange_to_cidrs(first, last)]
+
+
+# -- rules -------------------------------------------------------------------------------------
+
+
+def expressions_digest(raw: bytes) -> str:
+    """sha256 of an NFTA_RULE_EXPRESSIONS attribute, inline counters' values left out."""
+    h = hashlib.sha256()
+    for _, elem in attrs(raw):  # NFTA_LIST_ELEM, one per expression
+        parts = dict(attrs(elem))
+        name = parts.get(_NFTA_EXPR_NAME, b"")
+        h.update(name + b"\0")
+        if name.rstrip(b"\0") != b"counter":
+            h.update(parts.get(_NFTA_EXPR_DATA, b""))
+    return h.hexdigest()[:16]
+
+
+def rule_comment(udata: bytes | None) -> str | None:
+    """The NFTNL_UDATA_RULE_COMMENT TLV (u8 type, u8 length, NUL-terminated value)."""
+    if not udata:
+        return None
+    offset = 0
+    while offset + 2 <= len(udata):
+        kind, length = udata[offset], udata[offset + 1]
+        value = udata[offset + 2 : offset + 2 + length]
+        if len(value) < length:
+            return None  # truncated: not libnftnl's format
+        if kind == NFTNL_UDATA_RULE_COMMENT:
+            return value.split(b"\0", 1)[0].decode("utf-8", "replace")
+        offset += 2 + length
+    return None

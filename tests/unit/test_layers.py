@@ -1,0 +1,135 @@
+"""The package's shape, checked: each layer imports only from layers below it, no cycles,
+and only the kernel package talks to nftables or netlink."""
+
+from __future__ import annotations
+
+import ast
+import functools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.policytools import REPO
+
+PACKAGE = REPO / "op25b_ctl"
+# The data flow, bottom to top (README, "Module map"). `errors` and the package's own
+# __init__ are below everything.
+LAYERS = ("policy", "plan", "kernel", "source", "ops", "daemon", "cli")
+# Modules that only the kernel package may import, and the one module allowed each.
+KERNEL_PRIVATE = {
+    "op25b_ctl.kernel.netlink": "op25b_ctl.kernel",
+    "op25b_ctl.kernel.nlcodec": "op25b_ctl.kernel",
+    "pyroute2": "op25b_ctl.kernel.netlink",
+    "nftables": "op25b_ctl.kernel.nft",
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path) -> Iterator[str]:
+    """Every module `path` imports, at any depth (function-local imports count too)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = module_name(path) if path.name == "__init__.py" else module_name(path.parent)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolve against the importing package
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*up, base] if base else up)
+            yield base
+            yield from (f"{base}.{alias.name}" for alias in node.names)
+
+
+@functools.cache
+def graph() -> dict[str, set[str]]:
+    """module -> the package's modules it imports. A module's own parent packages are left
+    out: Python initialises them before it, so `from op25b_ctl.cli import ops` is no cycle."""
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {
+        name: {
+            m for m in imports(path) if m in modules and m != name and not name.startswith(m + ".")
+        }
+        for name, path in modules.items()
+    }
+
+
+def layer(module: str) -> int:
+    parts = module.split(".")
+    if len(parts) < 2 or parts[1] not in LAYERS:
+        return -1  # op25b_ctl, op25b_ctl.errors
+    return LAYERS.index(parts[1])
+
+
+def test_every_package_is_a_known_layer() -> None:
+    packages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
+    assert packages == set(LAYERS)
+
+
+@pytest.mark.parametrize("module", sorted(graph()))
+def test_imports_go_only_downwards(module: str) -> None:
+    upward = [m for m in graph()[module] if layer(m) > layer(module)]
+    assert upward == [], f"{module} imports from a layer above it: {upward}"
+
+
+def test_no_import_cycles() -> None:
+    g = graph()
+    done: set[str] = set()
+
+    def visit(node: str, path: list[str]) -> None:
+        if node in path:
+            raise AssertionError("import cycle: " + " -> ".join([*path[path.index(node) :], node]))
+        if node in done:
+            return
+        for nxt in sorted(g[node]):
+            visit(nxt, [*path, node])
+        done.add(node)
+
+    for node in sorted(g):
+        visit(node, [])
+
+
+def test_only_the_kernel_package_reaches_nftables_and_netlink() -> None:
+    offenders = []
+    for root in (PACKAGE, REPO / "op25b_lab", REPO / "bench"):
+        for path in root.rglob("*.py"):
+            me = module_name(path)
+            for target in set(imports(path)):
+                for private, allowed in KERNEL_PRIVATE.items():
+                    hit = target == private or target.startswith(private + ".")
+                    if hit and not me.startswith(allowed):
+                        offenders.append(f"{me} imports {target}")
+    assert offenders == []
+
+
+def test_the_metrics_collector_knows_nothing_of_the_reconciler() -> None:
+    assert "op25b_ctl.daemon.reconcile" not in graph()["op25b_ctl.daemon.metrics"]
+
+
+def test_no_isinstance_on_a_kernel() -> None:
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "isinstance":
+                text = ast.unparse(node)
+                if "Kernel" in text or "Backend" in text:
+                    found.append(f"{module_name(path)}: {text}")
+    assert found == []
+
+
+def test_unit_tests_cannot_reach_the_host_kernel() -> None:
+    from op25b_ctl.kernel.nft import NftKernel
+    from op25b_ctl.plan.transaction import AddTable, Transaction
+
+    kernel = NftKernel()
+    with pytest.raises(AssertionError, match="must not reach the host kernel"):
+        kernel.generation()
+    with pytest.raises(AssertionError, match="must not reach the host kernel"):
+        kernel.counters("inet", "op25b")
+    with pytest.raises(ImportError):
+        kernel.apply(Transaction("inet", "op25b", (AddTable("x"),)))
