@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from op25b_ctl.policy.model import MODES, Gateway, Policy, Pool, Relay
+from op25b_ctl.policy.model import MODES, Action, Gateway, Policy, Pool, Relay
 
 # Documentation space carved into /28s (v4) and /48s (v6), so pools never overlap.
 V4_BLOCKS = [f"{net}.{i * 16}/28" for net in ("192.0.2", "198.51.100") for i in range(16)]
@@ -12,7 +12,10 @@ V6_BLOCKS = [f"2001:db8:{i:x}::/48" for i in range(1, 64)]
 RELAY = Relay(name="relay", addresses=["203.0.113.25/32", "2001:db8:ff00::25/128"])
 
 
-def random_policy(rng: random.Random, action: str = "drop") -> Policy:
+ACTIONS: tuple[Action, ...] = ("drop", "reject")
+
+
+def random_policy(rng: random.Random, action: Action = "drop") -> Policy:
     v4 = rng.sample(V4_BLOCKS, rng.randint(2, 12))
     v6 = rng.sample(V6_BLOCKS, rng.randint(0, 12))
     pools = []
@@ -31,7 +34,7 @@ def random_policy(rng: random.Random, action: str = "drop") -> Policy:
             )
         )
     return Policy(
-        gateway=Gateway(action=action, priority=rng.choice([0, -10, 5])),  # type: ignore[arg-type]
+        gateway=Gateway(action=action, priority=rng.choice([0, -10, 5])),
         pools=tuple(pools),
         relays=(RELAY,),
     )

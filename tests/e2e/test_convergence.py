@@ -19,13 +19,13 @@ from op25b_ctl.ops import applier
 from op25b_ctl.kernel.nft import NftKernel
 from op25b_ctl.plan.modes import decide, modes
 from op25b_ctl.plan.ruleset import desired_table
-from tests.randompolicy import random_policy
+from tests.randompolicy import ACTIONS, random_policy
 
 rng = random.Random(int(sys.argv[1]))
 backend = NftKernel()
 steps = []
 for _ in range(8):
-    policy = random_policy(rng, action=rng.choice(["drop", "reject"]))
+    policy = random_policy(rng, action=rng.choice(ACTIONS))
     want = desired_table(policy, modes(decide(policy, datetime(2026, 1, 1, tzinfo=UTC))))
     tx = applier.apply(backend, want)
     left = applier.plan(backend, want)

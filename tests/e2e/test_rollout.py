@@ -44,7 +44,7 @@ class Gw:
     def json(self, *args: str) -> Any:
         return json.loads(self.run(*args, "-o", "json").stdout)
 
-    def counters(self, now: str) -> dict[str, dict[str, int]]:
+    def counters(self, now: str) -> dict[str, int]:
         status = self.json("status", "--now", now)
         return {p["name"]: p["blocked"]["packets"] for p in status["pools"]} | {
             "exempted": status["exempted"]["packets"]

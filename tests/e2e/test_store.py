@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Generator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -174,6 +175,7 @@ def test_watch_resumes_from_a_revision_and_reports_compaction(
     batches: list[list[Event]] = []
     closer: list[object] = []
     stream = store.watch(first.mod_revision, on_open=closer.append)
+    assert isinstance(stream, Generator)  # closing it ends the watch
     for batch in stream:
         batches.append(batch)
         if any(e.key == store.keys.override(EAST1, Scope()) for e in batch):

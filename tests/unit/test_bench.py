@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench import inventory as inv
-from bench.report import Figure
+from bench.report import Figure, Sense
 from bench.run import DataPath, attempt_cost, cost_rows
 from bench.worker import _is_chain_rewrite, with_pool_mode
 from op25b_ctl.plan.diff import diff
@@ -135,9 +135,9 @@ def test_one_pool_change_rewrites_only_that_chain() -> None:
     ],
 )
 def test_figure_pass_or_miss(
-    sense: str, ours: float, base: float | None, target: float, passed: bool
+    sense: Sense, ours: float, base: float | None, target: float, passed: bool
 ) -> None:
-    fig = Figure("k", "what", ours, base, "base", sense, target, "s", "1")  # type: ignore[arg-type]
+    fig = Figure("k", "what", ours, base, "base", sense, target, "s", "1")
     assert fig.passed is passed
     assert bool(fig.shortfall) is not passed
 

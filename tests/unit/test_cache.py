@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,10 +43,10 @@ def _reseal(path: Path, edit: object) -> None:
     path.write_bytes(hashlib.sha256(text).hexdigest().encode() + b"\n" + text)
 
 
-def _enforce_everything(body: dict[str, object]) -> None:
-    pools = body["policy"]["pools"]  # type: ignore[index]
-    for pool in pools:
+def _enforce_everything(body: dict[str, Any]) -> dict[str, Any]:
+    for pool in body["policy"]["pools"]:
         pool["mode"] = "enforce"
+    return body
 
 
 def test_a_hit_is_the_validated_policy(policy_dir: Path, where: Path) -> None:

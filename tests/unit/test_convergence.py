@@ -12,7 +12,7 @@ from op25b_ctl.ops import applier
 from op25b_ctl.plan.modes import decide, modes
 from op25b_ctl.plan.ruleset import desired_table
 from op25b_ctl.plan.table import Table
-from tests.randompolicy import random_policy
+from tests.randompolicy import ACTIONS, random_policy
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)  # random policies have no rollout stages
 
@@ -31,7 +31,7 @@ def test_random_policy_sequences_converge(seed: int) -> None:
     rng = random.Random(seed)
     backend = MemoryKernel()
     for _ in range(6):
-        policy = random_policy(rng, action=rng.choice(["drop", "reject"]))
+        policy = random_policy(rng, action=rng.choice(ACTIONS))
         want = desired_table(policy, modes(decide(policy, NOW)))
         applier.apply(backend, want)
         assert shape(backend.read(want.family, want.name)) == shape(want)

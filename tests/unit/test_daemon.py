@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from op25b_ctl.cli.main import build_parser, main
-from op25b_ctl.daemon import reconcile
 from op25b_ctl.daemon.loop import Daemon, parse_address
 from op25b_ctl.daemon.metrics import build_registry
 from op25b_ctl.daemon.reconcile import Reconciler
 from op25b_ctl.daemon.sdnotify import Notifier
 from op25b_ctl.kernel.memory import MemoryKernel
+from op25b_ctl.plan import desired
 from op25b_ctl.plan.desired import Desired
 from op25b_ctl.policy.model import Policy
 from op25b_ctl.policy.overrides import Override
@@ -181,12 +181,12 @@ def test_daemon_cli_options(
 def test_sleep_until_the_next_stage_or_half_the_watchdog(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, notify_socket: tuple[socket.socket, str]
 ) -> None:
-    real = reconcile.from_policy
+    real = desired.from_policy
 
     def soon(policy: Policy, now: datetime, overrides: Iterable[Override]) -> Desired:
         return replace(real(policy, now, overrides), next_change=now + timedelta(seconds=2))
 
-    monkeypatch.setattr(reconcile, "from_policy", soon)
+    monkeypatch.setattr("op25b_ctl.daemon.reconcile.from_policy", soon)
     kernel = MemoryKernel()
     rec = Reconciler(kernel, DirectorySource(daemon_policy(tmp_path / "p")), clock=lambda: NOW)
     daemon = Daemon(rec, interval=3600)

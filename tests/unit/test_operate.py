@@ -6,13 +6,14 @@ import fcntl
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from op25b_ctl.cli.main import main
+from op25b_ctl.errors import StateError
 from op25b_ctl.kernel.memory import MemoryKernel
 from op25b_ctl.plan.transaction import AddRule, FlushChain
-from op25b_ctl.source import state as state_mod
 from op25b_ctl.source.directory import DirectorySource
 from op25b_ctl.source.state import StateDir
 from tests.policytools import EXAMPLE, edit, example_policy
@@ -38,10 +39,11 @@ class Gw:
         out, err = self.capsys.readouterr()
         return code, out, err
 
-    def json(self, *argv: str, now: str | None = None) -> dict:  # type: ignore[type-arg]
+    def json(self, *argv: str, now: str | None = None) -> dict[str, Any]:
         code, out, err = self(*argv, "-o", "json", now=now)
         assert code == 0, err
-        return json.loads(out)  # type: ignore[no-any-return]
+        data: dict[str, Any] = json.loads(out)
+        return data
 
     def live_modes(self) -> dict[str, str]:
         table = self.backend.tables[("inet", "op25b")]
@@ -58,8 +60,9 @@ class Gw:
                 )
         return out
 
-    def audit(self) -> list[dict]:  # type: ignore[type-arg]
-        return self.json("audit", "-n", "0")["entries"]  # type: ignore[no-any-return]
+    def audit(self) -> list[dict[str, Any]]:
+        entries: list[dict[str, Any]] = self.json("audit", "-n", "0")["entries"]
+        return entries
 
 
 @pytest.fixture
@@ -92,7 +95,8 @@ def test_rollback_changes_one_chain_and_survives_restart(gw: Gw) -> None:
     data = gw.json("pool", "rollback", E1, "--reason", "INC-42 relay outage", "--until", "4h")
     assert data["changes"] == {E1: {"before": "enforce", "after": "off"}}
     assert [type(op) for op in gw.backend.applied[-1].ops] == [FlushChain, AddRule][:1]
-    assert {op.name for op in gw.backend.applied[-1].ops} == {f"pool_{E1}"}  # type: ignore[attr-defined]
+    (flush,) = gw.backend.applied[-1].ops
+    assert isinstance(flush, FlushChain) and flush.name == f"pool_{E1}"
     assert gw.live_modes() == {E1: "off", E2: "monitor", W1: "enforce"}
     # a "restart": a fresh process reads the state; apply and tick keep the override
     assert gw("apply")[1].startswith("apply: no changes")
@@ -191,7 +195,7 @@ def test_atomic_write_leaves_old_file_on_crash(gw: Gw, monkeypatch: pytest.Monke
     def crash(src: str, dst: str) -> None:
         raise OSError("simulated crash before rename")
 
-    monkeypatch.setattr(state_mod.os, "replace", crash)
+    monkeypatch.setattr(os, "replace", crash)
     code, _, err = gw("pool", "enforce", E2, "--reason", "second")
     assert code == 1 and "simulated crash" in err
     assert gw.state.overrides_file.read_text() == before
@@ -344,7 +348,7 @@ def test_empty_state_object_means_no_overrides(gw: Gw) -> None:
     gw.state.overrides_file.write_text("{}")
     assert gw.state.overrides() == {}
     gw.state.overrides_file.write_text('{"overrides": {}}')
-    with pytest.raises(state_mod.StateError, match="format 1 expected"):
+    with pytest.raises(StateError, match="format 1 expected"):
         gw.state.overrides()
 
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from op25b_ctl.daemon import reconcile
 from op25b_ctl.daemon.metrics import build_registry
 from op25b_ctl.daemon.reconcile import Reconciler, carry_counters
 from op25b_ctl.kernel.base import Counter, RuleDigests
 from op25b_ctl.kernel.memory import MemoryKernel
+from op25b_ctl.plan import desired
 from op25b_ctl.plan.desired import Desired
 from op25b_ctl.plan.render import render
 from op25b_ctl.plan.ruleset import pool_chain
@@ -235,13 +235,13 @@ def test_inputs_are_recomputed_only_when_files_change_or_a_change_is_due(
     rec: Reconciler, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[datetime] = []
-    real = reconcile.from_policy
+    real = desired.from_policy
 
     def counting(policy: Policy, now: datetime, overrides: Iterable[Override]) -> Desired:
         calls.append(now)
         return replace(real(policy, now, overrides), next_change=NOW + timedelta(hours=1))
 
-    monkeypatch.setattr(reconcile, "from_policy", counting)
+    monkeypatch.setattr("op25b_ctl.daemon.reconcile.from_policy", counting)
     rec.run_once()
     rec.run_once()
     assert len(calls) == 1  # unchanged files: no YAML parsed again

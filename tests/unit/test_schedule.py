@@ -21,8 +21,10 @@ JST = timezone(timedelta(hours=9))
 E1, E2, W1, ST = "flets-east-dyn-1", "flets-east-dyn-2", "flets-west-dyn-1", "static-biz"
 
 
-def jst(*args: int) -> datetime:
-    return datetime(*args, tzinfo=JST)  # type: ignore[misc]
+def jst(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0
+) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=JST)
 
 
 @pytest.fixture
