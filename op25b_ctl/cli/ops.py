@@ -27,7 +27,14 @@ from op25b_ctl.plan.ruleset import (
     FINGERPRINT_PREFIX,
     pool_chain,
 )
-from op25b_ctl.policy.model import DEFAULT_TIMEZONE, Policy, parse_net
+from op25b_ctl.policy.model import (
+    DEFAULT_TIMEZONE,
+    Net,
+    Policy,
+    PrefixIndex,
+    address_net,
+    parse_net,
+)
 from op25b_ctl.policy.overrides import ACTION_MODE, Action, parse_when
 
 
@@ -326,15 +333,10 @@ def _live_check(ctx: Context, want: Desired, pool: str | None) -> tuple[bool | N
     return not problems, problems
 
 
-def _holds(prefixes: Iterable[str], addr: netaddr.IPAddress) -> bool:
-    """Whether one of the (validated) prefixes holds `addr`; integers, not netaddr objects,
-    because explain scans all 110,000 prefixes of an ISP policy."""
-    value = int(addr)
-    for prefix in prefixes:
-        net = parse_net(prefix)
-        if net.version == addr.version and net.first <= value <= net.last:
-            return True
-    return False
+def _holds(prefixes: Iterable[str], addr: Net) -> bool:
+    """Whether one of a handful of (validated) prefixes holds `addr` (relays, exemptions; the
+    pools' 100,000 prefixes are asked through `Policy.pool_of` instead)."""
+    return any(PrefixIndex([(parse_net(p), (), p)]).holding(addr) for p in prefixes)
 
 
 def cmd_explain(ctx: Context) -> int:
@@ -348,10 +350,14 @@ def cmd_explain(ctx: Context) -> int:
     if dest is not None and dest.version != addr.version:
         raise OverrideError("--to must be of the same address family as ADDRESS")
     want = from_policy(policy, when, ctx.source.overrides().values())
-    pool = next((p for p in policy.pools if _holds(p.prefixes, addr)), None)
-    exemption = next((e for e in policy.exemptions if _holds([e.prefix], addr)), None)
+    source = address_net(addr.version, int(addr))
+    pool = policy.pool_of(source)
+    exemption = next((e for e in policy.exemptions if _holds([e.prefix], source)), None)
     relay = (
-        next((r for r in policy.relays if _holds(r.addresses, dest)), None)
+        next(
+            (r for r in policy.relays if _holds(r.addresses, address_net(dest.version, int(dest)))),
+            None,
+        )
         if dest is not None
         else None
     )

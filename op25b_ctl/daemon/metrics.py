@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
-import netaddr
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -34,40 +33,34 @@ from op25b_ctl import __version__
 from op25b_ctl.daemon.view import READS, ReconcileResult, View
 from op25b_ctl.plan.desired import Desired
 from op25b_ctl.plan.ruleset import (
+    EXEMPT_V4,
+    EXEMPT_V6,
     EXEMPTED_COUNTER,
     FINGERPRINT_PREFIX,
     RELAYED_COUNTER,
     blocked_counter,
     monitored_counter,
-    pool_chain,
 )
-from op25b_ctl.policy.model import MODES, split_families
+from op25b_ctl.policy.model import MODES, parse_net, split_families
 
 NAMESPACE = "op25b"
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 def exemptions_in_force(want: Desired) -> dict[str, int]:
-    """Exempted prefixes in force per pool, read from the desired table itself.
+    """Exempted prefixes in force per pool.
 
-    The exempt sets hold exactly the exemptions in force at `now` (expired ones are left out
-    by desired.from_policy), and the pools' verdict maps say which pool holds each address, so
-    this needs no knowledge of how exemptions are written in the policy.
+    The desired table's exempt sets hold exactly the exemptions in force at `now` (expired
+    ones are left out by desired.from_policy); the policy's one prefix index says which pool
+    holds each.
     """
     counts = dict.fromkeys((pool.name for pool in want.policy.pools), 0)
-    owner = {pool_chain(pool.name): pool.name for pool in want.policy.pools}
-    for exempt_set, pool_map in (("exempt_v4", "pools_v4"), ("exempt_v6", "pools_v6")):
-        exempt = want.table.sets.get(exempt_set)
-        pools = want.table.sets.get(pool_map)
-        if exempt is None or pools is None:
-            continue
-        for prefix in exempt.elements:
-            net = netaddr.IPNetwork(prefix)
-            for length in range(net.prefixlen, -1, -1):  # the longest pool prefix holding it
-                chain = pools.elements.get(str(netaddr.IPNetwork(f"{net.network}/{length}").cidr))
-                if chain in owner:
-                    counts[owner[chain]] += 1
-                    break
+    for name in (EXEMPT_V4, EXEMPT_V6):
+        exempt = want.table.sets.get(name)
+        for prefix in exempt.elements if exempt is not None else ():
+            pool = want.policy.pool_of(parse_net(prefix))
+            if pool is not None:
+                counts[pool.name] += 1
     return counts
 
 

@@ -22,7 +22,7 @@ from op25b_ctl.errors import OverrideError
 from op25b_ctl.kernel.base import Kernel
 from op25b_ctl.ops import applier
 from op25b_ctl.plan.desired import Desired, from_policy
-from op25b_ctl.plan.ruleset import mode_of_rules, pool_chain
+from op25b_ctl.plan.ruleset import EXEMPT_V4, EXEMPT_V6, mode_of_rules, pool_chain
 from op25b_ctl.plan.table import Table
 from op25b_ctl.plan.transaction import AddElements, DeleteElements, Transaction
 from op25b_ctl.policy.model import Mode, Policy
@@ -30,8 +30,6 @@ from op25b_ctl.policy.overrides import Action, Override, check
 from op25b_ctl.source import audit
 from op25b_ctl.source.base import Source
 from op25b_ctl.source.state import StateDir
-
-EXEMPT_SET_PREFIX = "exempt_"  # ruleset's exempt_v4 / exempt_v6
 
 
 @dataclass(frozen=True)
@@ -49,7 +47,7 @@ class Outcome:
         return [
             k
             for op in self.tx.ops
-            if isinstance(op, AddElements) and op.set.startswith(EXEMPT_SET_PREFIX)
+            if isinstance(op, AddElements) and op.set in (EXEMPT_V4, EXEMPT_V6)
             for k in op.elements
         ]
 
@@ -57,7 +55,7 @@ class Outcome:
         return [
             k
             for op in self.tx.ops
-            if isinstance(op, DeleteElements) and op.set.startswith(EXEMPT_SET_PREFIX)
+            if isinstance(op, DeleteElements) and op.set in (EXEMPT_V4, EXEMPT_V6)
             for k in op.keys
         ]
 

@@ -26,6 +26,10 @@ RELAYED_COUNTER = "relayed"
 EXEMPTED_COUNTER = "exempted"
 SMTP_PORT = 25
 FINGERPRINT_PREFIX = "elements_"
+# The named sets, one per address family; every other module uses these names.
+RELAYS_V4, RELAYS_V6 = "relays_v4", "relays_v6"
+EXEMPT_V4, EXEMPT_V6 = "exempt_v4", "exempt_v6"
+POOLS_V4, POOLS_V6 = "pools_v4", "pools_v6"  # verdict maps: prefix -> jump pool_<name>
 
 
 def pool_chain(pool: str) -> str:
@@ -109,12 +113,12 @@ def _sets_for(policy: Policy, exemptions: tuple[str, ...]) -> _Sets:
     relays_v4, relays_v6 = split_families(policy.relay_prefixes())
     exempt_v4, exempt_v6 = split_families(exemptions)
     sets = [
-        _prefix_set("relays_v4", "ipv4_addr", relays_v4),
-        _prefix_set("relays_v6", "ipv6_addr", relays_v6),
-        _prefix_set("exempt_v4", "ipv4_addr", exempt_v4),
-        _prefix_set("exempt_v6", "ipv6_addr", exempt_v6),
-        NamedSet("pools_v4", "ipv4_addr", verdict_map=True, elements=map_v4),
-        NamedSet("pools_v6", "ipv6_addr", verdict_map=True, elements=map_v6),
+        _prefix_set(RELAYS_V4, "ipv4_addr", relays_v4),
+        _prefix_set(RELAYS_V6, "ipv6_addr", relays_v6),
+        _prefix_set(EXEMPT_V4, "ipv4_addr", exempt_v4),
+        _prefix_set(EXEMPT_V6, "ipv6_addr", exempt_v6),
+        NamedSet(POOLS_V4, "ipv4_addr", verdict_map=True, elements=map_v4),
+        NamedSet(POOLS_V6, "ipv6_addr", verdict_map=True, elements=map_v6),
     ]
     built = _Sets({s.name: s for s in sets}, elements_fingerprint(sets))
     _sets_cache[:] = [(policy, exemptions, built)]
@@ -159,11 +163,11 @@ def desired_table(
 _DISPATCH_RULES = tuple(
     Rule.of(text)
     for text in (
-        f"ip daddr @relays_v4 counter name {RELAYED_COUNTER} accept",
-        f"ip6 daddr @relays_v6 counter name {RELAYED_COUNTER} accept",
-        f"ip saddr @exempt_v4 counter name {EXEMPTED_COUNTER} accept",
-        f"ip6 saddr @exempt_v6 counter name {EXEMPTED_COUNTER} accept",
-        "ip saddr vmap @pools_v4",
-        "ip6 saddr vmap @pools_v6",
+        f"ip daddr @{RELAYS_V4} counter name {RELAYED_COUNTER} accept",
+        f"ip6 daddr @{RELAYS_V6} counter name {RELAYED_COUNTER} accept",
+        f"ip saddr @{EXEMPT_V4} counter name {EXEMPTED_COUNTER} accept",
+        f"ip6 saddr @{EXEMPT_V6} counter name {EXEMPTED_COUNTER} accept",
+        f"ip saddr vmap @{POOLS_V4}",
+        f"ip6 saddr vmap @{POOLS_V6}",
     )
 )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from op25b_ctl.plan.table import Chain, Hook, NamedSet, Rule
+from op25b_ctl.plan.table import Hook, NamedSet, Rule
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,3 @@ class Transaction:
     @property
     def spec(self) -> str:
         return f"{self.family} {self.table}"
-
-    def rewrites_chain(self, chain: Chain) -> bool:
-        return any(isinstance(op, FlushChain) and op.name == chain.name for op in self.ops)

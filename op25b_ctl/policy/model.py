@@ -9,6 +9,7 @@ loader can point at the user's file and line.
 from __future__ import annotations
 
 import bisect
+import functools
 import socket
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -93,6 +94,11 @@ def _canonical_net(value: str) -> Net | None:
     if first & host:
         return None
     return Net(version, first, first | host, plen)
+
+
+def address_net(version: int, value: int) -> Net:
+    """One address as a Net of full length, for `PrefixIndex.holding`."""
+    return Net(version, value, value, _FAMILY[version][1])
 
 
 def parse_net(prefix: str) -> Net:
@@ -294,6 +300,22 @@ class Policy:
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    @functools.cached_property
+    def _pool_index(self) -> PrefixIndex:
+        return PrefixIndex(
+            [
+                (parse_net(prefix), ("pools", i, "prefixes", j), prefix)
+                for i, pool in enumerate(self.pools)
+                for j, prefix in enumerate(pool.prefixes)
+            ]
+        )
+
+    def pool_of(self, net: Net) -> Pool | None:
+        """The pool holding `net` (an address or a prefix), the one answer to "which pool is
+        this?" for every caller; pools never overlap, so there is at most one."""
+        found = self._pool_index.holding(net)
+        return self.pools[int(found[1][1])] if found is not None else None
 
     @staticmethod
     def applies(stage: Stage) -> bool:
@@ -650,6 +672,18 @@ class PrefixIndex:
     def __init__(self, items: Sequence[Located]) -> None:
         self._spans = sorted(items, key=lambda it: (it[0].version, it[0].first))
         self._starts = [(it[0].version, it[0].first) for it in self._spans]
+
+    def holding(self, net: Net) -> Located | None:
+        """The indexed prefix containing all of `net` (an address is a full-length Net), or
+        None; one bisect, because indexed prefixes do not overlap."""
+        k = bisect.bisect_right(self._starts, (net.version, net.first)) - 1
+        if k < 0:
+            return None
+        item = self._spans[k]
+        held = item[0]
+        if held.version == net.version and held.first <= net.first and net.last <= held.last:
+            return item
+        return None
 
     def overlapping(self, net: Net) -> list[Located]:
         """Indexed prefixes sharing any address with `net`, in address order."""

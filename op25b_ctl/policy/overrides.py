@@ -12,7 +12,7 @@ exactly the mistake this refuses to guess about.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -33,7 +33,6 @@ class Override:
     user: str
     set_at: datetime
     until: datetime | None = None
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def mode(self) -> Mode:

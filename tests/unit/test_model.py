@@ -8,6 +8,7 @@ import pytest
 
 from op25b_ctl.errors import PolicyError
 from op25b_ctl.policy.loader import load_policy
+from op25b_ctl.policy.model import address_net, parse_net
 from tests.policytools import EXAMPLE, edit, example_policy
 
 
@@ -201,3 +202,17 @@ def test_fast_prefix_parse_agrees_with_netaddr() -> None:
         if net is not None and got is not None:
             assert parse_net(got) == (net.version, net.first, net.last, net.prefixlen), text
     assert fast_hits > 1000  # the comparison covered the fast path, not only the fallback
+
+
+def test_pool_of_answers_which_pool_holds_an_address_or_a_prefix() -> None:
+    policy = load_policy(EXAMPLE)
+    for pool in policy.pools:
+        for prefix in pool.prefixes:
+            net = parse_net(prefix)
+            assert policy.pool_of(net) is pool
+            assert policy.pool_of(address_net(net.version, net.first)) is pool
+            assert policy.pool_of(address_net(net.version, net.last)) is pool
+            # a range reaching past the pool's prefix is not held by it
+            assert policy.pool_of(net._replace(last=net.last + 1)) is None
+    assert policy.pool_of(parse_net("203.0.113.25/32")) is None  # the relay: in no pool
+    assert policy.pool_of(address_net(4, 0)) is None
