@@ -9,8 +9,13 @@ last good state. Anything else escaping is a bug.
     ├── NotOurTableError        a table of our name exists but was not made by us: exit 2
     ├── StateError              the state directory cannot be read or written: exit 1
     ├── LockBusy                another command holds the state lock, nothing changed: exit 75
-    └── KernelError             nftables refused or could not be read: exit 1, ruleset unchanged
-        └── TableNotFound       the table asked for does not exist (reads only)
+    ├── KernelError             nftables refused or could not be read: exit 1, ruleset unchanged
+    │   └── TableNotFound       the table asked for does not exist (reads only)
+    ├── StoreUsageError         a store URL, TLS option or request that cannot be right: exit 2
+    ├── ConcurrentPublish       someone published since this publish's base revision: exit 2
+    └── StoreError              the fleet's store is unreachable or answered oddly: exit 1
+        ├── StoreUnavailable    no endpoint of the store answered
+        └── Compacted           a watch's start revision was compacted away: resync in full
 
 Each class lives here and nowhere else; modules import them from `op25b_ctl.errors`.
 """
@@ -20,6 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "Compacted",
+    "ConcurrentPublish",
     "KernelError",
     "LockBusy",
     "NotOurTableError",
@@ -28,6 +35,9 @@ __all__ = [
     "PolicyError",
     "Problem",
     "StateError",
+    "StoreError",
+    "StoreUnavailable",
+    "StoreUsageError",
     "TableNotFound",
 ]
 
@@ -82,3 +92,23 @@ class KernelError(Op25bError):
 
 class TableNotFound(KernelError):
     """The table asked for does not exist (in this namespace and family)."""
+
+
+class StoreUsageError(Op25bError):
+    """A store URL, TLS option or request that cannot be right (nothing written)."""
+
+
+class ConcurrentPublish(Op25bError):
+    """Someone published since the revision this publish was based on."""
+
+
+class StoreError(Op25bError):
+    """The store cannot be reached or answered something unexpected."""
+
+
+class StoreUnavailable(StoreError):
+    """No endpoint of the store answered."""
+
+
+class Compacted(StoreError):
+    """The watch's start revision was compacted away: the caller must resync in full."""

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from op25b_ctl.cli.context import Context
-from op25b_ctl.errors import Op25bError, OverrideError
+from op25b_ctl.errors import ConcurrentPublish, Op25bError, OverrideError, StoreUsageError
 from op25b_ctl.policy.loader import parse_policy, read_policy_files
 from op25b_ctl.policy.model import Policy
 from op25b_ctl.policy.overrides import Action, Override, check, parse_when
@@ -22,7 +22,6 @@ from op25b_ctl.source.etcd import (
     EtcdStore,
     Published,
     Scope,
-    StoreUsageError,
     host_name,
     parse_store_url,
 )
@@ -75,8 +74,6 @@ def cmd_publish(ctx: Context) -> int:
     if args.base_revision is not None:
         current = base.revision if base else 0
         if args.base_revision != current:
-            from op25b_ctl.source.etcd import ConcurrentPublish
-
             raise ConcurrentPublish(
                 f"--base-revision {args.base_revision}, but the store holds policy revision "
                 f"{current}; nothing written. Review what changed since and publish again."

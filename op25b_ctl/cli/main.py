@@ -21,6 +21,7 @@ from op25b_ctl.cli import ops as cli_ops
 from op25b_ctl.cli.context import EXIT_BUSY, EXIT_FAILED, EXIT_INVALID, EXIT_OK, Context
 from op25b_ctl.daemon import DEFAULT_INTERVAL, DEFAULT_METRICS_ADDRESS, DEFAULT_VERIFY_INTERVAL
 from op25b_ctl.errors import (
+    ConcurrentPublish,
     KernelError,
     LockBusy,
     NotOurTableError,
@@ -28,6 +29,8 @@ from op25b_ctl.errors import (
     OverrideError,
     PolicyError,
     StateError,
+    StoreError,
+    StoreUsageError,
     TableNotFound,
 )
 from op25b_ctl.kernel.base import Counter, Kernel
@@ -48,7 +51,6 @@ from op25b_ctl.plan.table import Table
 from op25b_ctl.plan.transaction import Transaction
 from op25b_ctl.policy.loader import DEFAULT_POLICY_DIR
 from op25b_ctl.policy.model import Policy, split_families
-from op25b_ctl.source.etcd import ConcurrentPublish, StoreError, StoreUsageError
 from op25b_ctl.source.state import DEFAULT_STATE_DIR
 
 

@@ -33,7 +33,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from op25b_ctl.errors import Op25bError
+from op25b_ctl.errors import (
+    Compacted,
+    ConcurrentPublish,
+    StoreError,
+    StoreUnavailable,
+    StoreUsageError,
+)
 
 if TYPE_CHECKING:
     import requests
@@ -42,30 +48,6 @@ if TYPE_CHECKING:
 DEFAULT_PORT = 2379
 DEFAULT_TIMEOUT = 5.0
 ScopeKind = Literal["all", "group", "gateway"]
-
-
-class StoreError(Op25bError):
-    """The store cannot be reached or answered something unexpected (exit 1)."""
-
-
-class StoreUnavailable(StoreError):
-    """No endpoint of the store answered."""
-
-
-class StoreUsageError(Op25bError):
-    """A store URL, TLS option or request that cannot be right (exit 2, nothing written)."""
-
-
-class ConcurrentPublish(Op25bError):
-    """Someone published since the revision this publish was based on (exit 2)."""
-
-
-class Compacted(StoreError):
-    """The watch's start revision was compacted away: the caller must resync in full."""
-
-    def __init__(self, compact_revision: int) -> None:
-        super().__init__(f"revision compacted (oldest kept: {compact_revision})")
-        self.compact_revision = compact_revision
 
 
 # ---------------------------------------------------------------------------- configuration

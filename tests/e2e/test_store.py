@@ -12,14 +12,12 @@ from pathlib import Path
 import pytest
 
 from op25b_ctl.cli.main import main
+from op25b_ctl.errors import Compacted, ConcurrentPublish, StoreUnavailable
 from op25b_ctl.policy.loader import read_policy_files
 from op25b_ctl.source.etcd import (
-    Compacted,
-    ConcurrentPublish,
     EtcdStore,
     Event,
     Scope,
-    StoreUnavailable,
     parse_store_url,
 )
 from op25b_lab.etcd import EtcdServer

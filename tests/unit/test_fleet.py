@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from op25b_ctl.cli.fleet import fleet_rows, reached
-from op25b_ctl.errors import PolicyError
+from op25b_ctl.errors import PolicyError, StoreUsageError
 from op25b_ctl.plan.modes import decide, modes
 from op25b_ctl.policy.loader import load_policy
 from op25b_ctl.source.etcd import (
@@ -17,7 +17,6 @@ from op25b_ctl.source.etcd import (
     Published,
     Scope,
     Snapshot,
-    StoreUsageError,
     files_digest,
     parse_store_url,
 )

@@ -133,3 +133,24 @@ def test_unit_tests_cannot_reach_the_host_kernel() -> None:
         kernel.counters("inet", "op25b")
     with pytest.raises(ImportError):
         kernel.apply(Transaction("inet", "op25b", (AddTable("x"),)))
+
+
+def test_every_exception_is_in_the_one_tree() -> None:
+    """Exceptions are defined in errors.py only, each an Op25bError named in its docstring."""
+    from op25b_ctl import errors
+
+    elsewhere = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef) and any(
+                ast.unparse(b).endswith(("Error", "Exception")) for b in node.bases
+            ):
+                elsewhere.append(f"{module_name(path)}.{node.name}")
+    assert elsewhere == []
+    tree = errors.__doc__ or ""
+    for name in errors.__all__:
+        cls = getattr(errors, name)
+        if name != "Problem":
+            assert issubclass(cls, errors.Op25bError) and name in tree, name
