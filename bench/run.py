@@ -910,6 +910,9 @@ def render_report(
 # ------------------------------------------------------------------ main
 
 
+HAND_KEPT = "<!-- hand-kept below this line: `make bench` rewrites only what is above -->"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     p.add_argument("--runs", type=int, default=5, help="cold runs per figure (default 5)")
@@ -968,7 +971,10 @@ def report(args: argparse.Namespace, *raw: Any) -> int:
     print(plain(lines))
     if not args.no_write:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text("\n".join(lines) + "\n")
+        # the hand-kept section (figures the code's design quotes) survives a new run
+        old = args.output.read_text() if args.output.exists() else ""
+        kept = old[old.index(HAND_KEPT) :] if HAND_KEPT in old else ""
+        args.output.write_text("\n".join(lines) + "\n" + ("\n" + kept if kept else ""))
         log(f"wrote {args.output}")
     return 0
 

@@ -2,9 +2,8 @@
 
 No pyroute2 here: a plain AF_NETLINK socket and `struct`. The two dumps that can be large --
 every named counter (a metrics scrape) and every element of a 100,000-prefix set -- are
-parsed by walking the attribute TLVs directly, which costs microseconds a message where
-generic attribute decoding costs a tenth of a millisecond (docs/benchmarks.md has the
-figures). The rule-comment and rule-expression parsers live here too: they read the same
+parsed by walking the attribute TLVs directly, many times cheaper a message than generic
+attribute decoding (docs/benchmarks.md has the figures). The rule-comment and rule-expression parsers live here too: they read the same
 TLV formats. Used only by `netlink.py`.
 """
 

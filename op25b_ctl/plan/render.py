@@ -1,8 +1,9 @@
 """Transaction -> nft script text for libnftables.
 
-Text rather than JSON because at 100,000 elements libnftables parses it ~1.5x faster. It is
-safe to build: every name in it comes from validated policy names (a fixed alphabet), every
-address from netaddr's canonical form, and each op renders to exactly one line.
+Text rather than JSON because at 100,000 elements libnftables parses it faster
+(docs/benchmarks.md). It is safe to build: every name in it comes from validated policy names
+(a fixed alphabet), every address from netaddr's canonical form, and each op renders to
+exactly one line.
 """
 
 from __future__ import annotations

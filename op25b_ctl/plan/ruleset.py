@@ -94,8 +94,8 @@ class _Sets:
 
 # One entry: the daemon recomputes the desired state whenever a stage falls due or an override
 # changes, for the same policy object; rebuilding 110,000 elements and their digest each time
-# costs ~0.2 s, reusing them nothing (and keeps the sets the *same objects*, so diff() skips
-# them outright).
+# costs a noticeable part of a second (docs/benchmarks.md), reusing them nothing (and keeps
+# the sets the *same objects*, so diff() skips them outright).
 _sets_cache: list[tuple[Policy, tuple[str, ...], _Sets]] = []
 
 

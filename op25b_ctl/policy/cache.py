@@ -1,6 +1,6 @@
 """A cache of the last validated policy, so the many small commands skip YAML and checks.
 
-Reading and validating 110,000 prefixes costs about a second; a command that changes one pool
+Reading and validating 110,000 prefixes costs most of a command's time (docs/benchmarks.md); a command that changes one pool
 needs none of it when the files have not changed since the last validation. The cache is one
 JSON file per policy directory (never pickle: loading it must not run code), holding the
 validated policy and, to decide whether it may be used:

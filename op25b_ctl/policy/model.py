@@ -68,8 +68,8 @@ _FAMILY = {4: (socket.AF_INET, 32), 6: (socket.AF_INET6, 128)}
 def _canonical_net(value: str) -> Net | None:
     """`value` as a Net if it is already a canonical prefix (what policies hold), else None.
 
-    netaddr costs ~10 us a prefix; at 110,000 prefixes that was most of `validate`. The C
-    address parsers take ~1 us. A string accepted here is one netaddr reads as the same
+    netaddr costs about ten times what the C address parsers cost per prefix; at 110,000
+    prefixes that was most of `validate` (docs/benchmarks.md, "Costs the design relies on"). A string accepted here is one netaddr reads as the same
     prefix and prints back unchanged (tests compare both on random input); anything else,
     including every error, goes through netaddr so messages and normalisation stay its own.
     """
