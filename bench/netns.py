@@ -6,22 +6,18 @@ Every name starts with `op25bb-<run id>-`, so a crashed run can be cleaned up by
 
 from __future__ import annotations
 
-import contextlib
-import os
 import secrets
-import signal
 import subprocess
-import time
 from types import TracebackType
 from typing import Self
 
-from op25b_lab.lab import _env
+from op25b_lab.lab import delete_netns, tool_env
 
 PREFIX = "op25bb"
 
 
 def _ip(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *argv], capture_output=True, text=True, env=_env(), check=True)
+    return subprocess.run(["ip", *argv], capture_output=True, text=True, env=tool_env(), check=True)
 
 
 class Namespaces:
@@ -41,20 +37,8 @@ class Namespaces:
         return name
 
     def remove(self, name: str, deadline: float = 5.0) -> None:
-        """Kill the namespace's processes by pid (it outlives `del` while one is inside)."""
-        end = time.monotonic() + deadline
-        while time.monotonic() < end:
-            out = subprocess.run(
-                ["ip", "netns", "pids", name], capture_output=True, text=True, env=_env()
-            )
-            pids = [int(tok) for tok in out.stdout.split() if tok.isdigit()]
-            if not pids:
-                break
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.01)  # poll interval while the kernel reaps them
-        subprocess.run(["ip", "netns", "del", name], capture_output=True, env=_env())
+        """Kill the namespace's processes by pid and delete it (the lab's own helper)."""
+        delete_netns(name, deadline=deadline)
         if name in self.live:
             self.live.remove(name)
 

@@ -33,7 +33,7 @@ from bench import inventory as inv
 from bench.netns import Namespaces
 from bench.report import Figure, figures_table, fmt, median, plain, table
 from op25b_ctl.policy.model import Policy
-from op25b_lab.lab import DYN_A, FOREIGN_MX, Lab, LabCommandError, _env
+from op25b_lab.lab import DYN_A, FOREIGN_MX, Lab, LabCommandError, tool_env
 
 ROOT = Path(__file__).resolve().parent.parent
 LINEAR_RULES = inv.MAIN.v4  # rule per prefix: every v4 prefix of the inventory
@@ -115,7 +115,7 @@ def worker_argv(*args: str) -> list[str]:
 def in_ns(ns: str, *args: str, timeout: float = 600) -> dict[str, Any]:
     """Run a worker command inside namespace ns; its JSON answer."""
     argv = ["ip", "netns", "exec", ns, *worker_argv(*args)]
-    cp = subprocess.run(argv, capture_output=True, text=True, env=_env(), timeout=timeout)
+    cp = subprocess.run(argv, capture_output=True, text=True, env=tool_env(), timeout=timeout)
     if cp.returncode != 0:
         raise RuntimeError(f"{' '.join(args[:1])} in {ns} failed: {cp.stderr[-3000:]}")
     result = json.loads(cp.stdout)
@@ -140,7 +140,7 @@ def ensure_tools() -> None:
     ]
     if missing:
         log(f"installing {' '.join(missing)} from apt (the classic ipset+iptables baseline)")
-        env = {**_env(), "DEBIAN_FRONTEND": "noninteractive"}
+        env = {**tool_env(), "DEBIAN_FRONTEND": "noninteractive"}
         subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
         subprocess.run(
             ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
@@ -150,7 +150,7 @@ def ensure_tools() -> None:
 
 
 def _version(argv: Sequence[str]) -> str:
-    cp = subprocess.run(argv, capture_output=True, text=True, env=_env())
+    cp = subprocess.run(argv, capture_output=True, text=True, env=tool_env())
     return (cp.stdout or cp.stderr).strip().splitlines()[0] if cp.returncode == 0 else "?"
 
 

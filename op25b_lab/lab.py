@@ -179,7 +179,7 @@ def ns_name(ident: str, role: str) -> str:
 
 def _netns_list() -> set[str]:
     out = subprocess.run(
-        ["ip", "netns", "list"], capture_output=True, text=True, check=True, env=_env()
+        ["ip", "netns", "list"], capture_output=True, text=True, check=True, env=tool_env()
     )
     return {line.split()[0] for line in out.stdout.splitlines() if line.strip()}
 
@@ -197,18 +197,27 @@ def remove(ident: str, *, deadline: float = 5.0) -> None:
         name = ns_name(ident, role)
         if name not in present:
             continue
-        # A namespace outlives `ip netns del` while a process is inside, so empty it first.
-        end = time.monotonic() + deadline
-        while (pids := _ns_pids(name)) and time.monotonic() < end:
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.01)  # poll interval while the kernel tears them down
-        _host(["ip", "netns", "del", name])
+        delete_netns(name, deadline=deadline)
+
+
+def delete_netns(name: str, *, deadline: float = 5.0) -> None:
+    """Kill what runs in namespace `name` (by pid), then delete it; shared with bench/.
+
+    A namespace outlives `ip netns del` while a process is inside, so it is emptied first.
+    """
+    end = time.monotonic() + deadline
+    while (pids := _ns_pids(name)) and time.monotonic() < end:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.01)  # poll interval while the kernel tears them down
+    _host(["ip", "netns", "del", name])
 
 
 def _ns_pids(name: str) -> list[int]:
-    out = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True, env=_env())
+    out = subprocess.run(
+        ["ip", "netns", "pids", name], capture_output=True, text=True, env=tool_env()
+    )
     return [int(tok) for tok in out.stdout.split() if tok.isdigit()]
 
 
@@ -217,7 +226,7 @@ def _helper_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "op25b_lab.lab", *args]
 
 
-def _env() -> dict[str, str]:
+def tool_env() -> dict[str, str]:
     """Environment for every command: ip/nft/sysctl found even if PATH lacks sbin, and this
     very package importable by the helpers inside the namespaces."""
     env = dict(os.environ)
@@ -387,7 +396,7 @@ class Lab:
         self._check_ns(ns)
         cmd = ["ip", "netns", "exec", ns, *argv]
         cp = subprocess.run(
-            cmd, input=input, capture_output=True, text=True, timeout=timeout, env=_env()
+            cmd, input=input, capture_output=True, text=True, timeout=timeout, env=tool_env()
         )
         if check and cp.returncode != 0:
             raise LabCommandError(cp.returncode, cmd, cp.stdout, cp.stderr)
@@ -408,7 +417,7 @@ class Lab:
                 stdout=fh,
                 stderr=subprocess.STDOUT,
                 text=True,
-                env=_env(),
+                env=tool_env(),
                 start_new_session=True,
             )
         self._procs[proc.pid] = proc
@@ -570,7 +579,7 @@ class Lab:
 
 def _host(argv: list[str]) -> None:
     """Run an ip(8) command that only addresses lab namespaces (always via -n or netns names)."""
-    cp = subprocess.run(argv, capture_output=True, text=True, env=_env())
+    cp = subprocess.run(argv, capture_output=True, text=True, env=tool_env())
     if cp.returncode != 0:
         raise LabCommandError(cp.returncode, argv, cp.stdout, cp.stderr)
 

@@ -21,7 +21,7 @@ import pytest
 from bench import inventory as inv
 from op25b_ctl.plan.ruleset import FINGERPRINT_PREFIX
 from op25b_ctl.plan.table import Table
-from op25b_lab.lab import _env
+from op25b_lab.lab import tool_env
 
 pytestmark = [
     pytest.mark.root,
@@ -37,16 +37,16 @@ def namespaces() -> Iterator[list[str]]:
     made: list[str] = []
     for i in range(3):
         name = f"op25bt-{secrets.token_hex(3)}-{i}"
-        subprocess.run(["ip", "netns", "add", name], check=True, env=_env())
+        subprocess.run(["ip", "netns", "add", name], check=True, env=tool_env())
         made.append(name)
     yield made
     for name in made:
-        subprocess.run(["ip", "netns", "del", name], check=False, env=_env())
+        subprocess.run(["ip", "netns", "del", name], check=False, env=tool_env())
 
 
 def _worker(ns: str, *args: str) -> dict[str, Any]:
     argv = ["ip", "netns", "exec", ns, sys.executable, "-m", "bench.worker", *args]
-    cp = subprocess.run(argv, capture_output=True, text=True, check=True, env=_env())
+    cp = subprocess.run(argv, capture_output=True, text=True, check=True, env=tool_env())
     result = json.loads(cp.stdout)
     assert isinstance(result, dict)
     return result
@@ -69,7 +69,9 @@ def test_baselines_load_the_same_table_as_ours(namespaces: list[str], tmp_path: 
     ours_ns, checked_ns, hand_ns = namespaces
     assert _worker(ours_ns, "apply", "--desired", str(pkl), "--variant", "ours")["ops"] > 0
     assert _worker(checked_ns, "apply", "--desired", str(pkl), "--variant", "checked")["ops"] > 0
-    subprocess.run(["ip", "netns", "exec", hand_ns, "nft", "-f", str(hand)], check=True, env=_env())
+    subprocess.run(
+        ["ip", "netns", "exec", hand_ns, "nft", "-f", str(hand)], check=True, env=tool_env()
+    )
 
     ours, checked, theirs = (_read(ns, tmp_path) for ns in namespaces)
     assert checked == ours

@@ -154,3 +154,19 @@ def test_every_exception_is_in_the_one_tree() -> None:
         cls = getattr(errors, name)
         if name != "Problem":
             assert issubclass(cls, errors.Op25bError) and name in tree, name
+
+
+def test_no_one_imports_a_private_name_of_another_package() -> None:
+    """bench/ shares the lab's namespace helpers through their public names only (unit tests
+    may test a module's internals; shipped and tool code may not lean on them)."""
+    found = []
+    for root in (REPO / "bench", REPO / "op25b_lab", PACKAGE):
+        for path in root.rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    mine = module_name(path).split(".")[0]
+                    theirs = node.module.split(".")[0]
+                    private = [a.name for a in node.names if a.name.startswith("_")]
+                    if private and theirs != mine:
+                        found.append(f"{module_name(path)}: {node.module} {private}")
+    assert found == []
