@@ -87,3 +87,27 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str], command: str
         main([command, "--help"])
     assert exc.value.code == 0
     assert "--policy" in capsys.readouterr().out
+
+
+def test_status_reads_the_live_table_through_the_kernel_it_is_given(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    kernel = MemoryKernel()
+    code, out, _ = run(capsys, "status", "--policy", str(EXAMPLE), "-o", "json", kernel=kernel)
+    assert code == 0 and json.loads(out)["present"] is False
+    run(capsys, "apply", "--policy", str(EXAMPLE), kernel=kernel)
+    enforced = [
+        n[len("blocked_") :]
+        for n, c in kernel.counters("inet", "op25b").items()
+        if n.startswith("blocked_") and c.refs
+    ]
+    assert enforced  # the example policy enforces some pool today
+    kernel.values[f"blocked_{enforced[0]}"] = (12, 720)
+    kernel.values["relayed"] = (3, 180)
+    code, out, _ = run(capsys, "status", "--policy", str(EXAMPLE), "-o", "json", kernel=kernel)
+    data = json.loads(out)
+    assert code == 0 and data["present"] is True and data["rules_in_sync"] is True
+    pool = {p["name"]: p for p in data["pools"]}[enforced[0]]
+    assert pool["blocked"] == {"packets": 12, "bytes": 720}
+    assert pool["live_mode"] == "enforce"
+    assert data["relayed"] == {"packets": 3, "bytes": 180}
