@@ -13,9 +13,11 @@ last good state. Anything else escaping is a bug.
     │   └── TableNotFound       the table asked for does not exist (reads only)
     ├── StoreUsageError         a store URL, TLS option or request that cannot be right: exit 2
     ├── ConcurrentPublish       someone published since this publish's base revision: exit 2
-    └── StoreError              the fleet's store is unreachable or answered oddly: exit 1
-        ├── StoreUnavailable    no endpoint of the store answered
-        └── Compacted           a watch's start revision was compacted away: resync in full
+    ├── StoreError              the fleet's store is unreachable or answered oddly: exit 1
+    │   ├── StoreUnavailable    no endpoint of the store answered
+    │   └── Compacted           a watch's start revision was compacted away: resync in full
+    └── NotRecordedError        the gateway WAS changed, but the audit line or the state
+                                bookkeeping failed after the commit (disk full): exit 3
 
 Each class lives here and nowhere else; modules import them from `op25b_ctl.errors`.
 """
@@ -30,6 +32,7 @@ __all__ = [
     "KernelError",
     "LockBusy",
     "NotOurTableError",
+    "NotRecordedError",
     "Op25bError",
     "OverrideError",
     "PolicyError",
@@ -112,3 +115,11 @@ class StoreUnavailable(StoreError):
 
 class Compacted(StoreError):
     """The watch's start revision was compacted away: the caller must resync in full."""
+
+
+class NotRecordedError(Op25bError):
+    """The change was made on the gateway, but recording it failed; says what was changed.
+
+    Only a failure *after* the commit gets here: an audit log that cannot be written is
+    found before anything is touched (a StateError, exit 1, nothing changed).
+    """

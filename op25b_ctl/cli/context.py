@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
@@ -22,6 +23,7 @@ from op25b_ctl.source.directory import DirectorySource
 from op25b_ctl.source.state import StateDir
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+EXIT_NOT_RECORDED = 3  # the gateway was changed, but the audit/state record failed after it
 EXIT_BUSY = 75  # EX_TEMPFAIL: the state lock was held; cron's next run will retry
 
 
@@ -71,3 +73,32 @@ class Context:
         else:
             for line in text:
                 print(line)
+
+
+MAX_SECONDS = 86400.0  # bound on every SECONDS option: a day is already absurd
+
+
+def _seconds(text: str, *, zero: bool) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value):  # inf would never wake, NaN never compares
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number of seconds")
+    if value < 0 or (value == 0 and not zero):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: must be {'0 or more' if zero else 'more than 0'} seconds"
+        )
+    if value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text!r}: at most {MAX_SECONDS:g} seconds (a day)")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type: finite seconds, more than 0, at most a day."""
+    return _seconds(text, zero=False)
+
+
+def seconds_or_zero(text: str) -> float:
+    """argparse type: finite seconds, 0 or more, at most a day."""
+    return _seconds(text, zero=True)

@@ -16,7 +16,7 @@ from op25b_ctl.cli.context import Context
 from op25b_ctl.errors import ConcurrentPublish, Op25bError, OverrideError, StoreUsageError
 from op25b_ctl.policy.loader import parse_policy, read_policy_files
 from op25b_ctl.policy.model import Policy
-from op25b_ctl.policy.overrides import Action, Override, check, parse_when
+from op25b_ctl.policy.overrides import Action, Override, check, check_reason, parse_when
 from op25b_ctl.source import audit
 from op25b_ctl.source.etcd import (
     EtcdStore,
@@ -155,7 +155,8 @@ def cmd_pool_store(ctx: Context) -> int:
     store = store_of(ctx)
     published, policy = published_policy(store)
     scope = scope_of(ctx, policy, args.name)
-    until = parse_when(args.until, ctx.now) if getattr(args, "until", None) else None
+    until_text = getattr(args, "until", None)  # "" is refused, never "no expiry"
+    until = parse_when(until_text, ctx.now) if until_text is not None else None
     targets = reached(policy, args.name, scope)
     record: dict[str, Any] | None = None
     if action is not None:
@@ -170,6 +171,7 @@ def cmd_pool_store(ctx: Context) -> int:
     elif args.name not in {p.name for p in policy.pools}:
         known = ", ".join(p.name for p in policy.pools)
         raise OverrideError(f"unknown pool {args.name!r} (known: {known})")
+    check_reason(args.reason or "", required=False)
     verb = f"pool {args.pool_action}"
     detail = f"{scope}: {', '.join(targets) or 'no gateway carries it'}"
     if until is not None:

@@ -2,14 +2,16 @@
 
 Exit status: 0 success (for `plan`, whether or not changes are pending), 1 nftables or
 runtime failure (live ruleset unchanged), 2 invalid policy, usage, or a foreign table under
-our name (nothing applied), 75 (EX_TEMPFAIL) another op25b-ctl command held the state lock
-(nothing changed; retry).
+our name (nothing applied), 3 the gateway WAS changed but the change could not be recorded
+(audit log or state file write failed after the commit; stderr says what changed),
+75 (EX_TEMPFAIL) another op25b-ctl command held the state lock (nothing changed; retry).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,13 +20,23 @@ from typing import Any
 from op25b_ctl import __version__
 from op25b_ctl.cli import fleet as cli_fleet
 from op25b_ctl.cli import ops as cli_ops
-from op25b_ctl.cli.context import EXIT_BUSY, EXIT_FAILED, EXIT_INVALID, EXIT_OK, Context
+from op25b_ctl.cli.context import (
+    EXIT_BUSY,
+    EXIT_FAILED,
+    EXIT_INVALID,
+    EXIT_NOT_RECORDED,
+    EXIT_OK,
+    Context,
+    positive_seconds,
+    seconds_or_zero,
+)
 from op25b_ctl.daemon import DEFAULT_INTERVAL, DEFAULT_METRICS_ADDRESS, DEFAULT_VERIFY_INTERVAL
 from op25b_ctl.errors import (
     ConcurrentPublish,
     KernelError,
     LockBusy,
     NotOurTableError,
+    NotRecordedError,
     Op25bError,
     OverrideError,
     PolicyError,
@@ -50,7 +62,8 @@ from op25b_ctl.plan.ruleset import (
 from op25b_ctl.plan.table import Table
 from op25b_ctl.plan.transaction import Transaction
 from op25b_ctl.policy.loader import DEFAULT_POLICY_DIR
-from op25b_ctl.policy.model import Policy, split_families
+from op25b_ctl.policy.model import TABLE_RE, Gateway, Policy, split_families
+from op25b_ctl.source import audit
 from op25b_ctl.source.state import DEFAULT_STATE_DIR
 
 
@@ -230,6 +243,8 @@ def cmd_status(ctx: Context) -> int:
 
 
 def cmd_teardown(ctx: Context) -> int:
+    """Delete our table. Needs no policy (only the table's name), refuses a table without our
+    ownership marker, and is audited; an audit failure never stops the off switch (exit 3)."""
     if not ctx.args.yes:
         print(
             "op25b-ctl: teardown deletes the enforcement table; outbound TCP/25 will pass "
@@ -237,26 +252,53 @@ def cmd_teardown(ctx: Context) -> int:
             file=sys.stderr,
         )
         return EXIT_INVALID
-    table = ctx.args.table or ctx.policy().gateway.table
+    table = ctx.args.table
+    if table is None:
+        try:
+            table = ctx.policy().gateway.table
+        except Op25bError as exc:
+            table = Gateway().table
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            print(
+                f"op25b-ctl: policy not usable ({first}); using the default table name "
+                f"{table!r} (give --table NAME for another)",
+                file=sys.stderr,
+            )
     removed = applier.teardown(ctx.kernel, FAMILY, table)
+    unrecorded = None
+    if removed:
+        try:
+            ctx.source.record(
+                audit.Entry(
+                    at=ctx.now,
+                    user=audit.invoking_user(),
+                    command=ctx.command,
+                    action="teardown",
+                    detail=f"table {FAMILY} {table} deleted: enforcement OFF",
+                )
+            )
+        except StateError as exc:
+            unrecorded = str(exc)
     ctx.emit(
-        {"table": f"{FAMILY} {table}", "removed": removed},
+        {"table": f"{FAMILY} {table}", "removed": removed, "audit_error": unrecorded},
         [
             f"table {FAMILY} {table} "
             + ("deleted: enforcement is OFF" if removed else "was not present")
         ],
     )
+    if unrecorded:
+        print(f"op25b-ctl: table deleted, but NOT audited: {unrecorded}", file=sys.stderr)
+        return EXIT_NOT_RECORDED
     return EXIT_OK
 
 
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be more than 0 seconds")
-    return value
+def _table_name(text: str) -> str:
+    if not re.fullmatch(TABLE_RE, text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: not an op25b table name ('op25b', then lowercase letters, digits "
+            "or '_', at most 31)"
+        )
+    return text
 
 
 def _metrics_address(text: str) -> tuple[str, int] | None:
@@ -316,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_fleet.add_store_options(common)
     common.add_argument(
         "--lock-timeout",
-        type=float,
+        type=seconds_or_zero,
         default=30.0,
         metavar="SECONDS",
         help="wait this long for another op25b-ctl command to finish (default: %(default)s)",
@@ -326,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Outbound Port 25 Blocking controller: policy files -> nftables.",
         epilog="Exit status: 0 ok, 1 nftables/runtime failure (nothing changed), "
         "2 invalid policy, usage or a foreign table under our name (nothing applied), "
+        "3 changed but not recorded (audit/state write failed after the commit), "
         "75 state lock busy (retry).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -345,7 +388,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("status", cmd_status, "each pool's mode, prefixes and block counters")
     p = add("teardown", cmd_teardown, "delete our table: the emergency off switch")
     p.add_argument("--yes", action="store_true", help="confirm; required")
-    p.add_argument("--table", help="table name if the policy cannot be read (default: policy's)")
+    p.add_argument(
+        "--table",
+        type=_table_name,
+        metavar="NAME",
+        help="table to delete (default: the policy's gateway.table, or op25b if the policy "
+        "cannot be read); it must carry op25b-ctl's ownership marker",
+    )
     cli_ops.register(sub, common)  # rollout, pool, audit, explain
     cli_fleet.register(sub, common)  # publish, fleet status
     p = add(
@@ -356,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--interval",
-        type=_positive_seconds,
+        type=positive_seconds,
         default=DEFAULT_INTERVAL,
         metavar="SECONDS",
         help="seconds between passes: the bound on noticing a policy change or repairing a "
@@ -364,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--verify-interval",
-        type=float,
+        type=seconds_or_zero,
         default=DEFAULT_VERIFY_INTERVAL,
         metavar="SECONDS",
         help="seconds between full reads of every set element, which catch hand edits of "
@@ -423,6 +472,9 @@ def main(argv: Sequence[str] | None = None, kernel: Kernel | None = None) -> int
     except LockBusy as exc:
         print(f"op25b-ctl: {exc}", file=sys.stderr)
         return EXIT_BUSY
+    except NotRecordedError as exc:
+        print(f"op25b-ctl: {exc}", file=sys.stderr)
+        return EXIT_NOT_RECORDED
     except StateError as exc:
         print(f"op25b-ctl: state: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
@@ -15,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 import netaddr
 
-from op25b_ctl.cli.context import EXIT_OK, Context
+from op25b_ctl.cli.context import EXIT_OK, Context, seconds_or_zero
 from op25b_ctl.errors import Op25bError, OverrideError
 from op25b_ctl.ops import operate
 from op25b_ctl.plan.desired import Desired, from_policy
@@ -35,7 +36,7 @@ from op25b_ctl.policy.model import (
     address_net,
     parse_net,
 )
-from op25b_ctl.policy.overrides import ACTION_MODE, Action, parse_when
+from op25b_ctl.policy.overrides import ACTION_MODE, Action, parse_when, visible
 
 
 def _when(policy: Policy, at: datetime | None) -> str:
@@ -67,7 +68,9 @@ def cmd_pool(ctx: Context) -> int:
         raise OverrideError("--gateway, --group and --wait go with --store (the fleet)")
     action: Action | None = None if args.pool_action == "clear" else args.pool_action
     policy = ctx.policy()  # invalid policy: exit 2 before the lock is taken
-    until = parse_when(args.until, ctx.now) if getattr(args, "until", None) else None
+    # `--until ""` is an error (parse_when refuses it), not an override that never expires
+    until_text = getattr(args, "until", None)
+    until = parse_when(until_text, ctx.now) if until_text is not None else None
     with ctx.lock(f"pool {args.pool_action} {args.name}"):
         out = operate.set_override(
             ctx.kernel,
@@ -267,6 +270,8 @@ def cmd_audit(ctx: Context) -> int:
     else:
         entries = ctx.source.audit_log()
         where = ctx.source.audit_location
+        for line, why in ctx.source.audit_skipped():  # reported; the rest is still shown
+            print(f"op25b-ctl: {where}:{line}: skipped: {why}", file=sys.stderr)
     if ctx.args.pool:
         entries = [
             e
@@ -291,18 +296,27 @@ def cmd_audit(ctx: Context) -> int:
             f"{p} {c.get('before') or 'absent'}->{c.get('after')}"
             for p, c in (e.get("changes") or {}).items()
         )
-        text.append(
+        try:
+            command = shlex.join(str(a) for a in e.get("command") or [])
+        except TypeError:
+            command = str(e.get("command"))
+        shown_line = (
             f"{shown(e.get('at'))}  {e.get('user')}  {e.get('action')}"
             + (f" {e['pool']}" if e.get("pool") else "")
             + (f"  [{changes}]" if changes else "")
             + (f"  reason: {e['reason']}" if e.get("reason") else "")
             + (f"  from {e['host']}" if e.get("host") else "")
             + (f"  policy r{e['policy_revision']}" if e.get("policy_revision") else "")
-            + f"  ({shlex.join(e.get('command') or [])})"
+            + f"  ({command})"
         )
+        text.append(visible(shown_line))  # an edited log must not drive the operator's terminal
     if not entries:
         text.append(f"no audit entries in {where}")
-    ctx.emit({"entries": entries}, text)
+    data: dict[str, Any] = {"entries": entries}
+    skipped = [] if ctx.args.store else ctx.source.audit_skipped()
+    if skipped:
+        data["skipped"] = [{"line": line, "why": why} for line, why in skipped]
+    ctx.emit(data, text)
     return EXIT_OK
 
 
@@ -434,7 +448,7 @@ def _fleet_scope(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group", metavar="NAME", help="with --store: only this group's gateways")
     p.add_argument(
         "--wait",
-        type=float,
+        type=seconds_or_zero,
         default=0.0,
         metavar="SECONDS",
         help="with --store: wait until every gateway reached reports it applied (exit 1 if "

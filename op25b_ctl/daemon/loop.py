@@ -4,7 +4,11 @@
            sleep until the next pass: min(--interval, next stage/override change, watchdog/2),
            cut short by SIGHUP (reload + full verify) or SIGTERM/SIGINT (exit)
 
-Signal handlers only set flags and wake the loop. Stopping leaves the table in place: the
+Signal handlers only set flags and wake the loop. Nothing the daemon reads may stop it: a pass
+that raises unexpectedly is logged with its traceback and counted, and the loop goes on (the
+table stays as it was). The metrics port is opened after the first pass has programmed the
+table, and retried after every pass while another process holds it: a reboot never leaves a
+gateway unprotected because of a port. Stopping leaves the table in place: the
 gateway keeps enforcing the last state without the controller (use `teardown` to remove it).
 Log lines go to stderr (journald under systemd).
 """
@@ -69,12 +73,14 @@ class Daemon:
         metrics: Metrics | None = None,
         notifier: Notifier | None = None,
         wall: Callable[[], float] = time.time,
+        after_pass: Callable[[], None] | None = None,
     ) -> None:
         self.reconciler = reconciler
         self.interval = interval
         self.metrics = metrics
         self.notifier = notifier or Notifier({})
         self.wall = wall
+        self.after_pass = after_pass
         self.passes = 0
         self._wake = threading.Event()
         self._flags = _Flags()
@@ -126,7 +132,19 @@ class Daemon:
 
     def step(self) -> ReconcileResult:
         """One pass with its bookkeeping: metrics, log lines, systemd status and watchdog."""
-        result = self.reconciler.run_once()
+        try:
+            result = self.reconciler.run_once()
+        except Exception as exc:  # a bug must not take enforcement's repairer down with it
+            log.exception("reconcile pass raised; carrying on with the table as it is")
+            if self.metrics is not None:
+                self.metrics.internal_errors.inc()
+            result = ReconcileResult(
+                changed=False,
+                ops=0,
+                duration=0.0,
+                drift_repaired=False,
+                error=f"internal error: {type(exc).__name__}: {exc}",
+            )
         self.passes += 1
         if self.metrics is not None:
             self.metrics.observe(result, self.wall())
@@ -136,6 +154,11 @@ class Daemon:
             self.notifier.status(status)
             self._last_status = status
         self.notifier.watchdog()
+        if self.after_pass is not None:
+            try:
+                self.after_pass()
+            except Exception:
+                log.exception("after-pass hook raised")
         return result
 
     def _sleep_time(self) -> float:
@@ -213,6 +236,52 @@ def start_metrics_server(address: tuple[str, int], registry: Any) -> Callable[[]
     return shutdown
 
 
+class MetricsServer:
+    """The exporter, started after the first pass and retried after every pass until the
+    port is free (another process may hold it at boot); enforcement never waits for it."""
+
+    def __init__(
+        self, address: tuple[str, int], registry: Any, metrics: Metrics | None = None
+    ) -> None:
+        self.address = address
+        self.registry = registry
+        self.metrics = metrics
+        self.failures = 0
+        self._shutdown: Callable[[], None] | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self.address
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
+
+    def try_start(self) -> None:
+        if self._shutdown is not None:
+            return
+        try:
+            self._shutdown = start_metrics_server(self.address, self.registry)
+        except OSError as exc:
+            self.failures += 1
+            if self.metrics is not None:
+                self.metrics.metrics_bind_failures.inc()
+            if self.failures == 1:
+                log.error(
+                    "cannot serve metrics on %s: %s; enforcing anyway, retrying every pass",
+                    self.url,
+                    exc.strerror or exc,
+                )
+            return
+        log.info(
+            "metrics on %s%s",
+            self.url,
+            f" (after {self.failures} failed attempt(s))" if self.failures else "",
+        )
+
+    def stop(self) -> None:
+        if self._shutdown is not None:
+            self._shutdown()
+            self._shutdown = None
+
+
 def run(
     policy_dir: Path,
     state_dir: Path | None,
@@ -231,19 +300,17 @@ def run(
     )
     registry, metrics = build_registry(lambda: reconciler.view)
     notifier = Notifier()
-    daemon = Daemon(reconciler, interval=interval, metrics=metrics, notifier=notifier)
+    server = (
+        MetricsServer(metrics_address, registry, metrics) if metrics_address is not None else None
+    )
+    daemon = Daemon(
+        reconciler,
+        interval=interval,
+        metrics=metrics,
+        notifier=notifier,
+        after_pass=server.try_start if server is not None else None,
+    )
     daemon.install_signal_handlers()
-    shutdown: Callable[[], None] | None = None
-    if metrics_address is not None:
-        host, port = metrics_address
-        try:
-            shutdown = start_metrics_server(metrics_address, registry)
-        except OSError as exc:
-            log.error("cannot serve metrics on %s:%d: %s", host, port, exc.strerror or exc)
-            return 1
-        log.info(
-            "metrics on http://%s/metrics", f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        )
     log.info(
         "policy %s, state %s, pass every %.1f s, full verify every %s",
         policy_dir,
@@ -254,5 +321,5 @@ def run(
     try:
         return daemon.serve()
     finally:
-        if shutdown is not None:
-            shutdown()
+        if server is not None:
+            server.stop()

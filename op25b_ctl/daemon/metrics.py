@@ -84,6 +84,14 @@ class PoolCollector(Collector):
         )
         valid.add_metric([], 0 if view.policy_error is not None else 1)
         yield valid
+        state_ok = GaugeMetricFamily(
+            f"{NAMESPACE}_state_valid",
+            "1 if the state (overrides, lock) could be read; 0 while it cannot (truncated or "
+            "non-UTF-8 overrides.json, symlink loop, planted symlink): the last good desired "
+            "state stays enforced",
+        )
+        state_ok.add_metric([], 0 if view.state_error is not None else 1)
+        yield state_ok
         in_sync = GaugeMetricFamily(
             f"{NAMESPACE}_table_in_sync",
             "1 if the last reconcile pass left the live table equal to the desired one",
@@ -293,6 +301,24 @@ class Metrics:
             "Policy or state changes refused as invalid (the last good policy stayed enforced)",
             registry=registry,
         )
+        self.clock_steps_back = Counter(
+            f"{NAMESPACE}_clock_steps_back",
+            "Passes that found the wall clock earlier than at the pass before (the schedule "
+            "is then followed at the new time, which may undo a stage)",
+            registry=registry,
+        )
+        self.internal_errors = Counter(
+            f"{NAMESPACE}_daemon_internal_errors",
+            "Passes that raised an unexpected exception (a bug; logged with its traceback); "
+            "the daemon carries on and the table stays as it was",
+            registry=registry,
+        )
+        self.metrics_bind_failures = Counter(
+            f"{NAMESPACE}_metrics_bind_failures",
+            "Failed attempts to open the metrics port (taken by another process); retried "
+            "after every pass, enforcement is not affected",
+            registry=registry,
+        )
         self.up_since = Gauge(
             f"{NAMESPACE}_start_time_seconds",
             "When the daemon started",
@@ -311,6 +337,8 @@ class Metrics:
         self.duration.observe(result.duration)
         if result.policy_rejected:
             self.reload_failures.inc()
+        if result.clock_stepped_back:
+            self.clock_steps_back.inc()
         if result.error is not None:
             self.errors.inc()
             return

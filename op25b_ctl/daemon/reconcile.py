@@ -24,6 +24,14 @@ dumped ruleset edited and reloaded) is caught by a digest of its expressions, le
 after our own commit and compared on every pass that reads the kernel. An invalid policy
 never replaces the last good desired state; the table keeps being enforced (and repaired).
 
+Inputs that cannot be read never stop the loop either: a truncated or non-UTF-8
+overrides.json, a symlink loop or a planted symlink in the state directory are logged and
+shown (`View.state_error`), and the last good desired state stays enforced; at start-up,
+with no good state yet, the policy and schedule are enforced without overrides (blocking as
+planned beats no table after a reboot). A clock that steps backwards makes the pass
+recompute the desired state at the new time: the schedule is a function of the clock, in
+the daemon exactly as in `rollout tick` (docs/rollout.md).
+
 Counter continuity is the reconciler's: it samples our table's counters on every pass that
 reads the kernel, so before any commit that could recreate them, and a counter someone else
 deleted comes back where it was last seen instead of at 0 (`carry_counters`). With
@@ -36,6 +44,7 @@ I/O lives behind two injected seams, the Kernel and the Source, plus the clocks.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
@@ -44,7 +53,7 @@ from datetime import UTC, datetime
 
 from op25b_ctl.daemon import DEFAULT_VERIFY_INTERVAL
 from op25b_ctl.daemon.view import Read, ReconcileResult, View
-from op25b_ctl.errors import LockBusy, Op25bError, PolicyError, TableNotFound
+from op25b_ctl.errors import LockBusy, Op25bError, PolicyError, StateError, TableNotFound
 from op25b_ctl.kernel.base import Counter, Kernel, RuleDigests
 from op25b_ctl.ops import applier
 from op25b_ctl.plan.desired import Desired, from_policy
@@ -117,6 +126,10 @@ class Reconciler:
         self.desired: Desired | None = None
         self.digest: str | None = None
         self.policy_error: PolicyError | None = None
+        self.state_error: str | None = None  # the source's state could not be read
+        self.lock_error: str | None = None  # the source's lock could not be taken (not busy)
+        self.clock_steps_back = 0  # times the wall clock went backwards between passes
+        self._last_now: datetime | None = None
         self._revision: Hashable | None = None
         self._rejected_revision: Hashable | None = None
         # what we know about the kernel
@@ -159,11 +172,20 @@ class Reconciler:
         (the next one comes within the interval) instead of blocking the watchdog.
         """
         try:
-            with self.source.try_lock("daemon reconcile"):
+            lock = self.source.try_lock("daemon reconcile")
+            with lock:
+                self.lock_error = None
                 return self._run_once(now)
         except LockBusy as exc:
             log.info("pass skipped: %s", exc)
             return self._finish(self.timer(), read="none")
+        except StateError as exc:
+            # A lock that cannot even be opened (a symlink planted as .lock, a state
+            # directory anyone may write): enforcement must not stop for it. Pass unlocked.
+            if self.lock_error != str(exc):
+                log.error("state lock unusable: %s; reconciling without it", exc)
+            self.lock_error = str(exc)
+            return self._run_once(now)
 
     def _run_once(self, now: datetime | None = None) -> ReconcileResult:
         start = self.timer()
@@ -173,11 +195,23 @@ class Reconciler:
         if reload:
             log.info("reload requested: re-reading policy and state, verifying every element")
 
-        desired_changed, rejected = self._refresh_desired(now, reload)
+        stepped_back = self._last_now is not None and now < self._last_now
+        if stepped_back and self._last_now is not None:
+            self.clock_steps_back += 1
+            log.warning(
+                "clock stepped back by %.0f s (%s -> %s): following the schedule at the new time",
+                (self._last_now - now).total_seconds(),
+                self._last_now.isoformat(timespec="seconds"),
+                now.isoformat(timespec="seconds"),
+            )
+        self._last_now = now
+        desired_changed, rejected = self._refresh_desired(now, reload or stepped_back)
         want = self.desired
         if want is None:
             err = "no valid policy yet: nothing applied (the kernel's table is left as it is)"
-            return self._finish(start, error=err, policy_rejected=rejected)
+            return self._finish(
+                start, error=err, policy_rejected=rejected, stepped_back=stepped_back
+            )
 
         full = (
             reload
@@ -196,7 +230,9 @@ class Reconciler:
             and gen is not None
             and gen == self._trusted_generation
         ):
-            return self._finish(start, read="fast", policy_rejected=rejected)
+            return self._finish(
+                start, read="fast", policy_rejected=rejected, stepped_back=stepped_back
+            )
 
         read: Read = "full" if full else "skeleton"
         try:
@@ -254,6 +290,7 @@ class Reconciler:
                 error=str(exc),
                 desired_changed=desired_changed,
                 policy_rejected=rejected,
+                stepped_back=stepped_back,
             )
         self._synced = want.table
         self._trusted_generation = gen
@@ -264,6 +301,7 @@ class Reconciler:
             drift=drift,
             desired_changed=desired_changed,
             policy_rejected=rejected,
+            stepped_back=stepped_back,
         )
 
     # ----------------------------------------------------------------------------- internals
@@ -299,6 +337,8 @@ class Reconciler:
                 kept,
             )
             return False, True
+        except (Op25bError, OSError) as exc:
+            return self._state_unreadable(exc, revision, now)
         new = from_policy(snapshot.policy, now, snapshot.overrides.values())
         old = self.desired
         self.desired = new
@@ -307,12 +347,44 @@ class Reconciler:
         if self.policy_error is not None:
             log.info("policy valid again")
         self.policy_error = None
+        if self.state_error is not None:
+            log.info("state readable again")
+        self.state_error = None
         self.digest = snapshot.digest[:16]
         if old is not None and old.table == new.table:
             # same table: keep the old object so `_synced is want.table` stays cheap and true
             self.desired = replace(new, table=old.table)
             return False, False
         return True, False
+
+    def _state_unreadable(
+        self, exc: Exception, revision: Hashable, now: datetime
+    ) -> tuple[bool, bool]:
+        """The source's state (overrides) cannot be read: keep what we have.
+
+        With a last good desired state, it stays enforced. Without one (start-up), the policy
+        and the schedule are enforced without overrides."""
+        self.state_error = str(exc)
+        self._rejected_revision = revision
+        if self.desired is not None:
+            log.error("state unreadable: %s; the last good desired state stays enforced", exc)
+            return False, True
+        log.error("state unreadable: %s; enforcing the policy and schedule without overrides", exc)
+        try:
+            policy = self.source.policy()
+        except PolicyError as perr:
+            self.policy_error = perr
+            for problem in perr.problems:
+                log.error("policy: %s", problem)
+            return False, True
+        except (Op25bError, OSError) as err:
+            log.error("policy unreadable too: %s", err)
+            return False, True
+        self.desired = from_policy(policy, now, ())
+        self._revision = revision
+        with contextlib.suppress(Op25bError, OSError):
+            self.digest = self.source.digest()[:16]
+        return True, True
 
     def _sample_counters(self, table: Table) -> None:
         """Read our table's counters: what the view shows and what a repair restores."""
@@ -389,6 +461,7 @@ class Reconciler:
         error: str | None = None,
         desired_changed: bool = False,
         policy_rejected: bool = False,
+        stepped_back: bool = False,
     ) -> ReconcileResult:
         want = self.desired
         if want is not None and (self.sample_every_pass or tx):
@@ -398,6 +471,7 @@ class Reconciler:
             desired=want,
             digest=self.digest,
             policy_error=self.policy_error,
+            state_error=self.state_error or self.lock_error,
             in_sync=self.in_sync,
             generation=self._generation,
             table_present=present,
@@ -412,6 +486,7 @@ class Reconciler:
             read=read,
             desired_changed=desired_changed,
             policy_rejected=policy_rejected,
+            clock_stepped_back=stepped_back,
             tx=tx if tx else None,
         )
         self.last_error = error

@@ -34,6 +34,7 @@ class ReconcileResult:
     read: Read = "none"  # how the live table was looked at
     desired_changed: bool = False  # the desired table differs from the one before this pass
     policy_rejected: bool = False  # a changed policy was invalid: the last good one stays
+    clock_stepped_back: bool = False  # the wall clock went backwards since the last pass
     tx: Transaction | None = None  # what was committed, for the log
 
     @property
@@ -48,6 +49,7 @@ class View:
     desired: Desired | None = None  # the last good desired state
     digest: str | None = None  # its policy's content digest (16 hex digits)
     policy_error: PolicyError | None = None  # the current files are invalid (last good kept)
+    state_error: str | None = None  # the state (overrides, lock) cannot be read (last good kept)
     in_sync: bool = False  # the live table equalled the desired one at the end of the pass
     generation: int | None = None  # the kernel's ruleset generation, if it tells
     table_present: bool | None = None  # None: the kernel could not be read

@@ -10,18 +10,25 @@ from dataclasses import replace
 from op25b_ctl.errors import NotOurTableError
 from op25b_ctl.kernel.base import Kernel
 from op25b_ctl.plan.diff import diff
-from op25b_ctl.plan.ruleset import BASE_CHAIN, DISPATCH_CHAIN, FINGERPRINT_PREFIX
+from op25b_ctl.plan.ruleset import FINGERPRINT_PREFIX
 from op25b_ctl.plan.table import Table
 from op25b_ctl.plan.transaction import DeleteTable, Transaction
 
 
+def is_ours(live: Table) -> bool:
+    """Our ownership marker: a rule carrying our `op25b:<id>` comment, or the
+    elements-fingerprint counter (which survives `nft flush table`). An empty table holds
+    nothing to lose. Chain names prove nothing: anyone may call a chain `smtp`."""
+    if not (live.chains or live.sets or live.counters):
+        return True
+    if any(c.startswith(FINGERPRINT_PREFIX) for c in live.counters):
+        return True
+    return any(not r.id.startswith("foreign:") for c in live.chains.values() for r in c.rules)
+
+
 def ensure_ours(live: Table | None) -> None:
     """Refuse to take over a table someone else made under our name."""
-    if live is None or not (live.chains or live.sets or live.counters):
-        return
-    if BASE_CHAIN in live.chains or DISPATCH_CHAIN in live.chains:
-        return
-    if any(not r.id.startswith("foreign:") for c in live.chains.values() for r in c.rules):
+    if live is None or is_ours(live):
         return
     raise NotOurTableError(
         f"table {live.spec} exists but was not created by op25b-ctl; "
@@ -83,7 +90,9 @@ def apply_to(
 
 
 def teardown(kernel: Kernel, family: str, name: str) -> bool:
-    """Delete our table (the emergency off switch); False if there was none."""
+    """Delete our table (the emergency off switch); False if there was none.
+
+    Refuses (NotOurTableError) a table without our ownership marker, whatever its name."""
     live = kernel.read(family, name, elements=False)
     if live is None:
         return False

@@ -7,6 +7,11 @@ compute the desired state at `now` (through `desired.from_policy`, like every ca
 it with the cheap fingerprint read (a one-pool change is one chain rewrite at any table size),
 then record what happened (state files, audit log). Callers hold the state lock around these.
 
+Audit: every changing sequence checks that the audit trail can be written before it touches
+anything (`Source.check_recordable`), so an unwritable log refuses the change (StateError,
+exit 1, nothing changed). If recording fails after the commit (disk full in between),
+NotRecordedError says what was changed (exit 3).
+
 Ordering for crashes: an override is saved *before* the gateway is changed, so a crash in
 between leaves the intent on disk and the next tick converges to it; if nftables refuses the
 change, the previous overrides file is put back and nothing is left half done.
@@ -18,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from op25b_ctl.errors import OverrideError
+from op25b_ctl.errors import NotRecordedError, OverrideError, StateError
 from op25b_ctl.kernel.base import Kernel
 from op25b_ctl.ops import applier
 from op25b_ctl.plan.desired import Desired, from_policy
@@ -26,7 +31,7 @@ from op25b_ctl.plan.ruleset import EXEMPT_V4, EXEMPT_V6, mode_of_rules, pool_cha
 from op25b_ctl.plan.table import Table
 from op25b_ctl.plan.transaction import AddElements, DeleteElements, Transaction
 from op25b_ctl.policy.model import Mode, Policy
-from op25b_ctl.policy.overrides import Action, Override, check
+from op25b_ctl.policy.overrides import Action, Override, check, check_reason
 from op25b_ctl.source import audit
 from op25b_ctl.source.base import Source
 from op25b_ctl.source.state import StateDir
@@ -143,23 +148,32 @@ def _record(
     detail: str = "",
     force: bool = False,
 ) -> Outcome:
-    """Bookkeeping after a successful change: stages applied, one audit line."""
-    new = state.mark_applied(due_stages(out.desired.policy, now), now)
-    out = Outcome(out.desired, out.tx, out.changes, out.applied, new, out.expired)
-    if out.tx or out.expired or new or force:
-        source.record(
-            audit.Entry(
-                at=now,
-                user=audit.invoking_user(),
-                command=command,
-                action=action,
-                reason=reason,
-                pool=pool,
-                changes=dict(out.changes),
-                ops=len(out.tx.ops),
-                detail=detail or out.summary(),
-            ),
-        )
+    """Bookkeeping after a successful change: stages applied, one audit line. A failure
+    here, after the commit, is NotRecordedError: the caller must not say "nothing changed"."""
+    try:
+        new = state.mark_applied(due_stages(out.desired.policy, now), now)
+        out = Outcome(out.desired, out.tx, out.changes, out.applied, new, out.expired)
+        if out.tx or out.expired or new or force:
+            source.record(
+                audit.Entry(
+                    at=now,
+                    user=audit.invoking_user(),
+                    command=command,
+                    action=action,
+                    reason=reason,
+                    pool=pool,
+                    changes=dict(out.changes),
+                    ops=len(out.tx.ops),
+                    detail=detail or out.summary(),
+                ),
+            )
+    except StateError as exc:
+        if out.applied or out.expired or force:
+            raise NotRecordedError(
+                f"{action}: the gateway WAS changed ({out.summary()}), but recording it "
+                f"failed: {exc}"
+            ) from None
+        raise
     return out
 
 
@@ -175,6 +189,8 @@ def tick(
 ) -> Outcome:
     """Apply whatever is due at `now`; prune expired overrides. Idempotent."""
     overrides = source.overrides()
+    if not dry_run:
+        source.check_recordable()
     active = {p: o for p, o in overrides.items() if o.active(now)}
     expired = [o for o in overrides.values() if not o.active(now)]
     out = converge(kernel, policy, now, active.values(), dry_run=dry_run)
@@ -238,6 +254,8 @@ def apply_all(
     dry_run: bool = False,
 ) -> Outcome:
     """`op25b-ctl apply`: like a tick, but leaves expired overrides in the file for tick."""
+    if not dry_run:
+        source.check_recordable()
     out = converge(kernel, policy, now, source.overrides().values(), dry_run=dry_run)
     if dry_run:
         return out
@@ -266,12 +284,14 @@ def set_override(
             raise OverrideError(
                 f"unknown pool {pool!r} (known: {', '.join(p.name for p in policy.pools)})"
             )
+        check_reason(reason, required=False)
         new.pop(pool, None)
     else:
         check(policy, pool, reason, until, now)
         new[pool] = Override(pool, action, reason, audit.invoking_user(), now, until)
     if dry_run:
         return converge(kernel, policy, now, new.values(), dry_run=True)
+    source.check_recordable()
     if new != old:
         _put(source, pool, new.get(pool))
     try:

@@ -8,6 +8,7 @@ every mapping key and sequence item so a pydantic error location such as
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from op25b_ctl.errors import PolicyError, Problem
+from op25b_ctl.fileio import UnsafeFileError, describe_oserror, read_bounded
 from op25b_ctl.policy.model import (
     PATTERN_HELP,
     ExemptionsFile,
@@ -44,6 +46,64 @@ FILES: dict[str, tuple[type[BaseModel], bool]] = {
 
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
+# Bounds checked on the event stream, before anything is composed or expanded: a 399-byte
+# alias bomb would otherwise expand to gigabytes, and deep nesting recurses in the composer
+# (RecursionError at 1,000 levels, SIGSEGV in libyaml's at 100,000). A policy needs neither:
+# its deepest path is 5 levels, and 1,000,000 prefixes fit in ~30 MB. The event pass costs
+# ~0.1 s at 100,000 prefixes (composing them costs ~0.6 s).
+MAX_FILE_BYTES = 64 << 20
+MAX_DEPTH = 32
+MAX_ALIASES = 1_000
+MAX_ALIAS_NODES = 100_000  # nodes that aliases may add beyond the document's own
+
+
+class _Refused(Exception):
+    """The YAML is refused before it is expanded; `line` is where the bound was crossed."""
+
+    def __init__(self, message: str, line: int | None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.line = line
+
+
+def check_bounds(text: str) -> None:
+    """Walk the parser's events (iterative, no recursion, nothing expanded) and refuse
+    nesting deeper than MAX_DEPTH, more than MAX_ALIASES aliases, aliases that would expand
+    to more than MAX_ALIAS_NODES extra nodes, and recursive aliases."""
+    sizes: dict[str, int] = {}  # anchor -> nodes in its subtree, aliases expanded
+    stack: list[tuple[str | None, int]] = []  # open collections: (anchor, node count at start)
+    nodes = added = aliases = 0
+    for event in yaml.parse(text, Loader=_Loader):
+        line = event.start_mark.line + 1 if event.start_mark is not None else None
+        if isinstance(event, yaml.CollectionStartEvent):
+            stack.append((event.anchor, nodes))
+            nodes += 1
+            if len(stack) > MAX_DEPTH:
+                raise _Refused(f"nested more than {MAX_DEPTH} levels deep; refused", line)
+        elif isinstance(event, yaml.CollectionEndEvent):
+            anchor, start = stack.pop()
+            if anchor is not None:
+                sizes[anchor] = nodes - start
+        elif isinstance(event, yaml.ScalarEvent):
+            nodes += 1
+            if event.anchor is not None:
+                sizes[event.anchor] = 1
+        elif isinstance(event, yaml.AliasEvent):
+            aliases += 1
+            if aliases > MAX_ALIASES:
+                raise _Refused(f"more than {MAX_ALIASES} aliases (*name); refused", line)
+            if event.anchor in (a for a, _ in stack):
+                raise _Refused(f"alias *{event.anchor} refers to itself; refused", line)
+            size = sizes.get(str(event.anchor), 1)
+            nodes += size
+            added += size
+            if added > MAX_ALIAS_NODES:
+                raise _Refused(
+                    f"aliases expand to more than {MAX_ALIAS_NODES} nodes (an alias bomb?); "
+                    "refused before expanding",
+                    line,
+                )
+
 
 class _Doc:
     """One parsed YAML file: its data and the line of each path in it."""
@@ -52,10 +112,18 @@ class _Doc:
         self.name = name
         self.lines: dict[Path_, int] = {}
         self.problems: list[Problem] = []
+        self.data: Any = None
+        try:
+            check_bounds(text)
+        except _Refused as exc:
+            self.problems.append(Problem(name, "", exc.message, exc.line))
+            return
+        except yaml.YAMLError:
+            pass  # reported with its line by the real parse below
         loader = _Loader(text)
         try:
             node = loader.get_single_node()
-            self.data: Any = loader.construct_document(node) if node is not None else None
+            self.data = loader.construct_document(node) if node is not None else None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = mark.line + 1 if mark is not None else None
@@ -129,19 +197,49 @@ class _Doc:
 DEFAULT_POLICY_DIR = "/etc/op25b"
 
 
+def policy_files(root: Path) -> list[Path]:
+    """The directory's `*.yaml`/`*.yml` entries, sorted; PolicyError if it cannot be listed
+    (saying *why*: a directory we may not read is not a missing one)."""
+    try:
+        names = sorted(e.name for e in os.scandir(root))
+    except FileNotFoundError:
+        raise PolicyError([Problem(str(root), "", "policy directory not found")]) from None
+    except NotADirectoryError:
+        raise PolicyError([Problem(str(root), "", "not a directory")]) from None
+    except OSError as exc:
+        raise PolicyError(
+            [Problem(str(root), "", f"cannot read the policy directory: {describe_oserror(exc)}")]
+        ) from None
+    return [root / n for n in names if n.endswith((".yaml", ".yml")) and not n.startswith(".")]
+
+
+def read_text(path: Path) -> str:
+    """A policy file's text: a regular file (symlinks to one are fine), at most
+    MAX_FILE_BYTES, UTF-8. Raises ValueError with a message fit for `file: message`."""
+    try:
+        data = read_bounded(path, MAX_FILE_BYTES)
+    except UnsafeFileError as exc:
+        raise ValueError(str(exc).removeprefix(f"{path}: ")) from None
+    except OSError as exc:
+        raise ValueError(f"cannot read: {describe_oserror(exc)}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ValueError(f"line {line}: not UTF-8 (byte 0x{data[exc.start]:02x})") from None
+
+
 def read_policy_files(directory: Path | str) -> dict[str, str]:
     """The policy directory's YAML files by name, as text (unexpected names included: the
-    parser reports them with everything else)."""
-    root = Path(directory)
-    if not root.is_dir():
-        raise PolicyError([Problem(str(root), "", "policy directory not found")])
+    parser reports them with everything else). Only regular files (a FIFO would hang the
+    read), at most MAX_FILE_BYTES each, UTF-8; permission denied is said as such."""
     problems: list[Problem] = []
     texts: dict[str, str] = {}
-    for path in sorted(root.glob("*.y*ml")):
+    for path in policy_files(Path(directory)):
         try:
-            texts[path.name] = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            problems.append(Problem(path.name, "", f"cannot read: {exc}"))
+            texts[path.name] = read_text(path)
+        except ValueError as exc:
+            problems.append(Problem(path.name, "", str(exc)))
     if problems:
         raise PolicyError(problems)
     return texts
@@ -221,12 +319,17 @@ def policy_digest(directory: Path | str, *also: Path) -> str:
     """sha256 over the policy files' names and contents (and of `also`, e.g. the overrides
     file): the policy's identity, without parsing it (milliseconds at 100,000 prefixes)."""
     h = hashlib.sha256()
-    for path in [*sorted(Path(directory).glob("*.y*ml")), *also]:
+    try:
+        files = policy_files(Path(directory))
+    except PolicyError as exc:
+        files = []
+        h.update(str(exc).encode())
+    for path in [*files, *also]:
         h.update(path.name.encode() + b"\0")
-        try:
-            h.update(path.read_bytes())
-        except OSError:
-            h.update(b"\0absent")
+        try:  # never blocks on a FIFO, never reads more than the loader would
+            h.update(read_bounded(path, MAX_FILE_BYTES))
+        except (OSError, UnsafeFileError) as exc:
+            h.update(b"\0unreadable " + str(exc).encode())
         h.update(b"\0")
     return h.hexdigest()
 

@@ -13,7 +13,7 @@ import functools
 import socket
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -110,6 +110,11 @@ def parse_net(prefix: str) -> Net:
     return Net(version, first, first | ((1 << (bits - int(length))) - 1), int(length))
 
 
+def ipv4_mapped(net: netaddr.IPNetwork) -> bool:
+    """Inside ::ffff:0:0/96, the IPv4-mapped addresses."""
+    return bool(net.version == 6 and net.prefixlen >= 96 and net.ip.is_ipv4_mapped())
+
+
 def _prefix(value: str) -> str:
     """Normalise one prefix; refuse host bits so a typo cannot silently widen a pool."""
     if _canonical_net(value) is not None:
@@ -120,10 +125,23 @@ def _prefix(value: str) -> str:
         raise ValueError(f"{value!r} is not an IPv4 or IPv6 prefix") from None
     if net.ip != net.network:
         raise ValueError(f"{value!r} has host bits set (did you mean {net.cidr}?)")
+    if ipv4_mapped(net):
+        # The kernel sees IPv4 packets as `ip saddr`, never as ::ffff:a.b.c.d: it never
+        # matches. (The fast path above never accepts one: their canonical form has dots.)
+        raise ValueError(
+            f"{value!r} is an IPv4-mapped IPv6 prefix, which never matches a packet; "
+            "write the IPv4 prefix itself"
+        )
     return str(net.cidr)
 
 
 Prefix = Annotated[str, StringConstraints(strict=True), AfterValidator(_prefix)]
+
+
+# The range of times accepted anywhere (policy, state, command line): far from datetime's
+# limits, so shifting one by an offset or a duration can never overflow.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 
 
 def aware_datetime(value: Any) -> datetime:
@@ -147,6 +165,11 @@ def aware_datetime(value: Any) -> datetime:
             raise ValueError(
                 f"{value.isoformat()} has no UTC offset; write it with one, e.g. "
                 f"{value.isoformat()}+09:00 for Japan time"
+            )
+        if not EARLIEST <= value < LATEST:  # aware comparisons: no overflow at year 9999
+            raise ValueError(
+                f"{value.isoformat()} is outside {EARLIEST.year}..{LATEST.year - 1}; "
+                "refused (a typo in the year?)"
             )
         return value
     if isinstance(value, date):

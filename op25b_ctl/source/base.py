@@ -79,8 +79,18 @@ class Source(Protocol):
         """Append one entry to the audit trail (never edited afterwards)."""
         ...
 
+    def check_recordable(self) -> None:
+        """Raise StateError now if `record` could not write (called before any change, so an
+        unwritable audit trail refuses the change instead of leaving it unaudited)."""
+        ...
+
     def audit_log(self) -> list[dict[str, Any]]:
-        """Every audit entry, oldest first."""
+        """Every audit entry, oldest first (entries that cannot be read are skipped; see
+        `audit_skipped`)."""
+        ...
+
+    def audit_skipped(self) -> list[tuple[int, str]]:
+        """(line or position, why) of each audit record skipped by the last `audit_log`."""
         ...
 
     @property

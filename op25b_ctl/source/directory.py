@@ -51,7 +51,11 @@ def input_identity(*dirs: Path | None) -> tuple[FileId, ...]:
     return tuple(sorted(found))
 
 
-def _walk(root: Path) -> Iterator[FileId]:
+def _walk(root: Path, depth: int = 0) -> Iterator[FileId]:
+    """stat() of every input file under `root`. Symlinked directories are not entered (a
+    link to `.` would recurse forever) and an entry that cannot be stat'ed (a symlink loop,
+    permission denied) is an identity of its own, not an error: the reader says what is
+    wrong with it."""
     try:
         entries = list(os.scandir(root))
     except FileNotFoundError:
@@ -59,16 +63,22 @@ def _walk(root: Path) -> Iterator[FileId]:
         return
     except NotADirectoryError:
         entries = []
+    except OSError as exc:
+        yield (str(root), -2, exc.errno or 0, -1, -1)
+        return
     for e in entries:
         if e.name.startswith(".") or e.name.endswith(NOT_INPUTS):
             continue  # editors' swap files, lock files, append-only logs (the audit trail)
         try:
-            if e.is_dir(follow_symlinks=True):
-                yield from _walk(Path(e.path))
+            if e.is_dir(follow_symlinks=False) and depth < 8:
+                yield from _walk(Path(e.path), depth + 1)
                 continue
             st = e.stat(follow_symlinks=True)
         except FileNotFoundError:
             continue  # vanished between the listing and the stat
+        except OSError as exc:
+            yield (e.path, -2, exc.errno or 0, -1, -1)
+            continue
         yield (e.path, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
@@ -79,6 +89,7 @@ class DirectorySource:
     def __init__(self, policy_dir: Path | str, state_dir: Path | str | None = None) -> None:
         self.policy_dir = Path(policy_dir)
         self.state = StateDir(state_dir) if state_dir is not None else None
+        self._skipped: list[tuple[int, str]] = []
 
     def __repr__(self) -> str:
         where = self.state.path if self.state else "none"
@@ -125,8 +136,18 @@ class DirectorySource:
     def record(self, entry: audit.Entry) -> None:
         audit.append(self._state().audit_file, entry)
 
+    def check_recordable(self) -> None:
+        audit.AuditLog(self._state().audit_file).open().close()
+
     def audit_log(self) -> list[dict[str, Any]]:
-        return audit.read(self.state.audit_file) if self.state else []
+        if self.state is None:
+            return []
+        entries, skipped = audit.read_all(self.state.audit_file)
+        self._skipped = [(s.line, s.why) for s in skipped]
+        return entries
+
+    def audit_skipped(self) -> list[tuple[int, str]]:
+        return list(self._skipped)
 
     @property
     def audit_location(self) -> str:

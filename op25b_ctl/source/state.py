@@ -9,6 +9,12 @@
                                  so watchers of the directory, like the daemon's input
                                  fingerprint, do not take every lock for a state change)
 
+Trust: the directory and the files we open for writing in place (`.lock`, `audit.jsonl`) must
+be owned by us or root and not writable by anyone; those two are opened with O_NOFOLLOW, so a
+symlink planted there is refused instead of followed (a root process would truncate or append
+to its target). Missing parents are created 0755 and the directory itself 0750 whatever the
+umask. `.tick.json` is a cache: unreadable or garbage means "do the full tick", never a failure.
+
 Every file is replaced atomically (temp file in the same directory, fsync, rename, fsync of
 the directory), so a crash leaves either the old or the new file, never half of one. Readers
 need no lock for that reason; writers hold `lock()` around read-modify-write-apply.
@@ -28,15 +34,24 @@ from pathlib import Path
 from typing import Any
 
 from op25b_ctl.errors import LockBusy, OverrideError, StateError
+from op25b_ctl.fileio import (
+    UnsafeFileError,
+    check_owner,
+    describe_oserror,
+    make_dirs,
+    open_regular,
+    read_bounded,
+)
 from op25b_ctl.policy.overrides import Override
 
 DEFAULT_STATE_DIR = "/var/lib/op25b"
 FORMAT = 1
+MAX_STATE_BYTES = 16 << 20  # overrides for 1,000 pools are ~300 kB
 
 
 def write_atomic(path: Path, text: str) -> None:
     """Replace `path` with `text` so that a crash leaves the old or the new file, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+    make_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -75,16 +90,46 @@ class StateDir:
     def lock_file(self) -> Path:
         return self.path / ".lock"
 
+    def check_trusted(self) -> None:
+        """Refuse a state directory that someone else owns or anyone may write into: they
+        could plant files (or symlinks) that a root process then acts on."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StateError(
+                f"cannot use state directory {self.path}: {describe_oserror(exc)}"
+            ) from None
+        try:
+            check_owner(self.path, st)
+        except UnsafeFileError as exc:
+            raise StateError(f"state directory refused: {exc}") from None
+
+    def make(self) -> None:
+        """Create the directory (and missing parents) safely, then check it is ours."""
+        try:
+            make_dirs(self.path)
+        except OSError as exc:
+            raise StateError(
+                f"cannot create state directory {self.path}: {describe_oserror(exc)}"
+            ) from None
+        self.check_trusted()
+
     def _read_json(self, path: Path) -> dict[str, Any]:
         try:
-            text = path.read_text(encoding="utf-8")
+            raw = read_bounded(path, MAX_STATE_BYTES, follow=False)
         except FileNotFoundError:
             return {}
+        except UnsafeFileError as exc:
+            raise StateError(f"{exc}; fix or remove it") from None
         except OSError as exc:
-            raise StateError(f"cannot read {path}: {exc}") from None
+            raise StateError(f"cannot read {path}: {describe_oserror(exc)}") from None
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
+            data = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise StateError(f"{path}: not UTF-8 ({exc.reason}); fix or remove it") from None
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise StateError(f"{path}: not valid JSON ({exc}); fix or remove it") from None
         if data == {}:
             return {}  # a hand-made empty object means "nothing recorded"
@@ -152,10 +197,12 @@ class StateDir:
             return {}  # a cache: unreadable means "do the full tick"
 
     def save_tick_cache(self, record: dict[str, Any]) -> None:
-        self._write_json(self.tick_cache_file, record)
+        """Best effort: a cache that cannot be written only costs the next tick a full run."""
+        with contextlib.suppress(StateError):
+            self._write_json(self.tick_cache_file, record)
 
     def forget_tick_cache(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             self.tick_cache_file.unlink()
 
     # ------------------------------------------------------------------ lock
@@ -163,11 +210,15 @@ class StateDir:
     @contextlib.contextmanager
     def lock(self, what: str, timeout: float = 30.0) -> Iterator[None]:
         """Hold the state lock (flock, released by the kernel even if we crash)."""
+        self.make()
         try:
-            self.path.mkdir(parents=True, exist_ok=True, mode=0o750)
-            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o640)
+            fd = open_regular(self.lock_file, os.O_RDWR | os.O_CREAT, follow=False, owner=True)
+        except UnsafeFileError as exc:
+            raise StateError(f"lock refused: {exc}") from None
         except OSError as exc:
-            raise StateError(f"cannot open lock {self.lock_file}: {exc}") from None
+            raise StateError(
+                f"cannot open lock {self.lock_file}: {describe_oserror(exc)}"
+            ) from None
         try:
             deadline = time.monotonic() + timeout
             while True:

@@ -197,22 +197,37 @@ def test_sleep_until_the_next_stage_or_half_the_watchdog(
     assert daemon._sleep_time() == 0.5
 
 
-def test_metrics_port_in_use_fails_before_touching_the_kernel(
+def test_metrics_port_in_use_programs_the_table_first_then_retries_the_port(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from op25b_ctl.daemon import loop as daemon
+    """A port taken at boot must not leave the gateway without its table (issue 10): the
+    first pass programs the table, the port is retried after every pass until it is free."""
+    import urllib.request
 
-    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        try:
-            code = daemon.run(
-                daemon_policy(tmp_path / "p"), None, metrics_address=("127.0.0.1", port)
-            )
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
-    assert code == 1
-    assert f"cannot serve metrics on 127.0.0.1:{port}" in caplog.text
+    from op25b_ctl.daemon.loop import MetricsServer
+
+    kernel = MemoryKernel()
+    rec = Reconciler(kernel, DirectorySource(daemon_policy(tmp_path / "p")), clock=lambda: NOW)
+    registry, metrics = build_registry(lambda: rec.view)
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    server = MetricsServer(("127.0.0.1", port), registry, metrics)
+    daemon = Daemon(rec, metrics=metrics, after_pass=server.try_start)
+    try:
+        daemon.step()
+        assert kernel.read("inet", "op25b") is not None  # enforcement first
+        assert server.failures == 1
+        assert f"cannot serve metrics on http://127.0.0.1:{port}/metrics" in caplog.text
+        daemon.step()
+        assert server.failures == 2  # retried, logged once
+        assert caplog.text.count("cannot serve metrics") == 1
+        busy.close()
+        daemon.step()
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        assert b"op25b_metrics_bind_failures_total 2.0" in body
+        assert b"op25b_table_in_sync 1.0" in body
+    finally:
+        busy.close()
+        server.stop()

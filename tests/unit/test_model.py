@@ -153,7 +153,7 @@ def test_fast_prefix_parse_agrees_with_netaddr() -> None:
 
     import netaddr
 
-    from op25b_ctl.policy.model import _canonical_net, _prefix, parse_net
+    from op25b_ctl.policy.model import _canonical_net, _prefix, ipv4_mapped, parse_net
 
     rng = random.Random(11)
 
@@ -198,6 +198,8 @@ def test_fast_prefix_parse_agrees_with_netaddr() -> None:
         except ValueError:
             got = None
         want = str(net.cidr) if net is not None and net.ip == net.network else None
+        if net is not None and ipv4_mapped(net):
+            want = None  # refused on purpose: an IPv4-mapped prefix never matches (issue 10)
         assert got == want, text
         if net is not None and got is not None:
             assert parse_net(got) == (net.version, net.first, net.last, net.prefixlen), text
