@@ -8,6 +8,8 @@ last good state. Anything else escaping is a bug.
     ├── OverrideError           an operator's override or time argument is refused: exit 2
     ├── NotOurTableError        a table of our name exists but was not made by us: exit 2
     ├── StateError              the state directory cannot be read or written: exit 1
+    ├── UnsafeFileError         an input file is not a plain file of ours (a FIFO, a planted
+    │                           symlink, too large, a foreign owner): as its reader says
     ├── LockBusy                another command holds the state lock, nothing changed: exit 75
     ├── KernelError             nftables refused or could not be read: exit 1, ruleset unchanged
     │   └── TableNotFound       the table asked for does not exist (reads only)
@@ -33,6 +35,7 @@ __all__ = [
     "LockBusy",
     "NotOurTableError",
     "NotRecordedError",
+    "UnsafeFileError",
     "Op25bError",
     "OverrideError",
     "PolicyError",
@@ -83,6 +86,11 @@ class NotOurTableError(Op25bError):
 
 class StateError(Op25bError):
     """The state directory cannot be read or written, or holds a malformed file."""
+
+
+class UnsafeFileError(Op25bError):
+    """A file is not what it must be (not regular, too large, a symlink, foreign owner);
+    the policy loader and the state directory turn it into their own errors."""
 
 
 class LockBusy(Op25bError):

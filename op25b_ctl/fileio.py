@@ -15,11 +15,9 @@ import os
 import stat
 from pathlib import Path
 
-from op25b_ctl.errors import Op25bError
+from op25b_ctl.errors import UnsafeFileError
 
-
-class UnsafeFileError(Op25bError):
-    """A file is not what it must be (not regular, too large, a symlink, foreign owner)."""
+__all__ = ["UnsafeFileError", "check_owner", "describe_oserror", "make_dirs", "open_regular"]
 
 
 def describe_oserror(exc: OSError) -> str:

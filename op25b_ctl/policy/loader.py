@@ -57,19 +57,18 @@ MAX_ALIASES = 1_000
 MAX_ALIAS_NODES = 100_000  # nodes that aliases may add beyond the document's own
 
 
-class _Refused(Exception):
-    """The YAML is refused before it is expanded; `line` is where the bound was crossed."""
-
-    def __init__(self, message: str, line: int | None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.line = line
-
-
-def check_bounds(text: str) -> None:
+def check_bounds(text: str) -> tuple[str, int | None] | None:
     """Walk the parser's events (iterative, no recursion, nothing expanded) and refuse
     nesting deeper than MAX_DEPTH, more than MAX_ALIASES aliases, aliases that would expand
-    to more than MAX_ALIAS_NODES extra nodes, and recursive aliases."""
+    to more than MAX_ALIAS_NODES extra nodes, and recursive aliases: (why, line) of the first
+    bound crossed, or None. Syntax errors are left to the real parse (it gives their line)."""
+    try:
+        return _bounds(text)
+    except yaml.YAMLError:
+        return None
+
+
+def _bounds(text: str) -> tuple[str, int | None] | None:
     sizes: dict[str, int] = {}  # anchor -> nodes in its subtree, aliases expanded
     stack: list[tuple[str | None, int]] = []  # open collections: (anchor, node count at start)
     nodes = added = aliases = 0
@@ -79,7 +78,7 @@ def check_bounds(text: str) -> None:
             stack.append((event.anchor, nodes))
             nodes += 1
             if len(stack) > MAX_DEPTH:
-                raise _Refused(f"nested more than {MAX_DEPTH} levels deep; refused", line)
+                return f"nested more than {MAX_DEPTH} levels deep; refused", line
         elif isinstance(event, yaml.CollectionEndEvent):
             anchor, start = stack.pop()
             if anchor is not None:
@@ -91,18 +90,19 @@ def check_bounds(text: str) -> None:
         elif isinstance(event, yaml.AliasEvent):
             aliases += 1
             if aliases > MAX_ALIASES:
-                raise _Refused(f"more than {MAX_ALIASES} aliases (*name); refused", line)
+                return f"more than {MAX_ALIASES} aliases (*name); refused", line
             if event.anchor in (a for a, _ in stack):
-                raise _Refused(f"alias *{event.anchor} refers to itself; refused", line)
+                return f"alias *{event.anchor} refers to itself; refused", line
             size = sizes.get(str(event.anchor), 1)
             nodes += size
             added += size
             if added > MAX_ALIAS_NODES:
-                raise _Refused(
+                return (
                     f"aliases expand to more than {MAX_ALIAS_NODES} nodes (an alias bomb?); "
                     "refused before expanding",
                     line,
                 )
+    return None
 
 
 class _Doc:
@@ -113,13 +113,10 @@ class _Doc:
         self.lines: dict[Path_, int] = {}
         self.problems: list[Problem] = []
         self.data: Any = None
-        try:
-            check_bounds(text)
-        except _Refused as exc:
-            self.problems.append(Problem(name, "", exc.message, exc.line))
+        refused = check_bounds(text)
+        if refused is not None:
+            self.problems.append(Problem(name, "", refused[0], refused[1]))
             return
-        except yaml.YAMLError:
-            pass  # reported with its line by the real parse below
         loader = _Loader(text)
         try:
             node = loader.get_single_node()
