@@ -13,8 +13,8 @@ import pytest
 from tests.policytools import REPO
 
 PACKAGE = REPO / "op25b_ctl"
-# The data flow, bottom to top (README, "Module map"). `errors` and the package's own
-# __init__ are below everything.
+# The data flow, bottom to top (README, "Data flow through the package"). `errors`,
+# `fileio` and the package's own __init__ are below everything.
 LAYERS = ("policy", "plan", "kernel", "source", "ops", "daemon", "cli")
 # What only the real kernel may import, and the modules allowed to: the fake (memory.py),
 # the protocol (base.py) and everything above the kernel package never do.
