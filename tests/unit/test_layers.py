@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,9 +14,21 @@ import pytest
 from tests.policytools import REPO
 
 PACKAGE = REPO / "op25b_ctl"
-# The data flow, bottom to top (README, "Data flow through the package"). `errors`,
-# `fileio` and the package's own __init__ are below everything.
-LAYERS = ("policy", "plan", "kernel", "source", "ops", "daemon", "cli")
+
+
+def readme_order() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(base modules, packages bottom to top) as the README writes them, once:
+    "**Import order, written once**: `errors`, `fileio` < `policy/` < ... < `cli/`."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    line = text.split("**Import order, written once**:", 1)[1].split(".\n", 1)[0]
+    names = re.findall(r"`([a-z_]+/?)`", line)
+    return (
+        tuple(n for n in names if not n.endswith("/")),
+        tuple(n.rstrip("/") for n in names if n.endswith("/")),
+    )
+
+
+BASE, LAYERS = readme_order()
 # What only the real kernel may import, and the modules allowed to: the fake (memory.py),
 # the protocol (base.py) and everything above the kernel package never do.
 KERNEL_PRIVATE = {
@@ -62,14 +75,16 @@ def graph() -> dict[str, set[str]]:
 
 def layer(module: str) -> int:
     parts = module.split(".")
-    if len(parts) < 2 or parts[1] not in LAYERS:
-        return -1  # op25b_ctl, op25b_ctl.errors
+    if len(parts) < 2 or parts[1] in BASE:
+        return -1  # op25b_ctl itself, errors, fileio: below every package
     return LAYERS.index(parts[1])
 
 
-def test_every_package_is_a_known_layer() -> None:
+def test_the_readme_names_every_package_and_base_module() -> None:
     packages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
-    assert packages == set(LAYERS)
+    modules = {p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+    assert LAYERS and set(LAYERS) == packages
+    assert set(BASE) == modules
 
 
 @pytest.mark.parametrize("module", sorted(graph()))
