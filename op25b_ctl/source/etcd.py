@@ -237,7 +237,7 @@ def files_digest(files: Mapping[str, str]) -> str:
 
 
 @dataclass(frozen=True)
-class Snapshot:
+class StoreSnapshot:
     """Everything under P/config/ at one etcd revision: what a gateway needs to enforce."""
 
     revision: int  # etcd revision the snapshot is consistent at
@@ -270,7 +270,7 @@ class Snapshot:
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Snapshot:
+    def from_json(cls, data: Mapping[str, Any]) -> StoreSnapshot:
         values = data.get("values")
         if not isinstance(values, dict):
             raise ValueError("snapshot has no values")
@@ -436,10 +436,10 @@ class EtcdStore:
         _, raw, mod = kvs[0]
         return Published.from_json(_loads(raw, self.keys.policy), mod)
 
-    def snapshot(self) -> Snapshot:
+    def snapshot(self) -> StoreSnapshot:
         """Every key under P/config/ at one revision (one range request, so consistent)."""
         rev, kvs = self._range(self.keys.config, prefix=True)
-        return Snapshot(rev, {k: v for k, v, _ in kvs})
+        return StoreSnapshot(rev, {k: v for k, v, _ in kvs})
 
     def config_revision(self) -> int:
         """The store revision of the latest publish or override change (0: none yet)."""
@@ -507,24 +507,28 @@ class EtcdStore:
         pool: str,
         scope: Scope,
         record: Mapping[str, Any] | None,
-        audit_entry: Mapping[str, Any],
-        now: datetime,
+        audit_entry: Mapping[str, Any] | None,
+        now: datetime | None = None,
     ) -> int:
         """Put (record) or delete (None) one override key, with its audit entry, atomically.
 
         Returns the etcd revision of the change (what gateways report having applied)."""
         key = self.keys.override(pool, scope)
         op = self._put(key, dumps(record)) if record is not None else self._delete(key)
+        now = now or datetime.now(UTC)
         marker = {"what": f"override {pool}/{scope.key}", "at": now.isoformat()}
-        _, rev = self._txn(
-            [],
-            [
-                op,
-                self._put(self.keys.changed, dumps(marker)),
-                self._put(self.keys.audit_entry(now), dumps(audit_entry)),
-            ],
-        )
+        ops = [op, self._put(self.keys.changed, dumps(marker))]
+        if audit_entry is not None:
+            ops.append(self._put(self.keys.audit_entry(now), dumps(audit_entry)))
+        _, rev = self._txn([], ops)
         return rev
+
+    def append_audit(self, entry: Mapping[str, Any]) -> None:
+        """One audit entry on its own (changes made elsewhere, e.g. a gateway's own pass)."""
+        self._post(
+            "kv/put",
+            {"key": _b64(self.keys.audit_entry(datetime.now(UTC))), "value": _b64(dumps(entry))},
+        )
 
     def compact(self, revision: int) -> None:
         """Compact history up to `revision` (tests and operators' maintenance)."""
@@ -575,7 +579,7 @@ class EtcdStore:
         }
         response = self._open_stream("watch", payload)
         if on_open is not None:
-            on_open(response.close)
+            on_open(lambda: _interrupt(response))
         try:
             yield from _watch_batches(response, self.config.url)
         finally:
@@ -646,6 +650,17 @@ def _watch_batches(response: requests.Response, url: str) -> Iterator[list[Event
         # AttributeError/ValueError: the stream closed by another thread mid-read
         raise StoreUnavailable(f"etcd watch on {url} broke: {_short(exc)}") from None
     raise StoreUnavailable(f"etcd watch on {url} ended (store restarting or gone)")
+
+
+def _interrupt(response: requests.Response) -> None:
+    """Make a read blocked on `response` in another thread return: shut the socket down
+    (closing the response from here would wait for the reader's lock instead)."""
+    try:
+        fd = response.raw._fp.fileno()  # type: ignore[union-attr]  # http.client's socket
+        with socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM) as dup:
+            dup.shutdown(socket.SHUT_RDWR)
+    except (AttributeError, OSError, ValueError):
+        pass  # already closed
 
 
 def _lines(response: requests.Response) -> Iterator[bytes]:

@@ -16,7 +16,7 @@ from op25b_ctl.source.etcd import (
     Keys,
     Published,
     Scope,
-    Snapshot,
+    StoreSnapshot,
     files_digest,
     parse_store_url,
 )
@@ -79,7 +79,7 @@ def test_snapshot_reads_overrides_and_survives_json(tmp_path: Path) -> None:
     pub = Published(3, files_digest({"a": "b"}), {"a": "b"}, {"reason": "r"})
     import json
 
-    snap = Snapshot(
+    snap = StoreSnapshot(
         9,
         {
             keys.policy: json.dumps(pub.to_json()).encode(),
@@ -87,7 +87,7 @@ def test_snapshot_reads_overrides_and_survives_json(tmp_path: Path) -> None:
             keys.overrides + "junk": b"{}",
         },
     )
-    again = Snapshot.from_json(json.loads(json.dumps(snap.to_json())))
+    again = StoreSnapshot.from_json(json.loads(json.dumps(snap.to_json())))
     assert again == snap
     published = again.published(keys)
     assert published is not None and published.revision == 3 and published.files == {"a": "b"}
