@@ -72,16 +72,23 @@ class EtcdServer:
         return f"etcd://127.0.0.1:{self.port}{self.prefix}"
 
     @property
-    def socket_path(self) -> Path:
+    def socket_file(self) -> Path:
         # etcd names a unix listener "unix://NAME:PORT" and creates the file NAME:PORT in its cwd
         return self.workdir / f"etcd.sock:{self.port}"
+
+    @property
+    def socket_path(self) -> Path:
+        """A colon-free name for the socket (socat reads ':' as the start of its options)."""
+        return self.workdir / "client.sock"
 
     def start(self, deadline: float = 30.0) -> Self:
         """Start (or restart) the member and return once it answers a v3 request."""
         if self.proc is not None and self.proc.poll() is None:
             return self
         with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()  # a killed member leaves its socket file behind
+            self.socket_file.unlink()  # a killed member leaves its socket file behind
+        if not self.socket_path.is_symlink():
+            self.socket_path.symlink_to(self.socket_file.name)
         peer = f"http://127.0.0.1:{self.peer_port}"
         argv = [
             self.binary,

@@ -322,12 +322,28 @@ def cmd_daemon(ctx: Context) -> int:
     logging.basicConfig(
         stream=sys.stderr, level=logging.DEBUG if args.verbose else logging.INFO, format=fmt
     )
+    fleet = None
+    if args.store or args.gateway:
+        from op25b_ctl.source.fleet import open_source
+
+        if not args.store:
+            raise StoreUsageError("--gateway goes with --store (a gateway of the fleet)")
+        fleet = open_source(
+            args.store,
+            args.gateway,
+            args.state_dir,
+            cacert=args.cacert,
+            cert=args.cert,
+            key=args.key,
+        )
+        fleet.start()  # unknown gateway: exit 2; neither store nor local snapshot: exit 1
     return daemon.run(
         args.policy,
         args.state_dir,
         interval=args.interval,
         verify_interval=None if args.verify_interval == 0 else args.verify_interval,
         metrics_address=args.metrics_address,
+        fleet=fleet,
     )
 
 
@@ -426,6 +442,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="serve Prometheus metrics on http://HOST:PORT/metrics; [IPV6]:PORT, :PORT for "
         "all addresses, or off (default: %(default)s)",
+    )
+    p.add_argument(
+        "--gateway",
+        default=os.environ.get("OP25B_GATEWAY") or None,
+        metavar="NAME",
+        help="with --store: this gateway's name in the published gateways.yaml; it enforces "
+        "exactly its own pools (default: $OP25B_GATEWAY)",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser

@@ -34,6 +34,7 @@ from op25b_ctl.kernel.nft import NftKernel
 from op25b_ctl.plan.render import describe
 from op25b_ctl.plan.transaction import AddTable
 from op25b_ctl.source.directory import DirectorySource
+from op25b_ctl.source.fleet import FleetSource
 
 log = logging.getLogger("op25b_ctl.daemon")
 
@@ -74,8 +75,10 @@ class Daemon:
         notifier: Notifier | None = None,
         wall: Callable[[], float] = time.time,
         after_pass: Callable[[], None] | None = None,
+        report: Callable[[ReconcileResult], None] | None = None,
     ) -> None:
         self.reconciler = reconciler
+        self.report = report  # the fleet's status report
         self.interval = interval
         self.metrics = metrics
         self.notifier = notifier or Notifier({})
@@ -96,6 +99,10 @@ class Daemon:
 
     def request_reload(self) -> None:
         self.reconciler.request_reload()
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Run a pass now (the fleet store's watch brought a change)."""
         self._wake.set()
 
     def install_signal_handlers(self) -> None:
@@ -149,6 +156,11 @@ class Daemon:
         if self.metrics is not None:
             self.metrics.observe(result, self.wall())
         self._log(result)
+        if self.report is not None:
+            try:
+                self.report(result)
+            except Exception:  # a report must never stop enforcement
+                log.exception("status report failed")
         status = self._status(result)
         if status != self._last_status:
             self.notifier.status(status)
@@ -289,31 +301,42 @@ def run(
     interval: float = DEFAULT_INTERVAL,
     verify_interval: float | None = DEFAULT_VERIFY_INTERVAL,
     metrics_address: tuple[str, int] | None = None,
+    fleet: FleetSource | None = None,
 ) -> int:
-    """The real daemon: the running kernel, the policy directory, signals, systemd, exporter."""
+    """The real daemon: the running kernel, the policy directory (or, with `fleet`, one
+    gateway's view of the fleet store, already started), signals, systemd, exporter."""
     reconciler = Reconciler(
         NftKernel(),
-        DirectorySource(policy_dir, state_dir),
+        fleet if fleet is not None else DirectorySource(policy_dir, state_dir),
         verify_interval=verify_interval,
         # the exporter shows what the passes sample: every pass samples when it is on
-        sample_every_pass=metrics_address is not None,
+        sample_every_pass=metrics_address is not None or fleet is not None,
     )
     registry, metrics = build_registry(lambda: reconciler.view)
     notifier = Notifier()
     server = (
         MetricsServer(metrics_address, registry, metrics) if metrics_address is not None else None
     )
+    reporter = None
+    if fleet is not None:
+        from op25b_ctl.daemon.fleet import FleetCollector, FleetReporter
+
+        reporter = FleetReporter(reconciler, fleet)
+        registry.register(FleetCollector(reporter))
     daemon = Daemon(
         reconciler,
         interval=interval,
         metrics=metrics,
         notifier=notifier,
         after_pass=server.try_start if server is not None else None,
+        report=reporter.after_pass if reporter is not None else None,
     )
+    if fleet is not None:
+        fleet.on_change = daemon.wake  # the watch wakes the loop: no polling of the store
     daemon.install_signal_handlers()
     log.info(
         "policy %s, state %s, pass every %.1f s, full verify every %s",
-        policy_dir,
+        f"{fleet.store.config.url} as gateway {fleet.gateway}" if fleet else policy_dir,
         state_dir,
         interval,
         f"{verify_interval:.0f} s" if verify_interval else "never",
@@ -323,3 +346,5 @@ def run(
     finally:
         if server is not None:
             server.stop()
+        if fleet is not None:
+            fleet.stop()

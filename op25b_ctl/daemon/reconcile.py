@@ -150,6 +150,11 @@ class Reconciler:
         """The live table equalled the desired one at the end of the last pass."""
         return self.desired is not None and self._synced is self.desired.table
 
+    @property
+    def revision(self) -> Hashable:
+        """The source revision the current desired state was computed from."""
+        return self._revision
+
     def request_reload(self) -> None:
         """Re-read the source and verify every element on the next pass (SIGHUP)."""
         self._reload = True

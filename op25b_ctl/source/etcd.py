@@ -678,7 +678,7 @@ def _lines(response: requests.Response) -> Iterator[bytes]:
 
 
 def _short(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
+    text = str(exc) or str(getattr(exc, "detail_text", "") or "") or type(exc).__name__
     if "Max retries exceeded" in text or "Connection refused" in text:
         return "connection refused" if "refused" in text else "connection failed"
     return text[:160]

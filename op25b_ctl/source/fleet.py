@@ -27,31 +27,35 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from op25b_ctl import __version__
-from op25b_ctl.errors import Op25bError, PolicyError
+from op25b_ctl.errors import (
+    Compacted,
+    OverrideError,
+    PolicyError,
+    Problem,
+    StateError,
+    StoreError,
+    StoreUnavailable,
+    StoreUsageError,
+)
 from op25b_ctl.policy.loader import parse_policy
 from op25b_ctl.policy.model import Policy
-from op25b_ctl.policy.overrides import Override, OverrideError
+from op25b_ctl.policy.overrides import Override
 from op25b_ctl.source import audit
+from op25b_ctl.source.base import Snapshot
 from op25b_ctl.source.etcd import (
-    Compacted,
     EtcdStore,
     Event,
     Published,
     Scope,
-    StoreError,
     StoreSnapshot,
-    StoreUnavailable,
-    StoreUsageError,
-    dumps,
     host_name,
 )
-from op25b_ctl.source.state import StateDir, StateError, write_atomic
+from op25b_ctl.source.state import StateDir, write_atomic
 
 log = logging.getLogger("op25b_ctl.fleet")
 
@@ -61,20 +65,6 @@ LEASE_TTL = 15  # seconds a gateway's status outlives it
 KEEPALIVE_EVERY = 4.0  # seconds between lease keepalives (also the liveness check)
 HEARTBEAT_EVERY = 30.0  # a status put at least this often ("last seen")
 BACKOFF_FIRST, BACKOFF_MAX = 0.2, 5.0
-
-
-class FleetStartError(Op25bError):
-    """The gateway cannot start: unknown gateway name, or neither store nor snapshot."""
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """What the daemon computes from (the same shape as `source.base.Snapshot`)."""
-
-    policy: Policy
-    overrides: Mapping[str, Override]
-    revision: Hashable
-    digest: str
 
 
 def gateway_overrides(
@@ -146,6 +136,9 @@ class FleetSource:
         self.resyncs = 0
         self.reconnects = 0
         self.last_store_error: str | None = None
+        self.group: str | None = None
+        self.loaded: tuple[int, int] | None = None  # (store revision, policy revision) loaded
+        self.on_change: Callable[[], None] | None = None  # wakes the daemon's loop
 
     # ---------------------------------------------------------------- start / stop
 
@@ -162,7 +155,7 @@ class FleetSource:
             self.last_store_error = str(exc)
             local = read_snapshot(self.snapshot_file)
             if local is None:
-                raise FleetStartError(
+                raise StoreUnavailable(
                     f"{exc}; and no local snapshot in {self.snapshot_file}: nothing to "
                     "enforce yet (the table, if any, is left as it is)"
                 ) from None
@@ -174,7 +167,7 @@ class FleetSource:
             snap = local
         published = snap.published(self.store.keys)
         if published is None:
-            raise FleetStartError(
+            raise StoreUsageError(
                 f"nothing published in {self.store.config.url}: run `op25b-ctl publish` first"
             )
         self._check_gateway(published)
@@ -193,9 +186,9 @@ class FleetSource:
     def _check_gateway(self, published: Published) -> None:
         policy = self._whole_policy(published)
         try:
-            policy.fleet_gateway(self.gateway)
+            self.group = policy.fleet_gateway(self.gateway).group
         except KeyError as exc:
-            raise FleetStartError(
+            raise StoreUsageError(
                 f"--gateway {self.gateway}: {exc.args[0]} (published policy revision "
                 f"{published.revision}); refusing to start with an empty table"
             ) from None
@@ -252,13 +245,13 @@ class FleetSource:
         try:
             gw = whole.fleet_gateway(self.gateway)
         except KeyError as exc:
-            from op25b_ctl.errors import Problem
-
             raise PolicyError(
                 [Problem("gateways.yaml", "", f"{exc.args[0]} (published revision)")]
             ) from None
         policy = whole.for_gateway(self.gateway)
         overrides = gateway_overrides(snap.overrides(keys), self.gateway, gw.group)
+        self.group = gw.group
+        self.loaded = (snap.revision, published.revision)
         return Snapshot(policy, overrides, snap.revision, published.digest)
 
     def policy(self) -> Policy:
@@ -325,6 +318,8 @@ class FleetSource:
         with self._cond:
             self._snap = snap
             self._cond.notify_all()
+        if self.on_change is not None:
+            self.on_change()
 
     def _apply(self, events: list[Event]) -> None:
         snap = self._require()
@@ -474,4 +469,4 @@ def open_source(
     return FleetSource(EtcdStore(config), gateway, state_dir)
 
 
-__all__ = ["FleetSource", "FleetStartError", "Snapshot", "dumps", "gateway_overrides"]
+__all__ = ["FleetSource", "Snapshot", "gateway_overrides", "open_source"]

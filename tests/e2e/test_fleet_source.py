@@ -12,9 +12,10 @@ from typing import TypeVar
 
 import pytest
 
+from op25b_ctl.errors import StoreUnavailable, StoreUsageError
 from op25b_ctl.policy.loader import read_policy_files
 from op25b_ctl.source.etcd import EtcdStore, Scope, parse_store_url
-from op25b_ctl.source.fleet import SNAPSHOT_FILE, FleetSource, FleetStartError
+from op25b_ctl.source.fleet import SNAPSHOT_FILE, FleetSource
 from op25b_lab.etcd import EtcdServer
 from tests.daemonpolicy import EAST1, EAST2, WEST1
 from tests.fleetpolicy import fleet_policy
@@ -85,7 +86,7 @@ def test_each_gateway_sees_its_pools_and_the_overrides_that_reach_it(
 
 
 def test_unknown_gateway_is_refused_at_start(sources: Callable[[str], FleetSource]) -> None:
-    with pytest.raises(FleetStartError, match="bras-nowhere.*not in gateways.yaml"):
+    with pytest.raises(StoreUsageError, match="bras-nowhere.*not in gateways.yaml"):
         sources("bras-nowhere").start(watch=False)
 
 
@@ -120,7 +121,7 @@ def test_store_down_then_back(
     again.start(watch=False)
     assert not again.connected and again.revision() == src.revision()
     # with neither store nor snapshot: a clear error
-    with pytest.raises(FleetStartError, match="no local snapshot"):
+    with pytest.raises(StoreUnavailable, match="no local snapshot"):
         FleetSource(EtcdStore(store.config, timeout=1.0), "bras-east-1", tmp_path / "empty").start(
             watch=False
         )
