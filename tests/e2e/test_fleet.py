@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -124,7 +124,7 @@ def test_each_gateway_enforces_its_pools_and_an_east_stage_stays_in_the_east(
 
 
 def test_fleet_rollback_reaches_every_gateway_carrying_the_pool(
-    fleet: FleetLab, tmp_path: Path, record_property: pytest.RecordProperty
+    fleet: FleetLab, tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:
     fleet.publish(fleet_policy(tmp_path / "policy"))
     start_all(fleet, 1)
