@@ -1,4 +1,4 @@
-"""The exporter: per-pool kernel counters at scrape time, live modes, controller health."""
+"""The exporter: per-pool kernel counters as the last pass sampled them, live modes, health."""
 
 from __future__ import annotations
 
