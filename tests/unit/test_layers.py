@@ -186,3 +186,13 @@ def test_no_one_imports_a_private_name_of_another_package() -> None:
                     if private and theirs != mine:
                         found.append(f"{module_name(path)}: {node.module} {private}")
     assert found == []
+
+
+def test_the_readme_module_map_lists_every_module() -> None:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    missing = [
+        str(path.relative_to(PACKAGE))
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path.name != "__init__.py" and f"`{path.relative_to(PACKAGE)}`" not in text
+    ]
+    assert missing == [], "add these to the README's module map"
