@@ -33,6 +33,7 @@ from op25b_ctl.plan.transaction import AddRule, FlushChain, Transaction
 from op25b_ctl.policy.loader import load_policy
 from op25b_ctl.policy.model import Mode
 from op25b_ctl.policy.overrides import Override
+from op25b_ctl.source import rulerefs
 from op25b_ctl.source.directory import DirectorySource
 
 
@@ -123,7 +124,10 @@ def no_change_passes(
     """
     if policy_dir is not None and state_dir is not None:
         rec = Reconciler(
-            backend, DirectorySource(policy_dir, state_dir), clock=lambda: datetime.now(UTC)
+            backend,
+            DirectorySource(policy_dir, state_dir),
+            clock=lambda: datetime.now(UTC),
+            rule_reference=rulerefs.path_in(state_dir),
         )
         first = rec.run_once()  # start-up: compute + full read, must find the table in sync
         if not first.ok or first.changed:
@@ -156,7 +160,12 @@ def override_passes(
     it last made live (read == "known": nothing read from the kernel).
     """
     source = DirectorySource(policy_dir, state_dir)
-    rec = Reconciler(backend, source, clock=lambda: datetime.now(UTC))
+    rec = Reconciler(
+        backend,
+        source,
+        clock=lambda: datetime.now(UTC),
+        rule_reference=rulerefs.path_in(state_dir),
+    )
     first = rec.run_once()
     if not first.ok or first.changed:
         raise SystemExit(f"reconciler's first pass: changed={first.changed} {first.error}")
@@ -196,6 +205,8 @@ def warm(
     backend = NftKernel()
     loaded = applier.apply(backend, desired)
     assert loaded, "the namespace already held a table"
+    # as `op25b-ctl apply` does: the reconciler then trusts these rules' statements
+    applier.remember_statements(backend, loaded, desired, rulerefs.path_in(state_dir))
 
     # The daemon's path for a due stage or an override (Reconciler, read == "known"): the
     # generation says nobody committed since our own last commit, so the change is diffed

@@ -63,7 +63,7 @@ from op25b_ctl.plan.table import Table
 from op25b_ctl.plan.transaction import Transaction
 from op25b_ctl.policy.loader import DEFAULT_POLICY_DIR
 from op25b_ctl.policy.model import TABLE_RE, Gateway, Policy, split_families
-from op25b_ctl.source import audit
+from op25b_ctl.source import audit, rulerefs
 from op25b_ctl.source.state import DEFAULT_STATE_DIR
 
 
@@ -156,23 +156,26 @@ def cmd_apply(ctx: Context) -> int:
 
 
 def _live_view(
-    kernel: Kernel, table: str
-) -> tuple[dict[str, tuple[str, ...]] | None, dict[str, Counter]]:
-    """Rule ids per chain and counter values: the table's shape only (cheap at any size)."""
-    live = kernel.read(FAMILY, table, elements=False)
+    kernel: Kernel, desired: Table, reference: Path | None
+) -> tuple[dict[str, tuple[str, ...]] | None, dict[str, Counter], rulerefs.Verdict | None]:
+    """Rule ids per chain, counter values, and our rules' statements judged against what
+    was read back after our own commits: the table's shape only (cheap at any size)."""
+    live = kernel.read(FAMILY, desired.name, elements=False)
     if live is None:
-        return None, {}
+        return None, {}, None
+    digests = kernel.rule_digests(FAMILY, desired.name)
+    verdict = rulerefs.judge(digests, rulerefs.load(reference), desired.chains)
     try:
-        counters = kernel.counters(FAMILY, table)
-    except TableNotFound:  # deleted between the two reads
-        return None, {}
-    return {name: chain.rule_ids for name, chain in live.chains.items()}, counters
+        counters = kernel.counters(FAMILY, desired.name)
+    except TableNotFound:  # deleted between the reads
+        return None, {}, None
+    return {name: chain.rule_ids for name, chain in live.chains.items()}, counters, verdict
 
 
 def cmd_status(ctx: Context) -> int:
     policy = ctx.policy()
     desired, decisions = _desired(ctx, policy)
-    chains, counters = _live_view(ctx.kernel, policy.gateway.table)
+    chains, counters, verdict = _live_view(ctx.kernel, desired, rulerefs.path_in(ctx.state.path))
 
     def counter(name: str) -> dict[str, int]:
         value = counters.get(name)
@@ -204,13 +207,22 @@ def cmd_status(ctx: Context) -> int:
                 "monitored": counter(monitored_counter(pool.name)),
             }
         )
-    in_sync = chains is not None and all(
-        chains.get(n) == c.rule_ids for n, c in desired.chains.items()
+    # rule ids (comments) equal, and no rule of ours edited in place or unreadable
+    in_sync = (
+        chains is not None
+        and all(chains.get(n) == c.rule_ids for n, c in desired.chains.items())
+        and verdict is not None
+        and not verdict.tampered
     )
+    # and every statement matched what op25b-ctl read back after writing it
+    verified = in_sync and verdict is not None and not verdict.unverified
+    edited = sorted(verdict.tampered) if verdict is not None else []
     data: dict[str, Any] = {
         "table": f"{FAMILY} {policy.gateway.table}",
         "present": chains is not None,
         "rules_in_sync": in_sync,
+        "statements_verified": verified,
+        "rules_edited": edited,
         "action": policy.gateway.action,
         "pools": pools,
         "relayed": counter(RELAYED_COUNTER),
@@ -222,7 +234,12 @@ def cmd_status(ctx: Context) -> int:
         + (
             ""
             if chains is None
-            else ("; rules in sync" if in_sync else "; rules DIFFER from policy")
+            else (
+                ("; rules in sync" if verified else "; rules in sync (statements unverified)")
+                if in_sync
+                else "; rules DIFFER from policy"
+                + (f" (edited in place: {', '.join(edited)})" if edited else "")
+            )
         )
         + f"; action {policy.gateway.action}",
         f"{'POOL':<24} {'MODE':<8} {'LIVE':<8} {'V4':>6} {'V6':>6} "

@@ -33,6 +33,7 @@ from op25b_ctl.daemon.view import ReconcileResult
 from op25b_ctl.kernel.nft import NftKernel
 from op25b_ctl.plan.render import describe
 from op25b_ctl.plan.transaction import AddTable
+from op25b_ctl.source import rulerefs
 from op25b_ctl.source.directory import DirectorySource
 from op25b_ctl.source.fleet import FleetSource
 
@@ -311,6 +312,7 @@ def run(
         verify_interval=verify_interval,
         # the exporter shows what the passes sample: every pass samples when it is on
         sample_every_pass=metrics_address is not None or fleet is not None,
+        rule_reference=rulerefs.path_in(state_dir),
     )
     registry, metrics = build_registry(lambda: reconciler.view)
     notifier = Notifier()

@@ -19,10 +19,13 @@ to look at the kernel, cheapest first:
 
 Drift is a live table that differs from the one we last made live: someone else changed our
 table (deleted, flushed, edited), whether or not the desired state changed in the same pass.
-Rules are known by the id in their comment; a rule edited by hand that keeps our comment (a
-dumped ruleset edited and reloaded) is caught by a digest of its expressions, learned right
-after our own commit and compared on every pass that reads the kernel. An invalid policy
-never replaces the last good desired state; the table keeps being enforced (and repaired).
+Rules are known by the id in their comment; a rule edited by hand that keeps our comment
+(`nft replace rule ... comment "op25b:<id>"`) is caught by a digest of its expressions,
+compared on every pass that reads the kernel against the digest read right after our own
+commit of that rule (`source.rulerefs`, saved in the state directory). A rule with no such
+reference (a table made before the daemon started, no saved reference) is rewritten once
+and then learned; an unreadable digest is drift, never a match. An invalid policy never
+replaces the last good desired state; the table keeps being enforced (and repaired).
 
 Inputs that cannot be read never stop the loop either: a truncated or non-UTF-8
 overrides.json, a symlink loop or a planted symlink in the state directory are logged and
@@ -47,27 +50,26 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 from op25b_ctl.daemon import DEFAULT_VERIFY_INTERVAL
 from op25b_ctl.daemon.view import Read, ReconcileResult, View
 from op25b_ctl.errors import LockBusy, Op25bError, PolicyError, StateError, TableNotFound
-from op25b_ctl.kernel.base import Counter, Kernel, RuleDigests
+from op25b_ctl.kernel.base import Counter, Kernel
 from op25b_ctl.ops import applier
 from op25b_ctl.plan.desired import Desired, from_policy
 from op25b_ctl.plan.diff import diff
 from op25b_ctl.plan.table import Table
 from op25b_ctl.plan.transaction import (
     AddCounter,
-    AddRule,
     DeleteCounter,
     DeleteTable,
-    FlushChain,
-    Op,
     Transaction,
 )
+from op25b_ctl.source import rulerefs
 from op25b_ctl.source.base import Source
 
 log = logging.getLogger("op25b_ctl.reconcile")
@@ -88,13 +90,7 @@ def carry_counters(tx: Transaction, seen: Mapping[str, Counter]) -> Transaction:
     return replace(tx, ops=ops)
 
 
-def rewrite_chains(desired: Table, chains: Iterable[str]) -> Transaction:
-    """Flush the given chains and fill them again from the desired table, in one batch."""
-    ops: list[Op] = []
-    for name in sorted(chains):
-        ops.append(FlushChain(name))
-        ops += [AddRule(name, rule) for rule in desired.chains[name].rules]
-    return Transaction(desired.family, desired.name, tuple(ops))
+rewrite_chains = applier.rewrite_chains  # kept importable from here
 
 
 class Reconciler:
@@ -113,6 +109,7 @@ class Reconciler:
         verify_interval: float | None = DEFAULT_VERIFY_INTERVAL,
         timer: Callable[[], float] = time.monotonic,
         sample_every_pass: bool = False,
+        rule_reference: Path | None = None,
     ) -> None:
         self.kernel = kernel
         self.source = source
@@ -120,8 +117,10 @@ class Reconciler:
         self.verify_interval = verify_interval
         self.timer = timer
         self.sample_every_pass = sample_every_pass
-        # what our rules' expressions looked like right after our last commit (or first look)
-        self._digests: RuleDigests | None = None
+        # rule id -> digest of its expressions read right after we wrote it; saved in
+        # `rule_reference` (the state directory) so a restart need not rewrite to verify
+        self.rule_reference = rule_reference
+        self._reference: dict[str, str] | None = None
         # last good desired state, and what made it
         self.desired: Desired | None = None
         self.digest: str | None = None
@@ -265,11 +264,11 @@ class Reconciler:
                         bool(tx) if self._synced is want.table else bool(diff(live, self._synced))
                     )
                 if not tx:
-                    tampered = self._tampered_chains(want.table)
-                    if tampered:
-                        # same rule ids (comments), different statements: edited by hand
-                        tx = rewrite_chains(want.table, tampered)
-                        drift = True
+                    verdict = self._judge(want.table)
+                    if not verdict.ok:
+                        # same rule ids (comments), other or unknown statements: rewrite them
+                        tx = rewrite_chains(want.table, verdict.tampered | verdict.unverified)
+                        drift = drift or bool(verdict.tampered)
             tx = carry_counters(tx, self._seen)
             if full:
                 self._last_full = self.timer()
@@ -283,7 +282,7 @@ class Reconciler:
                 after = self._read_generation()
                 # Trust the new generation only if no other commit slipped in around ours.
                 gen = after if before is not None and after == before + 1 else None
-                self._digests = self._digests_after(tx, want.table)
+                self._learn(tx, want.table)
                 self._committed(tx, want.table)
         except (Op25bError, OSError) as exc:
             self._synced = None
@@ -415,38 +414,43 @@ class Reconciler:
         for name in [n for n in self._seen if n not in table.counters]:
             del self._seen[name]
 
-    def _digests_after(self, tx: Transaction, table: Table) -> RuleDigests | None:
-        """Learn the digests of what we just wrote: only the rewritten chains when that is all
-        the transaction did (a rollout step: one chain's dump instead of every chain's)."""
-        changed: set[str] = set()
-        for op in tx.ops:
-            if isinstance(op, FlushChain):
-                changed.add(op.name)
-            elif isinstance(op, AddRule):
-                changed.add(op.chain)
-            else:
-                return self._read_digests(table)
-        if self._digests is None:
-            return self._read_digests(table)
-        fresh = self._read_digests(table, changed)
-        kept = {k: v for k, v in self._digests.items() if k[0] not in changed}
-        return {**kept, **fresh}
+    def _ref(self) -> dict[str, str]:
+        if self._reference is None:
+            self._reference = rulerefs.load(self.rule_reference)
+        return self._reference
 
-    def _read_digests(self, table: Table, chains: Iterable[str] | None = None) -> RuleDigests:
-        return self.kernel.rule_digests(table.family, table.name, chains)
+    def _judge(self, table: Table) -> rulerefs.Verdict:
+        """Our rules' statements against the reference (loudly when they cannot be read)."""
+        live = self.kernel.rule_digests(table.family, table.name, None)
+        verdict = rulerefs.judge(live, self._ref(), table.chains)
+        if verdict.unverified:
+            # a one-shot command (`pool rollback`, `apply`) may have written and recorded them
+            self._reference = {**rulerefs.load(self.rule_reference), **self._ref()}
+            verdict = rulerefs.judge(live, self._reference, table.chains)
+        if verdict.unreadable:
+            log.error(
+                "%d rule(s) of table %s could not be read back: treated as edited",
+                verdict.unreadable,
+                table.spec,
+            )
+        if verdict.tampered:
+            log.warning(
+                "rules edited in place (our comment, other statements) in %s: rewriting",
+                ", ".join(sorted(verdict.tampered)),
+            )
+        if verdict.unverified:
+            log.info(
+                "%d chain(s) hold rules with no reference yet: rewriting them once to verify",
+                len(verdict.unverified),
+            )
+        return verdict
 
-    def _tampered_chains(self, table: Table) -> set[str]:
-        """Chains holding a rule whose comment is ours but whose statements changed since we
-        wrote it. The first look (start-up) can only learn, not judge."""
-        current = self._read_digests(table)
-        known, self._digests = self._digests, current
-        if known is None:
-            return set()
-        return {
-            chain
-            for (chain, key), digests in current.items()
-            if (chain, key) in known and known[(chain, key)] != digests and chain in table.chains
-        }
+    def _learn(self, tx: Transaction, table: Table) -> None:
+        """Read back the rules we just wrote and keep their digests as the reference."""
+        new = applier.learn_statements(self.kernel, tx, table, self._ref())
+        if new != self._reference:
+            self._reference = new
+            rulerefs.save(self.rule_reference, new)
 
     def _read_generation(self) -> int | None:
         try:

@@ -20,10 +20,13 @@ from typing import Protocol
 from op25b_ctl.plan.table import Table
 from op25b_ctl.plan.transaction import Transaction
 
-__all__ = ["Counter", "Kernel", "RuleDigests"]
+__all__ = ["UNREADABLE", "Counter", "Kernel", "RuleDigests"]
 
 # {(chain, rule comment or `handle:<n>`): one digest per rule, in order}
 RuleDigests = Mapping[tuple[str, str], tuple[str, ...]]
+# The digest of a rule whose expressions could not be read: it never equals a real one, so a
+# reader that fails shows as drift (repaired, logged) instead of hiding every edit.
+UNREADABLE = "unreadable"
 
 
 @dataclass(frozen=True)

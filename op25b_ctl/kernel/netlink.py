@@ -135,21 +135,6 @@ class _rule_msg(nfgen_msg):  # type: ignore[misc]
     )
 
 
-class _rule_expr_msg(_rule_msg):
-    """A rule with its expressions as raw bytes, for `read_rule_digests`."""
-
-    nla_map = (
-        ("NFTA_RULE_UNSPEC", "none"),
-        ("NFTA_RULE_TABLE", "asciiz"),
-        ("NFTA_RULE_CHAIN", "asciiz"),
-        ("NFTA_RULE_HANDLE", "be64"),
-        ("NFTA_RULE_EXPRESSIONS", "cdata"),
-        ("NFTA_RULE_COMPAT", "none"),
-        ("NFTA_RULE_POSITION", "be64"),
-        ("NFTA_RULE_USERDATA", "cdata"),
-    )
-
-
 class _set_msg(nfgen_msg):  # type: ignore[misc]
     nla_map = (
         ("NFTA_SET_UNSPEC", "none"),
@@ -217,33 +202,11 @@ def read_rule_digests(
     The digest covers the rule's expressions as the kernel holds them, minus the values of
     inline counters (they change with traffic). A rule edited by hand but keeping our comment
     (a dumped ruleset edited and reloaded) keeps its comment and changes its digest. Rules
-    without a comment are keyed by `handle:<n>`. {} if the table does not exist. With
-    `chains`, only those chains are dumped (the kernel filters): one chain's rules instead of
-    every pool's (docs/benchmarks.md).
+    without a comment are keyed by `handle:<n>`; unreadable expressions give UNREADABLE.
+    {} if the table does not exist. With `chains`, only those chains are dumped (the kernel
+    filters): one chain's rules instead of every pool's (docs/benchmarks.md).
     """
-    wanted = [None] if chains is None else list(chains)
-    msgs = []
-    with _socket(family) as sock:
-        sock.register_policy({(NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE: _rule_expr_msg})
-        for chain in wanted:
-            where = {"NFTA_RULE_TABLE": table} | ({"NFTA_RULE_CHAIN": chain} if chain else {})
-            try:
-                msgs += _dump(sock, _rule_expr_msg, NFT_MSG_GETRULE, **where)
-            except NetlinkError as e:
-                if e.code == errno.ENOENT:
-                    continue
-                raise
-    out: dict[tuple[str, str], list[str]] = {}
-    for r in msgs:
-        if r.get_attr("NFTA_RULE_TABLE") != table:
-            continue
-        if chains is not None and r.get_attr("NFTA_RULE_CHAIN") not in wanted:
-            continue
-        comment = nlcodec.rule_comment(r.get_attr("NFTA_RULE_USERDATA"))
-        key = comment if comment is not None else f"handle:{r.get_attr('NFTA_RULE_HANDLE')}"
-        digest = nlcodec.expressions_digest(r.get_attr("NFTA_RULE_EXPRESSIONS") or b"")
-        out.setdefault((str(r.get_attr("NFTA_RULE_CHAIN")), key), []).append(digest)
-    return {k: tuple(v) for k, v in out.items()}
+    return nlcodec.rule_dump(table, family, chains)
 
 
 # -- internals ---------------------------------------------------------------------------------

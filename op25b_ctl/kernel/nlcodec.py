@@ -14,12 +14,12 @@ import hashlib
 import os
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import netaddr
 
 from op25b_ctl.errors import KernelError, TableNotFound
-from op25b_ctl.kernel.base import Counter
+from op25b_ctl.kernel.base import UNREADABLE, Counter, RuleDigests
 
 # Constants from include/uapi/linux/netfilter/nf_tables.h, netfilter.h and libnftnl.
 FAMILIES = {"inet": 1, "ip": 2, "ip6": 10}  # NFPROTO_INET, NFPROTO_IPV4, NFPROTO_IPV6
@@ -27,6 +27,7 @@ NFT_OBJECT_COUNTER = 1
 NFTNL_UDATA_RULE_COMMENT = 0  # libnftnl's TLV type inside NFTA_RULE_USERDATA
 NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_GETOBJ = 19
+NFT_MSG_GETRULE = 7
 NFT_MSG_GETSETELEM = 13
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 
@@ -39,6 +40,8 @@ _NFTA_SET_ELEM_KEY, _NFTA_SET_ELEM_DATA, _NFTA_SET_ELEM_FLAGS = 1, 2, 3
 _NFTA_DATA_VALUE, _NFTA_DATA_VERDICT = 1, 2
 _NFTA_VERDICT_CODE, _NFTA_VERDICT_CHAIN = 1, 2
 _NFTA_EXPR_NAME, _NFTA_EXPR_DATA = 1, 2
+_NFTA_RULE_TABLE, _NFTA_RULE_CHAIN, _NFTA_RULE_HANDLE = 1, 2, 3
+_NFTA_RULE_EXPRESSIONS, _NFTA_RULE_USERDATA = 4, 7
 _NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
 
 
@@ -207,16 +210,55 @@ def _prefixes(lo: int, hi: int, width: int) -> list[str]:
 # -- rules -------------------------------------------------------------------------------------
 
 
+def rule_dump(table: str, family: str, chains: Iterable[str] | None = None) -> RuleDigests:
+    """NFT_MSG_GETRULE dump(s) of one table (or of only `chains`, which the kernel filters),
+    each rule reduced to its comment (or `handle:<n>`) and the digest of its expressions.
+
+    Parsed here rather than with pyroute2: pyroute2 compiles a message class's attribute map
+    once per class hierarchy, so a second class for the same message (expressions kept) read
+    them as empty once the first (expressions skipped) had been used, and every digest was
+    sha256(b"") -- after the first full read, no edit in place ever showed.
+    """
+    number = family_number(family)
+    out: dict[tuple[str, str], list[str]] = {}
+    for chain in [None] if chains is None else list(chains):
+        body = struct.pack("=BBH", number, 0, 0)
+        body += nla(_NFTA_RULE_TABLE, table.encode() + b"\0")
+        if chain is not None:
+            body += nla(_NFTA_RULE_CHAIN, chain.encode() + b"\0")
+        try:
+            for msg in dump(NFT_MSG_GETRULE, body, f"rules of table {family} {table}"):
+                a = dict(attrs(msg))
+                if a.get(_NFTA_RULE_TABLE, b"").rstrip(b"\0").decode() != table:
+                    continue
+                name = a.get(_NFTA_RULE_CHAIN, b"").rstrip(b"\0").decode()
+                if chain is not None and name != chain:
+                    continue
+                key = rule_comment(a.get(_NFTA_RULE_USERDATA))
+                if key is None:
+                    key = f"handle:{struct.unpack('!Q', a.get(_NFTA_RULE_HANDLE, bytes(8)))[0]}"
+                digest = expressions_digest(a.get(_NFTA_RULE_EXPRESSIONS, b""))
+                out.setdefault((name, key), []).append(digest)
+        except TableNotFound:
+            continue  # no such table or chain
+    return {k: tuple(v) for k, v in out.items()}
+
+
 def expressions_digest(raw: bytes) -> str:
-    """sha256 of an NFTA_RULE_EXPRESSIONS attribute, inline counters' values left out."""
+    """sha256 of an NFTA_RULE_EXPRESSIONS attribute, inline counters' values left out;
+    UNREADABLE if it holds no (named) expression: every rule of ours has some."""
     h = hashlib.sha256()
+    seen = 0
     for _, elem in attrs(raw):  # NFTA_LIST_ELEM, one per expression
         parts = dict(attrs(elem))
         name = parts.get(_NFTA_EXPR_NAME, b"")
+        if not name:
+            return UNREADABLE
+        seen += 1
         h.update(name + b"\0")
         if name.rstrip(b"\0") != b"counter":
             h.update(parts.get(_NFTA_EXPR_DATA, b""))
-    return h.hexdigest()[:16]
+    return h.hexdigest()[:16] if seen else UNREADABLE
 
 
 def rule_comment(udata: bytes | None) -> str | None:

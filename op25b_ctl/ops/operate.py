@@ -32,7 +32,7 @@ from op25b_ctl.plan.table import Table
 from op25b_ctl.plan.transaction import AddElements, DeleteElements, Transaction
 from op25b_ctl.policy.model import Mode, Policy
 from op25b_ctl.policy.overrides import Action, Override, check, check_reason
-from op25b_ctl.source import audit
+from op25b_ctl.source import audit, rulerefs
 from op25b_ctl.source.base import Source
 from op25b_ctl.source.state import StateDir
 
@@ -120,13 +120,23 @@ def converge(
     overrides: Iterable[Override],
     *,
     dry_run: bool = False,
+    state: StateDir | None = None,
 ) -> Outcome:
-    """Make the gateway match the desired state at `now`; report pools whose mode changed."""
+    """Make the gateway match the desired state at `now`; report pools whose mode changed.
+
+    With `state`, rules edited in place (our comment, other statements) are rewritten too,
+    judged against what was read back after our own commits (`source.rulerefs`)."""
     want = from_policy(policy, now, overrides)
     # one cheap read (netlink skeleton + elements fingerprint) serves the report and the diff
     live = applier.read_live(kernel, want.table, trust_fingerprint=True)
     before = live_modes(policy, live)
     tx = applier.apply_to(kernel, live, want.table, dry_run=dry_run)
+    if state is not None and not dry_run:
+        reference = rulerefs.path_in(state.path)
+        if tx:
+            applier.remember_statements(kernel, tx, want.table, reference)
+        elif live is not None:
+            tx = applier.check_statements(kernel, want.table, reference)
     changes: dict[str, tuple[Mode | None, Mode]] = {
         name: (before[name], d.mode)
         for name, d in want.decisions.items()
@@ -193,7 +203,7 @@ def tick(
         source.check_recordable()
     active = {p: o for p, o in overrides.items() if o.active(now)}
     expired = [o for o in overrides.values() if not o.active(now)]
-    out = converge(kernel, policy, now, active.values(), dry_run=dry_run)
+    out = converge(kernel, policy, now, active.values(), dry_run=dry_run, state=state)
     out = Outcome(out.desired, out.tx, out.changes, out.applied, [], expired)
     if dry_run:
         return out
@@ -256,7 +266,7 @@ def apply_all(
     """`op25b-ctl apply`: like a tick, but leaves expired overrides in the file for tick."""
     if not dry_run:
         source.check_recordable()
-    out = converge(kernel, policy, now, source.overrides().values(), dry_run=dry_run)
+    out = converge(kernel, policy, now, source.overrides().values(), dry_run=dry_run, state=state)
     if dry_run:
         return out
     return _record(source, state, out, now, action="apply", command=command)
@@ -295,7 +305,7 @@ def set_override(
     if new != old:
         _put(source, pool, new.get(pool))
     try:
-        out = converge(kernel, policy, now, new.values())
+        out = converge(kernel, policy, now, new.values(), state=state)
     except BaseException:
         if new != old:
             _put(source, pool, old.get(pool))  # nftables refused: the intent did not happen

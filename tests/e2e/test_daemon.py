@@ -68,6 +68,7 @@ class Gateway:
         self.lab = lab
         self.policy = daemon_policy(tmp / "policy")
         self.state = tmp / "state"
+        self.state.mkdir(mode=0o750)  # as systemd's StateDirectory= makes it
         self.proc: subprocess.Popen[str] | None = None
 
     def nft(self, *args: str, stdin: str | None = None) -> str:

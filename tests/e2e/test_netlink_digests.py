@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 
+from op25b_ctl.kernel.base import UNREADABLE
 from tests.policytools import REPO
 
 pytestmark = pytest.mark.root
@@ -30,6 +31,7 @@ table inet other {
 READER = """
 import dataclasses, json, sys
 from op25b_ctl.kernel import netlink
+netlink.read_skeleton("op25b")  # the daemon's order: once, every digest read sha256(b"")
 print(json.dumps({
     "objects": {k: dataclasses.asdict(v) for k, v in netlink.read_counters("op25b").items()},
     "digests": {f"{c}|{k}": d for (c, k), d in netlink.read_rule_digests("op25b").items()},
@@ -60,6 +62,8 @@ def test_counter_refs_and_rule_digests(netns: str) -> None:
     assert set(first["digests"]) == {"pool_a|op25b:aaaa", "pool_a|op25b:bbbb"}  # ours only
     assert first["missing"] == {}
     assert read(netns)["digests"] == first["digests"]  # stable between reads
+    assert UNREADABLE not in str(first["digests"])
+    assert len({str(d) for d in first["digests"].values()}) == 2  # two rules, two digests
 
     # same comment, different statement: the digest changes, the other rule's does not
     listing = json.loads(sh(netns, "nft", "-a", "-j", "list", "chain", "inet", "op25b", "pool_a"))

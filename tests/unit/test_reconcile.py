@@ -13,7 +13,7 @@ import yaml
 
 from op25b_ctl.daemon.metrics import build_registry
 from op25b_ctl.daemon.reconcile import Reconciler, carry_counters
-from op25b_ctl.kernel.base import Counter, RuleDigests
+from op25b_ctl.kernel.base import UNREADABLE, Counter, RuleDigests
 from op25b_ctl.kernel.memory import MemoryKernel
 from op25b_ctl.plan import desired
 from op25b_ctl.plan.desired import Desired
@@ -397,3 +397,83 @@ def test_counters_we_deleted_ourselves_start_again_at_zero(
     assert rec.run_once().changed and monitored not in kernel.tables[KEY].counters
     pools.write_text(saved)
     assert rec.run_once().changed and kernel.values[monitored] == (0, 0)
+
+
+def _edit_in_place(kernel: MemoryKernel, chain_name: str, text: str = "counter accept") -> None:
+    """`nft replace rule ... comment "op25b:<id>"`: our comment, someone else's statement."""
+    live = kernel.tables[KEY]
+    chain = live.chains[chain_name]
+    edited = replace(chain, rules=(Rule(chain.rules[0].id, text),))
+    kernel.edit(*KEY, replace(live, chains={**live.chains, chain_name: edited}))
+
+
+def _reconciler(
+    kernel: MemoryKernel, policy_dir: Path, state: Path, timer: Timer, *, saved: bool = True
+) -> Reconciler:
+    state.mkdir(exist_ok=True)
+    return Reconciler(
+        kernel,
+        DirectorySource(policy_dir, state),
+        clock=lambda: NOW,
+        verify_interval=60,
+        timer=timer,
+        rule_reference=state / ".rule-digests.json" if saved else None,
+    )
+
+
+def test_a_table_made_before_the_daemon_is_verified_then_edits_in_place_are_repaired(
+    kernel: MemoryKernel, policy_dir: Path, tmp_path: Path, timer: Timer
+) -> None:
+    """Issue 10 item 1: the table exists when the daemon starts (after `apply`, a restart)."""
+    _reconciler(kernel, policy_dir, tmp_path / "elsewhere", timer).run_once()
+    _edit_in_place(kernel, EAST1)  # ... and was already edited when the daemon starts
+    rec = _reconciler(kernel, policy_dir, tmp_path / "state", timer)
+
+    first = rec.run_once()
+    # nothing to judge against: every chain of ours is rewritten once, which undoes the edit
+    assert first.ok and first.changed and not first.drift_repaired
+    assert rec.desired is not None
+    assert kernel.tables[KEY].chains == rec.desired.table.chains
+    assert rec.in_sync
+
+    _edit_in_place(kernel, EAST1)
+    repaired = rec.run_once()
+    assert repaired.changed and repaired.drift_repaired and repaired.read == "skeleton"
+    assert kernel.tables[KEY].chains[EAST1] == rec.desired.table.chains[EAST1]
+    assert not rec.run_once().changed
+
+
+def test_the_reference_survives_a_restart(
+    kernel: MemoryKernel, policy_dir: Path, tmp_path: Path, timer: Timer
+) -> None:
+    _reconciler(kernel, policy_dir, tmp_path / "state", timer).run_once()
+    _edit_in_place(kernel, EAST1)  # while the daemon is down
+    first = _reconciler(kernel, policy_dir, tmp_path / "state", timer).run_once()
+    assert first.drift_repaired and first.tx is not None
+    assert len(first.tx.ops) == 2  # only that chain: flush + its one rule
+    # an untouched table and a saved reference: a restart rewrites nothing
+    again = _reconciler(kernel, policy_dir, tmp_path / "state", timer).run_once()
+    assert again.ok and not again.changed
+
+
+def test_an_unreadable_digest_is_drift_never_a_match(
+    policy_dir: Path, tmp_path: Path, timer: Timer
+) -> None:
+    class Broken(MemoryKernel):
+        broken = False
+
+        def rule_digests(
+            self, family: str, name: str, chains: Iterable[str] | None = None
+        ) -> RuleDigests:
+            real = super().rule_digests(family, name, chains)
+            if not self.broken:
+                return real
+            return {k: tuple(UNREADABLE for _ in v) for k, v in real.items()}
+
+    kernel = Broken()
+    rec = _reconciler(kernel, policy_dir, tmp_path / "state", timer)
+    rec.run_once()
+    kernel.broken = True
+    kernel.gen += 1  # someone committed somewhere: the next pass looks
+    result = rec.run_once()
+    assert result.changed and result.drift_repaired  # loud: repaired (and logged), not trusted
