@@ -120,7 +120,7 @@ def learn_statements(
     kernel: Kernel, tx: Transaction, desired: Table, reference: Mapping[str, str]
 ) -> dict[str, str]:
     """The reference after reading back the rules `tx` wrote (only those chains' dumps unless
-    most were written: ~1 ms a chain, ~90 ms for all 1,000)."""
+    most were written: one chain's dump instead of every pool's)."""
     written = {op.chain for op in tx.ops if isinstance(op, AddRule)}
     if not written:
         return dict(reference)
