@@ -17,10 +17,13 @@ import pytest
 import yaml
 from prometheus_client import generate_latest
 
+from op25b_ctl.daemon.fleet import FleetCollector, FleetReporter
 from op25b_ctl.daemon.metrics import build_registry
 from op25b_ctl.daemon.reconcile import Reconciler
 from op25b_ctl.kernel.memory import MemoryKernel
 from op25b_ctl.source.directory import DirectorySource
+from op25b_ctl.source.etcd import EtcdStore, parse_store_url
+from op25b_ctl.source.fleet import FleetSource
 from tests.daemonpolicy import daemon_policy
 from tests.policytools import REPO
 
@@ -47,6 +50,9 @@ def exposition(tmp: Path) -> str:
         sample_every_pass=True,
     )
     registry, metrics = build_registry(lambda: rec.view)
+    # the fleet half, as a daemon started with --store registers it (no store contacted)
+    source = FleetSource(EtcdStore(parse_store_url("etcd://127.0.0.1:9/op25b")), "gw1", tmp)
+    registry.register(FleetCollector(FleetReporter(rec, source)))
     metrics.observe(rec.run_once(), now=1.0e9)
     for name in kernel.tables[("inet", "op25b")].counters:
         kernel.values[name] = (3, 180)
@@ -109,6 +115,9 @@ def test_rules_and_dashboard_use_only_exported_metrics(tmp_path: Path) -> None:
         "op25b_relayed_packets_total",
         "op25b_drift_repairs_total",
         "op25b_reconcile_last_success_timestamp_seconds",
+        "op25b_policy_revision_applied",
+        "op25b_store_connected",
+        "op25b_store_last_sync_seconds",
     ):
         assert name in used and name in exported
 
