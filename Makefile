@@ -3,10 +3,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo test lint typecheck unit e2e bench reliability clean
+.PHONY: help setup demo demo-fleet test lint typecheck unit e2e bench reliability clean
 
 help:
 	@echo "make demo       lab gateway in network namespaces + example NMTnet policy (root)"
+	@echo "make demo-fleet two lab gateways following one policy in a real etcd; a fleet rollback (root)"
 	@echo "make test       lint, type check, unit and end-to-end tests (e2e needs root)"
 	@echo "make unit       unit tests only (unprivileged: as nobody when run as root)"
 	@echo "make e2e        end-to-end tests only (root)"
@@ -19,6 +20,9 @@ setup:
 
 demo: setup
 	$(PY) -m op25b_lab.demo
+
+demo-fleet: setup
+	$(PY) -m op25b_lab.demo_fleet
 
 lint: setup
 	$(VENV)/bin/ruff check op25b_ctl op25b_lab tests bench
@@ -39,6 +43,7 @@ e2e: setup
 bench: setup
 	@if [ "$$(id -u)" -ne 0 ]; then echo "make bench: needs root (network namespaces, nftables)" >&2; exit 1; fi
 	$(PY) -m bench.run $(BENCH_ARGS)
+	$(PY) -m bench.fleet
 
 # Not part of `make test` as a whole (its slow cases take minutes): root; runs
 # tests/reliability/ with the slow cases and writes docs/reliability.md. The fast corpus and

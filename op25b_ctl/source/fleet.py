@@ -386,6 +386,8 @@ class FleetSource:
         self.last_sync = self.monotonic()
 
     def _lost(self, exc: BaseException) -> None:
+        if self._stop.is_set():
+            return  # our own stop() closed the stream
         if self.connected:
             log.warning(
                 "store lost (%s): enforcing the local snapshot of revision %s; reconnecting",
