@@ -10,6 +10,7 @@ expressions when digests are asked for.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable
 from dataclasses import replace
 
@@ -157,7 +158,11 @@ class MemoryKernel:
                             raise KernelError(f"chain {target} does not exist")
                     t = replace(cur, sets={**cur.sets, s.name: s})
                 case DeleteSet(set=s):
-                    t = replace(need(), sets={k: v for k, v in need().sets.items() if k != s.name})
+                    cur = need()
+                    used = re.compile(rf"@{re.escape(s.name)}\b")
+                    if any(used.search(r.text or "") for c in cur.chains.values() for r in c.rules):
+                        raise KernelError(f"set {s.name} is in use")  # the kernel's EBUSY
+                    t = replace(cur, sets={k: v for k, v in cur.sets.items() if k != s.name})
                 case AddChain(name=n, hook=hook):
                     if n not in need().chains:
                         t = replace(need(), chains={**need().chains, n: Chain(n, hook=hook)})

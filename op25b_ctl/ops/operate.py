@@ -29,7 +29,7 @@ from op25b_ctl.ops import applier
 from op25b_ctl.plan.desired import Desired, from_policy
 from op25b_ctl.plan.ruleset import EXEMPT_V4, EXEMPT_V6, mode_of_rules, pool_chain
 from op25b_ctl.plan.table import Table
-from op25b_ctl.plan.transaction import AddElements, DeleteElements, Transaction
+from op25b_ctl.plan.transaction import Transaction
 from op25b_ctl.policy.model import Mode, Policy
 from op25b_ctl.policy.overrides import Action, Override, check, check_reason
 from op25b_ctl.source import audit, rulerefs
@@ -49,20 +49,10 @@ class Outcome:
     expired: list[Override] = field(default_factory=list)
 
     def exemptions_added(self) -> list[str]:
-        return [
-            k
-            for op in self.tx.ops
-            if isinstance(op, AddElements) and op.set in (EXEMPT_V4, EXEMPT_V6)
-            for k in op.elements
-        ]
+        return [k for s in (EXEMPT_V4, EXEMPT_V6) for k in self.tx.element_delta(s)[0]]
 
     def exemptions_removed(self) -> list[str]:
-        return [
-            k
-            for op in self.tx.ops
-            if isinstance(op, DeleteElements) and op.set in (EXEMPT_V4, EXEMPT_V6)
-            for k in op.keys
-        ]
+        return [k for s in (EXEMPT_V4, EXEMPT_V6) for k in self.tx.element_delta(s)[1]]
 
     def summary(self) -> str:
         """The one-line log of what changed: `pool before->after, ...; N nft op(s)`."""

@@ -4,15 +4,24 @@ Unchanged chains, rules, elements and counters are left alone, which is what kee
 running across re-applies and keeps a one-pool change as small as one chain rewrite. The op
 order satisfies nftables' references within one batch: objects before the rules and elements
 that use them; elements and rules removed before the chains and objects they point at.
+
+A set whose elements changed is rebuilt, not edited: in the same batch the rules that match
+on it are flushed, the set is deleted and created again under the same name with all its
+elements inline, and the rules are added back. nft 1.0.6 loads every element of the table's
+interval sets into its cache before it adds or deletes a single element, and then works
+through them per element, while a set declared with its elements costs what loading that set
+cold costs (docs/benchmarks.md, "Policy changes that touch elements"). The kernel commits the
+batch as one generation: a packet meets the old set and rules or the new ones, never a mix.
 """
 
 from __future__ import annotations
+
+import re
 
 from op25b_ctl.plan.table import Table
 from op25b_ctl.plan.transaction import (
     AddChain,
     AddCounter,
-    AddElements,
     AddRule,
     AddSet,
     AddTable,
@@ -44,7 +53,19 @@ def diff(live: Table | None, desired: Table) -> Transaction:
         for name, s in desired.sets.items()
         if name in cur.sets and not cur.sets[name].same_shape(s)
     }
-    new_sets = [s for n, s in desired.sets.items() if n not in cur.sets or n in recreate_sets]
+    # A set whose elements changed is rebuilt under its own name (module docstring).
+    rebuild_sets = {
+        name
+        for name, s in desired.sets.items()
+        if name in cur.sets
+        and name not in recreate_sets
+        and not (cur.sets[name].elements is s.elements or cur.sets[name].elements == s.elements)
+    }
+    new_sets = [
+        s
+        for n, s in desired.sets.items()
+        if n not in cur.sets or n in recreate_sets or n in rebuild_sets
+    ]
 
     # Base chains whose hook changed must be deleted and added again (no in-place change).
     rehook = {
@@ -58,22 +79,9 @@ def diff(live: Table | None, desired: Table) -> Transaction:
         if n in cur.chains and n not in rehook and cur.chains[n].rule_ids != c.rule_ids
     ]
 
-    # Elements: removals first (they may point at chains we delete), additions last (they may
-    # point at chains we add).
+    # Elements of a set that goes away: removed first (they may point at chains we delete).
+    # Every other element change is a rebuild (AddSet with the elements inline).
     removals: list[Op] = []
-    additions: list[Op] = []
-    for name, want in desired.sets.items():
-        if name not in cur.sets or name in recreate_sets:
-            continue  # created with its elements inline (AddSet): faster for nft to load
-        have = cur.sets[name].elements
-        if have is want.elements or have == want.elements:
-            continue  # one C-level comparison instead of walking 100,000 elements twice
-        stale = tuple(k for k, v in have.items() if k not in want.elements or want.elements[k] != v)
-        fresh = {k: v for k, v in want.elements.items() if k not in have or have[k] != v}
-        if stale:
-            removals.append(DeleteElements(name, stale))
-        if fresh:
-            additions.append(AddElements(name, fresh))
     for name in cur.sets:
         if name not in desired.sets and cur.sets[name].elements:
             removals.append(DeleteElements(name, tuple(cur.sets[name].elements)))
@@ -82,6 +90,8 @@ def diff(live: Table | None, desired: Table) -> Transaction:
     flush = {c.name for c in rewrite} | set(gone_chains) | rehook
     if recreate_sets or any(n not in desired.sets for n in cur.sets):
         flush |= {n for n in cur.chains if cur.chains[n].rules}
+    # the rules matching on a rebuilt set: an unchanged chain holds the desired rules' text
+    flush |= {n for n in cur.chains if n in desired.chains and _uses(desired, n, rebuild_sets)}
     flush_ops: list[Op] = [
         FlushChain(n) for n in sorted(flush) if cur.chains.get(n) and cur.chains[n].rules
     ]
@@ -89,14 +99,13 @@ def diff(live: Table | None, desired: Table) -> Transaction:
     ops += removals
     ops += flush_ops
     ops += [DeleteChain(n) for n in sorted(rehook)]
-    ops += [DeleteSet(cur.sets[n]) for n in sorted(recreate_sets)]
+    ops += [DeleteSet(cur.sets[n]) for n in sorted(recreate_sets | rebuild_sets)]
     # nft 1.0.6 resolves a map element's jump target only if the chain was added before
     # the map in the batch (measured): regular chains first, then sets, then base chains.
     ops += [AddChain(c.name, c.hook) for c in new_chains if c.hook is None]
     ops += [AddSet(s) for s in new_sets]
     ops += [AddChain(n, desired.chains[n].hook) for n in sorted(rehook)]
     ops += [AddChain(c.name, c.hook) for c in new_chains if c.hook is not None]
-    ops += additions
     ops += [DeleteChain(n) for n in sorted(gone_chains)]
     ops += [DeleteSet(cur.sets[n]) for n in sorted(cur.sets) if n not in desired.sets]
     # Rules last among additions: chains they jump to and sets they match exist by now.
@@ -111,3 +120,11 @@ def diff(live: Table | None, desired: Table) -> Transaction:
 def _rule_order(desired: Table, names: set[str]) -> list[str]:
     """Non-base chains first, so a base chain never jumps into a chain still being filled."""
     return sorted(names, key=lambda n: (desired.chains[n].hook is not None, n))
+
+
+def _uses(table: Table, chain: str, sets: set[str]) -> bool:
+    """Does a rule of `chain` match on one of `sets` (`@name` in its text)?"""
+    if not sets:
+        return False
+    pattern = re.compile(r"@(" + "|".join(map(re.escape, sorted(sets))) + r")\b")
+    return any(pattern.search(r.text or "") for r in table.chains[chain].rules)

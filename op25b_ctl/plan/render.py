@@ -98,8 +98,22 @@ def _sample(keys: Iterable[str], limit: int = 4) -> str:
 def describe(tx: Transaction) -> list[str]:
     """A human-readable diff: one line per change, element lists abbreviated."""
     out: list[str] = []
+    rebuilt = {op.set.name for op in tx.ops if isinstance(op, DeleteSet)} & {
+        op.set.name for op in tx.ops if isinstance(op, AddSet)
+    }
     for op in tx.ops:
         match op:
+            case DeleteSet(set=s) if s.name in rebuilt:
+                pass  # told with its AddSet, as the elements that changed
+            case AddSet(set=s) if s.name in rebuilt:
+                added, removed = tx.element_delta(s.name)
+                items = [_element(k, v) for k, v in added.items()]
+                out.append(
+                    f"~ {'map' if s.verdict_map else 'set'} {s.name} rebuilt with "
+                    f"{len(s.elements)} element(s): -{len(removed)} +{len(items)}"
+                    + (f"; removed {_sample(removed)}" if removed else "")
+                    + (f"; added {_sample(items)}" if items else "")
+                )
             case AddTable():
                 out.append(f"+ table {tx.spec}")
             case DeleteTable():

@@ -107,3 +107,23 @@ class Transaction:
     @property
     def spec(self) -> str:
         return f"{self.family} {self.table}"
+
+    def element_delta(self, name: str) -> tuple[dict[str, str | None], tuple[str, ...]]:
+        """(elements added or changed, keys removed) in set `name`, whether the transaction
+        edits its elements or rebuilds it (DeleteSet of the old set, then AddSet of the new)."""
+        added: dict[str, str | None] = {}
+        removed: list[str] = []
+        old: NamedSet | None = None
+        for op in self.ops:
+            if isinstance(op, AddElements) and op.set == name:
+                added.update(op.elements)
+            elif isinstance(op, DeleteElements) and op.set == name:
+                removed += op.keys
+            elif isinstance(op, DeleteSet) and op.set.name == name:
+                old = op.set
+            elif isinstance(op, AddSet) and op.set.name == name:
+                have = old.elements if old is not None else {}
+                new = op.set.elements
+                added.update({k: v for k, v in new.items() if k not in have or have[k] != v})
+                removed += [k for k in have if k not in new]
+        return added, tuple(removed)

@@ -14,7 +14,7 @@ from op25b_ctl.kernel.memory import MemoryKernel
 from op25b_ctl.ops import applier
 from op25b_ctl.plan.diff import diff
 from op25b_ctl.plan.modes import decide, modes
-from op25b_ctl.plan.render import render
+from op25b_ctl.plan.render import describe, render
 from op25b_ctl.plan.ruleset import desired_table, mode_of_rules, pool_chain, pool_rules
 from op25b_ctl.plan.table import Chain, Rule, Table
 from op25b_ctl.plan.transaction import AddElements, AddRule, DeleteCounter, FlushChain
@@ -92,23 +92,33 @@ def test_one_pool_mode_change_rewrites_only_that_chain(policy: Policy) -> None:
     assert not any(isinstance(op, (AddElements, DeleteCounter)) for op in tx.ops)
 
 
-def test_prefix_change_touches_only_that_element(policy: Policy) -> None:
+def test_prefix_change_rebuilds_only_that_set(policy: Policy) -> None:
+    """Issue 10 item 2: an element change is a rebuild of that one set in the same batch (no
+    per-element edit, which makes nft load every element of the table first)."""
     backend = MemoryKernel()
     applier.apply(backend, table_for(policy))
     pool = policy.pool("flets-east-dyn-1")
     moved = pool.model_copy(update={"prefixes": [*pool.prefixes, "192.0.2.128/26"]})
     others = tuple(p for p in policy.pools if p.name not in ("flets-east-dyn-1", "static-biz"))
     changed = replace(policy, pools=(moved, *others))
-    tx = applier.apply(backend, desired_table(changed, modes(decide(changed, NOW))))
+    want = desired_table(changed, modes(decide(changed, NOW)))
+    tx = applier.apply(backend, want)
     lines = render(tx).splitlines()
-    # the element itself, plus the elements-fingerprint counter swapped in the same batch
-    assert lines[0].startswith("add counter inet op25b elements_")
+    assert lines[0].startswith("add counter inet op25b elements_")  # the fingerprint, swapped
+    assert lines[1:3] == ["flush chain inet op25b smtp", "delete map inet op25b pools_v4"]
+    assert lines[3].startswith("add map inet op25b pools_v4 {")
+    assert "192.0.2.128/26 : jump pool_flets-east-dyn-1" in lines[3]
+    assert [x.split(" comment ")[0] for x in lines[4:-1]] == [
+        f"add rule inet op25b smtp {r.text}" for r in want.chains["smtp"].rules
+    ]
+    assert lines[-1].startswith("delete counter inet op25b elements_")
+    assert not any(x.split()[1] == "element" or "map inet op25b pools_v6" in x for x in lines)
     assert (
-        lines[1]
-        == "add element inet op25b pools_v4 { 192.0.2.128/26 : jump pool_flets-east-dyn-1 }"
-    )
-    assert lines[2].startswith("delete counter inet op25b elements_")
-    assert len(lines) == 3
+        "~ map pools_v4 rebuilt with 4 element(s): -0 +1; "
+        "added 192.0.2.128/26 : jump pool_flets-east-dyn-1"
+    ) in describe(tx)
+    assert backend.tables[("inet", "op25b")].sets == want.sets
+    assert not applier.plan(backend, want)
 
 
 def test_fingerprint_lets_a_read_skip_elements(policy: Policy) -> None:
@@ -138,9 +148,12 @@ def test_removing_a_pool_deletes_elements_before_its_chain(policy: Policy) -> No
     fewer = replace(policy, pools=policy.pools[:2] + policy.pools[3:])
     tx = applier.apply(backend, desired_table(fewer, modes(decide(fewer, NOW))))
     lines = render(tx).splitlines()
-    assert lines.index("delete element inet op25b pools_v4 { 198.51.100.0/25 }") < lines.index(
+    # the map that jumps to the chain goes (and comes back without it) before the chain
+    assert lines.index("delete map inet op25b pools_v4") < lines.index(
         "delete chain inet op25b pool_flets-west-dyn-1"
     )
+    (rebuilt,) = [x for x in lines if x.startswith("add map inet op25b pools_v4 ")]
+    assert "198.51.100.0/25" not in rebuilt
     assert "delete counter inet op25b monitored_flets-west-dyn-1" in lines[-3:]
     assert not applier.plan(backend, desired_table(fewer, modes(decide(fewer, NOW))))
 
