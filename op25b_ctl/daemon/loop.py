@@ -83,6 +83,7 @@ class Daemon:
         self.interval = interval
         self.metrics = metrics
         self.notifier = notifier or Notifier({})
+        reconciler.progress = self.notifier.watchdog  # fed within long passes too
         self.wall = wall
         self.after_pass = after_pass
         self.passes = 0

@@ -142,6 +142,10 @@ class Reconciler:
         self._sample: tuple[bool | None, Mapping[str, Counter]] = (None, {})
         self._generation: int | None = None
         self.view = View()
+        # called between the phases of a pass (load, read, commit): the daemon feeds systemd's
+        # watchdog here, so a long pass at ISP scale is never mistaken for a hung one, while a
+        # phase that really hangs still starves it
+        self.progress: Callable[[], object] = lambda: None
         self.last_error: str | None = None
 
     @property
@@ -210,6 +214,7 @@ class Reconciler:
             )
         self._last_now = now
         desired_changed, rejected = self._refresh_desired(now, reload or stepped_back)
+        self.progress()
         want = self.desired
         if want is None:
             err = "no valid policy yet: nothing applied (the kernel's table is left as it is)"
@@ -254,6 +259,7 @@ class Reconciler:
                 tx = diff(self._synced, want.table)
             else:
                 live = applier.read_live(self.kernel, want.table, trust_fingerprint=not full)
+                self.progress()
                 applier.ensure_ours(live)
                 self._sample_counters(want.table)  # before any commit that may recreate them
                 tx = diff(live, want.table)
@@ -278,7 +284,9 @@ class Reconciler:
                 self._verify = True
             if tx:
                 before = self._read_generation()
+                self.progress()
                 self.kernel.apply(tx)
+                self.progress()
                 after = self._read_generation()
                 # Trust the new generation only if no other commit slipped in around ours.
                 gen = after if before is not None and after == before + 1 else None

@@ -477,3 +477,14 @@ def test_an_unreadable_digest_is_drift_never_a_match(
     kernel.gen += 1  # someone committed somewhere: the next pass looks
     result = rec.run_once()
     assert result.changed and result.drift_repaired  # loud: repaired (and logged), not trusted
+
+
+def test_long_passes_report_progress_between_phases(rec: Reconciler) -> None:
+    """The daemon feeds systemd's watchdog from `progress`: a pass that loads, reads and
+    commits (seconds each at 100,000 prefixes) reports after every phase, not only at its end."""
+    calls: list[str] = []
+    rec.progress = lambda: calls.append("tick")
+    first = rec.run_once()  # load + full read + commit
+    assert first.changed and len(calls) >= 4
+    calls.clear()
+    assert rec.run_once().read == "fast" and len(calls) == 1  # a pass that reads nothing
