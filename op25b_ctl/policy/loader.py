@@ -124,6 +124,9 @@ class _Doc:
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = mark.line + 1 if mark is not None else None
+            position = getattr(exc, "position", None)  # a ReaderError (a NUL, say) has no mark
+            if line is None and isinstance(position, int):
+                line = text[:position].count("\n") + 1
             reason = getattr(exc, "problem", None) or str(exc)
             self.problems.append(Problem(name, "", f"not valid YAML: {reason}", line))
             self.data = None
