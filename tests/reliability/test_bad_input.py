@@ -1088,7 +1088,9 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Base]:
             cp = in_ns(ns, [CTL, *argv])
             assert cp.returncode == 0, cp.stderr
         # a foreign table whose name passes the name check (op25b_*) and has a chain `smtp`
-        foreign = 'table inet op25b_foreign {\n chain smtp {\n counter accept comment "theirs"\n }\n}\n'
+        foreign = (
+            'table inet op25b_foreign {\n chain smtp {\n counter accept comment "theirs"\n }\n}\n'
+        )
         cp = subprocess.run(
             ["ip", "netns", "exec", ns, "nft", "-f", "-"],
             input=foreign,
