@@ -76,7 +76,7 @@ def apply_(policy: Path, state: Path) -> list[str]:
     return ["apply", "--policy", str(policy), "--state-dir", str(state), "--now", NOW]
 
 
-def then(change: Callable[[Path, Path], None], argv: Setup = apply_) -> Setup:
+def then(change: Callable[[Path, Path], object], argv: Setup = apply_) -> Setup:
     def setup(policy: Path, state: Path) -> list[str]:
         change(policy, state)
         return argv(policy, state)
