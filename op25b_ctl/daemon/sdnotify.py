@@ -39,7 +39,9 @@ class Notifier:
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
                 sock.connect(self.address)
-                sock.sendall(msg)
+                # never wait: a notify socket nobody reads (its queue holds 10 datagrams by
+                # default) must not stall the pass that feeds the watchdog
+                sock.send(msg, socket.MSG_DONTWAIT)
         except OSError:
             return False  # systemd gone or socket full: never take the daemon down for it
         return True
