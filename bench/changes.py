@@ -61,7 +61,6 @@ def _add(policy: Policy, n: int) -> Policy:
 
 def worker(old_path: int) -> dict[str, Any]:
     """Runs inside the namespace."""
-    from op25b_ctl.kernel import netlink
     from op25b_ctl.kernel.nft import NftKernel
     from op25b_ctl.ops import applier
 
@@ -74,8 +73,9 @@ def worker(old_path: int) -> dict[str, Any]:
         t = time.perf_counter()
         tx = applier.apply_to(kernel, live, want)
         seconds = time.perf_counter() - t
+        live = kernel.read(want.family, want.name)  # every element, over netlink
         for name, s in want.sets.items():  # the kernel holds exactly what was asked for
-            if netlink.read_elements(want.name, name, want.family) != dict(s.elements):
+            if live is None or name not in live.sets or live.sets[name].elements != s.elements:
                 raise SystemExit(f"set {name} differs from the desired one after the commit")
         return seconds, tx
 
