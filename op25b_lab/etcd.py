@@ -16,11 +16,13 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
@@ -46,10 +48,45 @@ def free_port() -> int:
         return port
 
 
-class EtcdServer:
-    """One etcd member; `url` is the client URL on the host's loopback."""
+@dataclass(frozen=True)
+class Tls:
+    """A throw-away CA, a server certificate for 127.0.0.1 and a client certificate."""
 
-    def __init__(self, prefix: str = "/op25b") -> None:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def make_tls(directory: Path) -> Tls:
+    """Generate the certificates with openssl (EC P-256, valid one day)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def run(*argv: str) -> None:
+        subprocess.run(["openssl", *argv], check=True, capture_output=True, timeout=60)
+
+    d = directory
+    run("req", "-x509", *key, "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"),
+        "-days", "1", "-subj", "/CN=op25b-test-ca")  # fmt: skip
+    for who, usage in (("server", "serverAuth,clientAuth"), ("client", "clientAuth")):
+        ext = d / f"{who}.ext"
+        san = "subjectAltName=IP:127.0.0.1\n" if who == "server" else ""
+        ext.write_text(san + f"extendedKeyUsage={usage}\n")
+        run("req", *key, "-keyout", str(d / f"{who}.key"), "-out", str(d / f"{who}.csr"),
+            "-subj", f"/CN=op25b-test-{who}")  # fmt: skip
+        run("x509", "-req", "-in", str(d / f"{who}.csr"), "-CA", str(d / "ca.pem"),
+            "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-days", "1",
+            "-out", str(d / f"{who}.pem"), "-extfile", str(ext))  # fmt: skip
+    return Tls(d / "ca.pem", d / "server.pem", d / "server.key", d / "client.pem", d / "client.key")
+
+
+class EtcdServer:
+    """One etcd member; `url` is the client URL on the host's loopback. With `tls`, clients
+    must speak HTTPS and present a certificate signed by the test CA."""
+
+    def __init__(self, prefix: str = "/op25b", *, tls: bool = False) -> None:
         binary = etcd_binary()
         if binary is None:
             raise RuntimeError("etcd not installed (Debian package etcd-server; scripts/bootstrap)")
@@ -61,15 +98,16 @@ class EtcdServer:
         self.prefix = prefix
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = self.workdir / "etcd.log"
+        self.tls = make_tls(self.workdir / "tls") if tls else None
 
     @property
     def client_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def store_url(self) -> str:
         """The op25b-ctl --store URL for this member."""
-        return f"etcd://127.0.0.1:{self.port}{self.prefix}"
+        return f"{'etcds' if self.tls else 'etcd'}://127.0.0.1:{self.port}{self.prefix}"
 
     @property
     def socket_file(self) -> Path:
@@ -102,6 +140,13 @@ class EtcdServer:
             "--initial-cluster-state", "new",
             "--log-outputs", "stderr",
         ]  # fmt: skip
+        if self.tls is not None:
+            argv += [
+                "--cert-file", str(self.tls.server_cert),
+                "--key-file", str(self.tls.server_key),
+                "--client-cert-auth",
+                "--trusted-ca-file", str(self.tls.ca),
+            ]  # fmt: skip
         with self.log.open("ab") as fh:
             self.proc = subprocess.Popen(
                 argv,
@@ -127,8 +172,12 @@ class EtcdServer:
             data=json.dumps({"key": "AA=="}).encode(),
             method="POST",
         )
+        context = None
+        if self.tls is not None:
+            context = ssl.create_default_context(cafile=str(self.tls.ca))
+            context.load_cert_chain(str(self.tls.client_cert), str(self.tls.client_key))
         try:
-            with urllib.request.urlopen(req, timeout=1) as resp:
+            with urllib.request.urlopen(req, timeout=1, context=context) as resp:
                 return bool(resp.status == 200 and "header" in json.loads(resp.read()))
         except (OSError, urllib.error.URLError, ValueError):
             return False

@@ -352,6 +352,9 @@ class EtcdStore:
             for host, port in config.endpoints
         ]
         self._current = 0
+        # Per request: requests lets $REQUESTS_CA_BUNDLE override a session's CA bundle,
+        # and --cacert must win over the environment.
+        self._verify: str | bool = config.cacert if config.cacert else True
 
     def close(self) -> None:
         for client in self._clients:
@@ -368,7 +371,7 @@ class EtcdStore:
             index = (self._current + i) % n
             client = self._clients[index]
             try:
-                result = client.post(client.get_url(path), json=payload)
+                result = client.post(client.get_url(path), json=payload, verify=self._verify)
             except (exceptions.ConnectionFailedError, exceptions.ConnectionTimeoutError) as exc:
                 errors.append(f"{client.host}:{client.port}: {_short(exc)}")
                 continue
@@ -599,6 +602,7 @@ class EtcdStore:
                     json=payload,
                     stream=True,
                     timeout=(self.timeout, None),
+                    verify=self._verify,
                 )
             except (requests.RequestException, OSError) as exc:
                 errors.append(f"{client.host}:{client.port}: {_short(exc)}")

@@ -196,3 +196,23 @@ def test_policy_cache_keeps_gateways_and_stage_groups(tmp_path: Path) -> None:
     again = cache.load(d, where)  # from the cache entry
     assert again.gateways == first.gateways and len(again.gateways) == 3
     assert again.stages[0].groups == ["east"]
+
+
+def test_the_narrowest_override_reaches_each_gateway() -> None:
+    from op25b_ctl.source.fleet import gateway_overrides
+
+    def rec(action: str) -> dict[str, str]:
+        return {"pool": EAST1, "action": action, "reason": "r", "set_at": T0.isoformat()}
+
+    records = [
+        (Scope(), rec("rollback")),
+        (Scope("group", "east"), rec("monitor")),
+        (Scope("gateway", "bras-east-2"), rec("enforce")),
+        (Scope("group", "west"), {"pool": EAST1, "action": "bogus"}),  # malformed: ignored
+    ]
+    mode = {
+        gw: gateway_overrides(records, gw, group)[EAST1].action
+        for gw, group in (("bras-east-1", "east"), ("bras-east-2", "east"), ("bras-west-1", "west"))
+    }
+    assert mode == {"bras-east-1": "monitor", "bras-east-2": "enforce", "bras-west-1": "rollback"}
+    assert gateway_overrides(records[2:3], "bras-west-1", "west") == {}
