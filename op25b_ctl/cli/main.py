@@ -99,6 +99,10 @@ def cmd_validate(ctx: Context) -> int:
         "relays": [r.name for r in policy.relays],
         "stages": [s.name for s in policy.stages],
         "exemptions": len(policy.exemptions),
+        "gateways": [
+            {"name": g.name, "group": g.group, "pools": policy.gateway_pools(g)}
+            for g in policy.gateways
+        ],
     }
     n_prefixes = sum(len(p.prefixes) for p in policy.pools)
     ctx.emit(
@@ -108,6 +112,11 @@ def cmd_validate(ctx: Context) -> int:
             f"{len(policy.relays)} relays, table {FAMILY} {policy.gateway.table}, "
             f"action {policy.gateway.action}, {len(policy.stages)} rollout stages, "
             f"{len(policy.exemptions)} exemptions"
+            + (
+                f", {len(policy.gateways)} gateways in {len(policy.groups())} group(s)"
+                if policy.gateways
+                else ""
+            )
         ],
     )
     return EXIT_OK

@@ -179,6 +179,13 @@ def test_store_down_gateways_keep_enforcing_then_converge(fleet: FleetLab, tmp_p
     for name in NAMES:
         assert fleet.daemons[name].poll() is None, fleet.log(name)
         assert "store lost" in fleet.log(name)
+    # a daemon restarted while etcd is down enforces its local snapshot (stage included)
+    west1 = fleet.labs["bras-west-1"]
+    assert fleet.stop("bras-west-1") == 0
+    west1.run(west1.ns_gw, ["nft", "delete", "table", "inet", "op25b"])
+    fleet.start("bras-west-1")
+    expect(west1, {a: REFUSED})
+    assert "enforcing the local snapshot" in fleet.log("bras-west-1")
     # etcd back: a change made now reaches everyone, and fleet status says all in sync
     fleet.etcd.start()
     set_mode(policy, EAST1, "monitor")

@@ -216,3 +216,16 @@ def test_the_narrowest_override_reaches_each_gateway() -> None:
     }
     assert mode == {"bras-east-1": "monitor", "bras-east-2": "enforce", "bras-west-1": "rollback"}
     assert gateway_overrides(records[2:3], "bras-west-1", "west") == {}
+
+
+def test_validate_lists_the_gateways(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from op25b_ctl.cli.main import main
+
+    d = fleet_policy(tmp_path / "p")
+    assert main(["validate", "--policy", str(d), "-o", "json"]) == 0
+    gateways = json.loads(capsys.readouterr().out)["gateways"]
+    assert gateways[1] == {"name": "bras-east-2", "group": "east", "pools": [EAST1, WEST1]}
+    assert main(["validate", "--policy", str(d)]) == 0
+    assert "3 gateways in 2 group(s)" in capsys.readouterr().out
