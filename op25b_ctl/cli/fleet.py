@@ -8,6 +8,7 @@ commands run from an engineer's workstation as well as from a gateway.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from op25b_ctl.cli.context import Context
 from op25b_ctl.errors import ConcurrentPublish, Op25bError, OverrideError, StoreUsageError
 from op25b_ctl.policy.loader import parse_policy, read_policy_files
-from op25b_ctl.policy.model import Policy
+from op25b_ctl.policy.model import Policy, parse_net
 from op25b_ctl.policy.overrides import Action, Override, check, check_reason, parse_when
 from op25b_ctl.source import audit
 from op25b_ctl.source.etcd import (
@@ -238,6 +239,88 @@ def _applied_revision(status: dict[str, Any] | None) -> int:
         return 0
 
 
+# ---------------------------------------------------------------------------- exempt --store
+
+
+def cmd_exempt(ctx: Context) -> int:
+    """`exempt add PREFIX --ticket T` / `exempt remove TICKET` / `exempt list`, fleet-wide:
+    one key each; every gateway carrying the prefix's pool lets it through."""
+    args = ctx.args
+    store = store_of(ctx)
+    published, policy = published_policy(store)
+    snap = store.snapshot()
+    records = snap.exemptions(store.keys)
+    if args.exempt_action == "list":
+        ctx.emit(
+            {"exemptions": records},
+            [
+                f"{r['ticket']:<20} {r.get('prefix', '?'):<24} until {r.get('expires') or '-'}  "
+                f"{r.get('reason', '')} ({r.get('user', '?')}@{r.get('host', '?')})"
+                for r in records
+            ]
+            or ["no fleet exemptions (exemptions.yaml's are part of the published policy)"],
+        )
+        return EXIT_OK
+    if not (args.reason or "").strip():
+        raise OverrideError("--reason must say why (it goes into the audit log)")
+    record: dict[str, Any] | None = None
+    if args.exempt_action == "add":
+        from op25b_ctl.policy.model import Exemption, check_exemptions
+        from op25b_ctl.source.fleet import with_fleet_exemptions
+
+        until = parse_when(args.until, ctx.now) if args.until else None
+        try:
+            exemption = Exemption.model_validate(
+                {"prefix": args.prefix, "ticket": args.ticket, "reason": args.reason}
+                | ({"expires": until} if until else {})
+            )
+        except ValueError as exc:
+            raise OverrideError(f"exemption refused: {exc}") from None
+        if any(r["ticket"] == exemption.ticket for r in records):
+            raise OverrideError(f"ticket {exemption.ticket} already has a fleet exemption")
+        base = with_fleet_exemptions(policy, records)
+        trial = dataclasses.replace(base, exemptions=(*base.exemptions, exemption))
+        findings = check_exemptions(trial)
+        if findings:
+            raise OverrideError(f"exemption {exemption.prefix} refused: {findings[0].message}")
+        pool = policy.pool_of(parse_net(exemption.prefix))
+        record = {
+            "prefix": exemption.prefix,
+            "ticket": exemption.ticket,
+            "expires": until.isoformat() if until else None,
+            "reason": args.reason,
+            "user": audit.invoking_user(),
+            "host": host_name(),
+            "set_at": ctx.now.isoformat(),
+            "pool": pool.name if pool else None,
+            "policy_revision": published.revision,
+        }
+        ticket, verb = exemption.ticket, "exempt add"
+        targets = [g.name for g in policy.gateways_carrying(pool.name)] if pool else []
+        detail = f"{exemption.prefix} ({pool.name if pool else '?'}): {', '.join(targets)}"
+    else:
+        ticket, verb = args.ticket, "exempt remove"
+        if not any(r["ticket"] == ticket for r in records):
+            raise OverrideError(f"no fleet exemption for ticket {ticket}")
+        detail = f"ticket {ticket}"
+        targets = []
+    revision = store.set_exemption(
+        ticket,
+        record,
+        _audit_entry(
+            ctx, verb, reason=args.reason, detail=detail, ticket=ticket,
+            policy_revision=published.revision,
+        ),
+        ctx.now,
+    )  # fmt: skip
+    ctx.emit(
+        {"ticket": ticket, "action": args.exempt_action, "gateways": targets,
+         "store_revision": revision, "exemption": record},
+        [f"{verb} {detail}; store revision {revision}"],
+    )  # fmt: skip
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------------------- fleet status
 
 
@@ -437,6 +520,26 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--reason", default="", help="why (recorded with the revision and audited)")
     p.add_argument("--force", action="store_true", help="publish even if unchanged")
+    exempt = sub.add_parser(
+        "exempt",
+        help="fleet-wide subscriber exemptions in the store (with --store)",
+        description="Let one subscriber prefix inside a blocked pool through on every gateway "
+        "carrying that pool: one key in the store, checked like exemptions.yaml (inside one "
+        "dynamic pool, not all of a pool's prefix, overlapping no other exemption).",
+    )
+    e_sub = exempt.add_subparsers(dest="exempt_action", required=True, metavar="ACTION")
+    p = e_sub.add_parser("add", parents=[common], help="exempt PREFIX under a ticket")
+    p.set_defaults(func=cmd_exempt)
+    p.add_argument("prefix", metavar="PREFIX")
+    p.add_argument("--ticket", required=True, help="the opt-out's ticket (one exemption each)")
+    p.add_argument("--reason", required=True, help="why (recorded in the audit log)")
+    p.add_argument("--until", metavar="TIME", help="expiry: ISO time with offset or 4h/2d")
+    p = e_sub.add_parser("remove", parents=[common], help="remove the exemption of TICKET")
+    p.set_defaults(func=cmd_exempt)
+    p.add_argument("ticket", metavar="TICKET")
+    p.add_argument("--reason", required=True, help="why (recorded in the audit log)")
+    p = e_sub.add_parser("list", parents=[common], help="the fleet exemptions in the store")
+    p.set_defaults(func=cmd_exempt)
     fleet = sub.add_parser(
         "fleet",
         help="the fleet as the store sees it",

@@ -723,6 +723,12 @@ class PrefixIndex:
         return out
 
 
+def check_exemptions(policy: Policy) -> list[Finding]:
+    """The exemption checks alone (fleet exemptions are added to a published policy one by
+    one); the pools' index is the policy's own, built once."""
+    return _check_exemptions(policy, policy._pool_index)
+
+
 def _check_exemptions(policy: Policy, index: PrefixIndex) -> list[Finding]:
     """Each exemption is a part of one dynamic pool (not all of it) and overlaps no other."""
     found: list[Finding] = []

@@ -141,6 +141,13 @@ class Keys:
     def overrides(self) -> str:
         return f"{self.prefix}/config/overrides/"
 
+    @property
+    def exemptions(self) -> str:
+        return f"{self.prefix}/config/exemptions/"
+
+    def exemption(self, ticket: str) -> str:
+        return f"{self.exemptions}{ticket}"
+
     def override(self, pool: str, scope: Scope) -> str:
         return f"{self.overrides}{pool}/{scope.key}"
 
@@ -262,6 +269,14 @@ class StoreSnapshot:
             record = _loads(raw, key)
             out.append((scope, {**record, "pool": pool}))
         return out
+
+    def exemptions(self, keys: Keys) -> list[dict[str, Any]]:
+        """Fleet exemption records (P/config/exemptions/<ticket>), by ticket."""
+        return [
+            {**_loads(raw, key), "ticket": key[len(keys.exemptions) :]}
+            for key, raw in sorted(self.values.items())
+            if key.startswith(keys.exemptions)
+        ]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -521,6 +536,28 @@ class EtcdStore:
         now = now or datetime.now(UTC)
         marker = {"what": f"override {pool}/{scope.key}", "at": now.isoformat()}
         ops = [op, self._put(self.keys.changed, dumps(marker))]
+        if audit_entry is not None:
+            ops.append(self._put(self.keys.audit_entry(now), dumps(audit_entry)))
+        _, rev = self._txn([], ops)
+        return rev
+
+    def set_exemption(
+        self,
+        ticket: str,
+        record: Mapping[str, Any] | None,
+        audit_entry: Mapping[str, Any] | None,
+        now: datetime | None = None,
+    ) -> int:
+        """Put (record) or delete (None) one fleet exemption key with its audit entry."""
+        now = now or datetime.now(UTC)
+        key = self.keys.exemption(ticket)
+        op = self._put(key, dumps(record)) if record is not None else self._delete(key)
+        ops = [
+            op,
+            self._put(
+                self.keys.changed, dumps({"what": f"exemption {ticket}", "at": now.isoformat()})
+            ),
+        ]
         if audit_entry is not None:
             ops.append(self._put(self.keys.audit_entry(now), dumps(audit_entry)))
         _, rev = self._txn([], ops)

@@ -20,6 +20,7 @@ What the gateway enforces is the published policy narrowed to its own pools
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -30,6 +31,8 @@ from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from pydantic import ValidationError
 
 from op25b_ctl import __version__
 from op25b_ctl.errors import (
@@ -43,7 +46,7 @@ from op25b_ctl.errors import (
     StoreUsageError,
 )
 from op25b_ctl.policy.loader import parse_policy
-from op25b_ctl.policy.model import Policy
+from op25b_ctl.policy.model import Exemption, Policy, check_exemptions
 from op25b_ctl.policy.overrides import Override
 from op25b_ctl.source import audit
 from op25b_ctl.source.base import Snapshot
@@ -83,6 +86,36 @@ def gateway_overrides(
         if override.pool not in best or scope.rank > best[override.pool][0]:
             best[override.pool] = (scope.rank, override)
     return {pool: o for pool, (_, o) in best.items()}
+
+
+def with_fleet_exemptions(policy: Policy, records: Iterable[dict[str, Any]]) -> Policy:
+    """`policy` plus the fleet's exemptions that pass the exemptions.yaml checks against it
+    (checked at `exempt add`; one made invalid by a later publish is left out and logged)."""
+    accepted = list(policy.exemptions)
+    for record in records:
+        try:
+            exemption = Exemption.model_validate(
+                {
+                    k: record.get(k)
+                    for k in ("prefix", "ticket", "expires", "reason")
+                    if record.get(k) is not None
+                }
+            )
+        except ValidationError as exc:
+            log.error("ignoring fleet exemption %s: %s", record.get("ticket"), exc)
+            continue
+        trial = dataclasses.replace(policy, exemptions=(*accepted, exemption))
+        trial.__dict__["_pool_index"] = policy._pool_index  # same pools: reuse the index
+        findings = check_exemptions(trial)
+        if findings:
+            log.error("ignoring fleet exemption %s: %s", exemption.ticket, findings[0].message)
+            continue
+        accepted.append(exemption)
+    if len(accepted) == len(policy.exemptions):
+        return policy
+    merged = dataclasses.replace(policy, exemptions=tuple(accepted))
+    merged.__dict__["_pool_index"] = policy._pool_index
+    return merged
 
 
 def save_snapshot(path: Path, snapshot: StoreSnapshot, store_url: str, gateway: str) -> None:
@@ -248,6 +281,7 @@ class FleetSource:
             raise PolicyError(
                 [Problem("gateways.yaml", "", f"{exc.args[0]} (published revision)")]
             ) from None
+        whole = with_fleet_exemptions(whole, snap.exemptions(keys))
         policy = whole.for_gateway(self.gateway)
         overrides = gateway_overrides(snap.overrides(keys), self.gateway, gw.group)
         self.group = gw.group

@@ -150,6 +150,15 @@ def test_fleet_rollback_reaches_every_gateway_carrying_the_pool(
     for name in ("bras-east-1", "bras-east-2"):
         expect(fleet.labs[name], {(DYN_A.v4, FOREIGN_MX.v4, 25): REFUSED})
     expect(fleet.labs["bras-west-1"], {(DYN_A.v4, FOREIGN_MX.v4, 25): CONNECTED})
+    # a fleet exemption: one subscriber of the pool let through where the pool is enforced
+    fleet.ctl("exempt", "add", f"{DYN_A.v4}/32", "--ticket", "OPT-77", "--reason", "opt-out")
+    for name in ("bras-east-1", "bras-east-2"):
+        expect(
+            fleet.labs[name],
+            {(DYN_A.v4, FOREIGN_MX.v4, 25): CONNECTED, (DYN_A.v6, FOREIGN_MX.v6, 25): REFUSED},
+        )
+    fleet.ctl("exempt", "remove", "OPT-77", "--reason", "ticket closed")
+    expect(fleet.labs["bras-east-1"], {(DYN_A.v4, FOREIGN_MX.v4, 25): REFUSED})
 
 
 def test_store_down_gateways_keep_enforcing_then_converge(fleet: FleetLab, tmp_path: Path) -> None:

@@ -299,3 +299,36 @@ def test_tls_with_client_certificates(
         store = EtcdStore(parse_store_url(server.store_url, cacert=str(tls.ca), cert=str(tls.client_cert), key=str(tls.client_key)))  # fmt: skip
         published = store.published()
         assert published is not None and published.revision == 1
+
+
+def test_fleet_exemptions_are_checked_and_audited(
+    etcd: EtcdServer, policy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = store_of(etcd)
+    assert ctl(capsys, "publish", "--policy", str(policy), "--store", etcd.store_url)[0] == 0
+    base = ["--store", etcd.store_url]
+    code, out, err = ctl(
+        capsys, "exempt", "add", "192.0.2.10/32", "--ticket", "OPT-1", "--reason", "opt-out",
+        "--until", "30d", *base, "-o", "json",
+    )  # fmt: skip
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["gateways"] == ["bras-east-1", "bras-east-2", "bras-west-1"]
+    assert data["exemption"]["pool"] == EAST1
+    assert [r["ticket"] for r in store.snapshot().exemptions(store.keys)] == ["OPT-1"]
+    # refused like exemptions.yaml: overlapping, outside every pool, a whole pool prefix
+    for prefix, why in (
+        ("192.0.2.8/29", "overlaps"),
+        ("203.0.113.5/32", "not inside any subscriber pool"),
+        ("192.0.2.0/26", "the whole of a prefix"),
+    ):
+        code, _, err = ctl(
+            capsys, "exempt", "add", prefix, "--ticket", "OPT-2", "--reason", "x", *base
+        )
+        assert code == 2 and why in err, err
+    code, _, err = ctl(capsys, "exempt", "remove", "OPT-9", "--reason", "x", *base)
+    assert code == 2 and "no fleet exemption" in err
+    assert ctl(capsys, "exempt", "remove", "OPT-1", "--reason", "closed", *base)[0] == 0
+    assert store.snapshot().exemptions(store.keys) == []
+    actions = [e["action"] for e in store.audit()]
+    assert actions == ["publish", "exempt add", "exempt remove"]
