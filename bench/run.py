@@ -30,6 +30,7 @@ from types import FrameType
 from typing import Any
 
 from bench import inventory as inv
+from bench import whole
 from bench.netns import Namespaces
 from bench.report import Figure, figures_table, fmt, median, plain, table
 from op25b_ctl.policy.model import Policy
@@ -755,6 +756,7 @@ def render_report(
     runs: int,
     limit_mb: float,
     seconds: float,
+    processes: whole.Whole | None = None,
 ) -> list[str]:
     m = sizes[inv.MAIN.v4]
     figs = main_figures(sizes, dp, limit_mb)
@@ -778,7 +780,21 @@ def render_report(
         f"({inv.MAIN.v4 // inv.POOL_COUNT} + {inv.MAIN.v6 // inv.POOL_COUNT} per pool), 9 in 10 "
         "pools enforced (reject), the rest monitored; one relay",
         "",
-        "## Figures",
+        *(
+            [
+                "## Whole processes: `op25b-ctl` as an engineer runs it",
+                "",
+                "Each command is timed from fork to exit as its own process (`ip netns exec "
+                "NS op25b-ctl ...`): start-up, imports, the policy, the kernel work. "
+                "See bench/whole.py for the method.",
+                "",
+                *whole.report_lines(processes, limit_mb),
+                "",
+            ]
+            if processes is not None
+            else []
+        ),
+        "## Figures (library calls inside one process)",
         "",
         *figures_table(figs),
         "",
@@ -924,6 +940,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="cut `nft list counters` off after this many seconds (default %(default)s)",
     )  # fmt: skip
     p.add_argument("--rss-limit", type=float, default=150.0, help="memory target in MiB")
+    p.add_argument(
+        "--whole-rounds", type=int, default=5,
+        help="rounds of the whole-process commands (default 5; 0 skips them)",
+    )  # fmt: skip
     p.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     p.add_argument("--no-write", action="store_true", help="print only")
     p.add_argument(
@@ -950,6 +970,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     continue  # the biggest row runs last: it is the one to drop if time is short
                 sizes[size.v4] = bench.size(size, main=size == inv.MAIN)
             dp = bench.datapath(work / "policy")
+            processes = None
+            if args.whole_rounds > 0:
+                processes = whole.measure(
+                    work, bench.nss, inv.synthetic_policy(inv.MAIN), args.whole_rounds, log
+                )
             for size in sizes_to_run:
                 if size.v4 > inv.MAIN.v4:
                     if time.monotonic() - t0 > BUDGET_S * 0.6:
@@ -960,7 +985,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             bench.close()
             shutil.rmtree(work, ignore_errors=True)
     elapsed = time.monotonic() - t0
-    raw = (sizes, dp, mach, started, elapsed, args.runs, args.rss_limit, args.seconds)
+    raw = (sizes, dp, mach, started, elapsed, args.runs, args.rss_limit, args.seconds, processes)
     RAW.write_bytes(pickle.dumps(raw))  # re-render with --from-raw without measuring again
     log(f"raw results in {RAW}")
     return report(args, *raw)

@@ -170,3 +170,25 @@ def test_cost_rows_give_a_bound_when_ours_is_within_noise() -> None:
     assert value.startswith("< noise")
     _, ratio = next(v for k, v in rows.items() if "ipset" in k)
     assert ratio.startswith("ours < noise: > ")
+
+
+def test_whole_process_rows_pair_rounds_and_judge_flatness() -> None:
+    from bench import whole
+
+    res = whole.Whole(rounds=2)
+    for size, scale in (("big", 1.0), ("small", 0.5)):
+        for key in [*whole.TARGETS, "nft_f", "nft_list_counters"]:
+            for seconds in (0.2 * scale, 0.25 * scale):
+                res.add(size, key, seconds)
+        res.add(size, "nft_f", 0.0)  # replaced below: two rounds only
+        res.times[size]["nft_f"] = [0.1, 0.5]
+    for key in ("big_daemon_cold", "big_daemon_warm", "small_daemon_cold", "big_apply"):
+        res.peak_mib[key] = [100.0, 160.0 if key == "big_daemon_warm" else 90.0]
+    rows = {r.key: r for r in whole.rows(res)}
+    # ratio to nft -f is the median of per-round ratios: 0.2/0.1 and 0.25/0.5
+    assert rows["apply_cold"].ratio == pytest.approx((2.0 + 0.5) / 2)
+    assert rows["rollback"].flat == pytest.approx(2.0) and not rows["rollback"].met  # 2x 10 pools
+    assert rows["validate"].met  # 0.225 s <= 1 s
+    assert rows["daemon_peak"].big == 160.0 and not rows["daemon_peak"].met
+    text = "\n".join(whole.report_lines(res))
+    assert "**MISS**" in text and "`pool rollback`" in text

@@ -1,0 +1,357 @@
+"""Whole-process figures: `op25b-ctl ...` run as an engineer runs it, one process per command.
+
+The library figures in run.py time calls inside one warm process; these time the command from
+fork to exit (Python start-up, imports, reading the policy, the kernel work), each in the
+same kind of namespace as its baseline and in the same round:
+
+- `nft -f` of the exact script `plan --script` prints, into a fresh namespace, is the
+  baseline of a cold `apply` and of the daemon's start to a live table;
+- `nft list counters` is the baseline of `status`;
+- every pool command is also run on a 10-pool policy (the first 10 pools of the same
+  inventory), the flatness baseline.
+
+"Cold cache" means the validated-policy cache (op25b_ctl/policy/cache.py) is empty, as after
+an edit of the policy; the other commands find it warm, as they would after any earlier
+command on the same files. Every command must exit 0; the runner stops otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import inventory as inv
+from bench.netns import Namespaces
+from bench.report import fmt, median, plain, table
+from op25b_ctl.policy.model import Policy
+
+CTL = str(Path(sys.executable).with_name("op25b-ctl"))
+SMALL_POOLS = 10
+DAEMON_READY_S = 180.0
+POOL = inv.pool_name(inv.CHANGE_POOL)
+EXPLAIN = ("explain", "192.0.2.10", "--to", "203.0.113.99")
+
+# key -> (what the README and the report call it, target: ("abs", seconds) | ("ratio", x))
+TARGETS: dict[str, tuple[str, tuple[str, float]]] = {
+    "apply_cold": ("`apply`, cold (empty table, cold cache) / `nft -f`", ("ratio", 1.2)),
+    "apply_noop": ("`apply`, nothing to do", ("abs", 0.3)),
+    "tick_noop": ("`rollout tick`, nothing to do", ("abs", 0.3)),
+    "validate_cold": ("`validate`, cold cache (files just edited)", ("abs", 1.0)),
+    "validate": ("`validate`, warm cache", ("abs", 1.0)),
+    "status": ("`status -o json`", ("abs", 0.3)),
+    "explain": ("`explain 192.0.2.10 --to 203.0.113.99`", ("abs", 0.3)),
+    "rollback": ("`pool rollback`", ("abs", 0.3)),
+    "monitor": ("`pool monitor`", ("abs", 0.3)),
+    "enforce": ("`pool enforce`", ("abs", 0.3)),
+    "clear": ("`pool clear`", ("abs", 0.3)),
+    "daemon_cold": ("daemon start to table live, cold cache / `nft -f`", ("ratio", 1.3)),
+    "daemon_warm": ("daemon start to table live, warm cache / `nft -f`", ("ratio", 1.3)),
+}
+POOL_COMMANDS = ("rollback", "monitor", "enforce", "clear")
+FLAT = 1.5  # a pool command at 1,000 pools within this of the same at 10 pools
+
+
+@dataclass
+class Whole:
+    """Seconds per command and round, per policy size ("big", "small"), plus baselines."""
+
+    times: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    peak_mib: dict[str, list[float]] = field(default_factory=dict)
+    rounds: int = 0
+
+    def add(self, size: str, key: str, seconds: float) -> None:
+        self.times.setdefault(size, {}).setdefault(key, []).append(seconds)
+
+
+def small_policy(policy: Policy) -> Policy:
+    return Policy(policy.gateway, policy.pools[:SMALL_POOLS], policy.relays)
+
+
+def _wait4(proc: subprocess.Popen[bytes]) -> tuple[int, float]:
+    """Exit status and peak RSS (MiB) of a child (`ip netns exec` execs the command itself)."""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_maxrss / 1024
+
+
+class Runner:
+    def __init__(self, work: Path, nss: Namespaces, dirs: dict[str, Path]) -> None:
+        self.work = work
+        self.nss = nss
+        self.dirs = dirs  # "big"/"small" -> policy directory
+        self.cache = work / "whole-cache"
+        self.state = work / "whole-state"
+        self.env = {
+            **os.environ,
+            "OP25B_CACHE_DIR": str(self.cache),
+            "OP25B_STATE_DIR": str(self.state),
+        }
+
+    def cold_cache(self) -> None:
+        shutil.rmtree(self.cache, ignore_errors=True)
+
+    def fresh_state(self) -> None:
+        shutil.rmtree(self.state, ignore_errors=True)
+        self.state.mkdir()
+
+    def timed(self, ns: str, argv: Sequence[str]) -> tuple[float, float]:
+        """(seconds, peak MiB) of one whole process in namespace ns; raises unless exit 0."""
+        t = time.perf_counter()
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, *argv],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        rc, peak = _wait4(proc)
+        seconds = time.perf_counter() - t
+        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        if proc.stderr:
+            proc.stderr.close()
+        if rc != 0:
+            raise RuntimeError(f"{' '.join(argv)} in {ns}: exit {rc}: {err[-2000:]}")
+        return seconds, peak
+
+    def ctl(self, ns: str, size: str, *args: str) -> tuple[float, float]:
+        return self.timed(ns, [CTL, *args, "--policy", str(self.dirs[size])])
+
+    def script(self, size: str) -> Path:
+        """The exact script `plan --script` prints for an empty namespace."""
+        ns = self.nss.create()
+        try:
+            cp = subprocess.run(
+                ["ip", "netns", "exec", ns, CTL, "plan", "--script", "-o", "json"]
+                + ["--policy", str(self.dirs[size])],
+                env=self.env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+        finally:
+            self.nss.remove(ns)
+        path = self.work / f"whole-{size}.nft"
+        path.write_text(json.loads(cp.stdout)["script"])
+        return path
+
+    def daemon(self, ns: str, size: str) -> tuple[float, float]:
+        """Start `op25b-ctl daemon` and wait for its READY=1 (sent after the first pass has
+        made the table live); (seconds to READY, VmHWM MiB), then stop it."""
+        sock_path = self.work / "whole-notify.sock"
+        sock_path.unlink(missing_ok=True)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(str(sock_path))
+        argv = [CTL, "daemon", "--policy", str(self.dirs[size]), "--state-dir", str(self.state)]
+        argv += ["--metrics-address", "off", "--interval", "5"]
+        t = time.perf_counter()
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, *argv],
+            env={**self.env, "NOTIFY_SOCKET": str(sock_path)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            sock.settimeout(DAEMON_READY_S)
+            while True:
+                msg = sock.recv(4096).decode(errors="replace")
+                if "READY=1" in msg.split("\n"):
+                    break
+            seconds = time.perf_counter() - t
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            peak = next(
+                int(line.split()[1]) / 1024
+                for line in status.splitlines()
+                if line.startswith("VmHWM:")
+            )
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            sock.close()
+            sock_path.unlink(missing_ok=True)
+        return seconds, peak
+
+    def round(self, res: Whole, size: str, script: Path) -> None:
+        """Every command once, in a fresh namespace, baselines first."""
+        ns = self.nss.create()
+        try:
+            res.add(size, "nft_f", self.timed(ns, ["nft", "-f", str(script)])[0])
+        finally:
+            self.nss.remove(ns)
+        ns = self.nss.create()
+        try:
+            self.fresh_state()
+            self.cold_cache()
+            seconds, peak = self.ctl(ns, size, "apply")
+            res.add(size, "apply_cold", seconds)
+            res.peak_mib.setdefault(f"{size}_apply", []).append(peak)
+            res.add(size, "apply_noop", self.ctl(ns, size, "apply")[0])
+            res.add(size, "tick_noop", self.ctl(ns, size, "rollout", "tick")[0])
+            res.add(size, "status", self.ctl(ns, size, "status", "-o", "json")[0])
+            res.add(size, "explain", self.ctl(ns, size, *EXPLAIN)[0])
+            for action in POOL_COMMANDS:
+                extra = () if action == "clear" else ("--reason", "bench")
+                res.add(size, action, self.ctl(ns, size, "pool", action, POOL, *extra)[0])
+            res.add(size, "validate", self.ctl(ns, size, "validate")[0])
+            self.cold_cache()
+            res.add(size, "validate_cold", self.ctl(ns, size, "validate")[0])
+            res.add(size, "nft_list_counters", self.timed(ns, ["nft", "list", "counters"])[0])
+        finally:
+            self.nss.remove(ns)
+        for key, cold in (("daemon_cold", True), ("daemon_warm", False)):
+            ns = self.nss.create()
+            try:
+                self.fresh_state()
+                if cold:
+                    self.cold_cache()
+                seconds, peak = self.daemon(ns, size)
+                res.add(size, key, seconds)
+                res.peak_mib.setdefault(f"{size}_{key}", []).append(peak)
+            finally:
+                self.nss.remove(ns)
+
+
+def measure(
+    work: Path, nss: Namespaces, policy: Policy, rounds: int, log: Callable[[str], None] = print
+) -> Whole:
+    """`rounds` rounds of every command on the 1,000-pool and the 10-pool policy."""
+    dirs = {}
+    for size, pol in (("big", policy), ("small", small_policy(policy))):
+        d = work / f"whole-policy-{size}"
+        d.mkdir(exist_ok=True)
+        for name, text in inv.policy_files(pol).items():
+            (d / name).write_text(text)
+        dirs[size] = d
+    runner = Runner(work, nss, dirs)
+    scripts = {size: runner.script(size) for size in dirs}
+    res = Whole(rounds=rounds)
+    for r in range(rounds):
+        for size in ("big", "small") if r % 2 == 0 else ("small", "big"):
+            runner.round(res, size, scripts[size])
+        big = res.times["big"]
+        log(
+            f"whole processes, round {r + 1}/{rounds}: "
+            + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in big.items())
+        )
+    shutil.rmtree(runner.cache, ignore_errors=True)
+    return res
+
+
+# ------------------------------------------------------------------ report
+
+
+def _paired(ours: Sequence[float], base: Sequence[float]) -> float:
+    return median([o / b for o, b in zip(ours, base, strict=True)])
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str
+    what: str
+    big: float
+    small: float
+    ratio: float | None  # against the baseline, paired per round
+    flat: float | None  # big / small, paired per round (pool commands)
+    met: bool
+    target: str
+
+
+def rows(res: Whole, rss_limit: float = 150.0) -> list[Row]:
+    big, small = res.times["big"], res.times["small"]
+    out = []
+    for key, (what, (kind, limit)) in TARGETS.items():
+        b, s = median(big[key]), median(small[key])
+        ratio = _paired(big[key], big["nft_f"]) if kind == "ratio" else None
+        flat = _paired(big[key], small[key]) if key in POOL_COMMANDS else None
+        if kind == "ratio":
+            assert ratio is not None
+            met, target = ratio <= limit, f"<= {limit:g}x"
+        else:
+            met, target = b <= limit, f"<= {limit:g} s"
+        if flat is not None:
+            met = met and flat <= FLAT
+            target += f", <= {FLAT:g}x 10 pools"
+        out.append(Row(key, what, b, s, ratio, flat, met, target))
+    peak = max(res.peak_mib["big_daemon_cold"] + res.peak_mib["big_daemon_warm"])
+    out.append(
+        Row("daemon_peak", "daemon peak memory (VmHWM at READY), MiB", peak,
+            max(res.peak_mib["small_daemon_cold"]), None, None, peak <= rss_limit,
+            f"<= {rss_limit:g} MiB")
+    )  # fmt: skip
+    return out
+
+
+def report_lines(res: Whole, rss_limit: float = 150.0) -> list[str]:
+    big, small = res.times["big"], res.times["small"]
+    rs = rows(res, rss_limit)
+    body = []
+    for r in rs:
+        unit = "MiB" if r.key == "daemon_peak" else "s"
+        extra = []
+        if r.ratio is not None:
+            extra.append(f"{r.ratio:.2f}x `nft -f`")
+        if r.flat is not None:
+            extra.append(f"{r.flat:.2f}x 10 pools")
+        body.append(
+            [r.what, fmt(r.big, unit), fmt(r.small, unit), "; ".join(extra) or "-", r.target,
+             "met" if r.met else "**MISS**"]
+        )  # fmt: skip
+    apply_peak = max(res.peak_mib["big_apply"])
+    return [
+        f"Medians of {res.rounds} rounds; each round runs every command once on the 1,000-pool "
+        f"inventory and on its first {SMALL_POOLS} pools, baselines in the same round.",
+        "",
+        *table(
+            (
+                "command (whole process)",
+                "1,000 pools",
+                f"{SMALL_POOLS} pools",
+                "ratio",
+                "target",
+                "result",
+            ),
+            body,
+        ),  # fmt: skip
+        "",
+        f"{sum(r.met for r in rs)} of {len(rs)} targets met. Baselines: `nft -f` of the "
+        f"`plan --script` script into an empty namespace {fmt(median(big['nft_f']), 's')} "
+        f"(10 pools: {fmt(median(small['nft_f']), 's')}); `nft list counters` "
+        f"{fmt(median(big['nft_list_counters']), 's')}. Peak resident memory of a cold "
+        f"`apply`: {apply_peak:.0f} MiB.",
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Only the whole-process table (for iterating; `make bench` runs it with the rest)."""
+    import argparse
+    import tempfile
+
+    p = argparse.ArgumentParser(prog="python -m bench.whole", description=main.__doc__)
+    p.add_argument("--rounds", type=int, default=3)
+    args = p.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench.whole: needs root (network namespaces, nftables)", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="op25b-whole-"))
+    try:
+        with Namespaces() as nss:
+            res = measure(work, nss, inv.synthetic_policy(inv.MAIN), args.rounds)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(plain(report_lines(res)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
