@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import shutil
+import subprocess
 from collections.abc import Iterable
 from dataclasses import replace
 
@@ -64,6 +66,39 @@ def _skeleton_table(family: str, name: str) -> Table | None:
     return Table(family, name, chains, sets, skeleton.counters, elements_known=False)
 
 
+# Scripts above this go to a child `nft -f -`: libnftables parsing a 4.5 MB script (110,000
+# elements) peaks at ~170 MB, which a child gives back when it exits, while in process it
+# raised the daemon's own peak to ~280 MB (docs/performance.md). Same library, same single
+# batch, so the same atomicity; small scripts (a pool's chain) stay in process (no fork).
+CHILD_ABOVE = _BIG
+NFT_PATH = "/usr/sbin:/sbin:/usr/bin:/bin"
+
+
+def _nft_child(nft: str, script: str, *, dry_run: bool) -> tuple[int, str, str]:
+    """`nft [--check] -f -` with the script on stdin: one transaction, as in process."""
+    argv = [nft, *(["--check"] if dry_run else []), "-f", "-"]
+    try:
+        cp = subprocess.run(argv, input=script, capture_output=True, text=True, check=False)
+    except OSError as exc:
+        return 1, "", f"cannot run {nft}: {exc}"
+    return cp.returncode, cp.stdout, cp.stderr
+
+
+def _nft_in_process(script: str, *, dry_run: bool) -> tuple[int, str, str]:
+    import nftables  # Debian's python3-nftables; imported here so unit tests need no root
+
+    nft = nftables.Nftables()
+    nft.set_handle_output(False)
+    nft.set_dry_run(dry_run)
+    try:
+        rc, out, err = nft.cmd(script)
+    finally:
+        del nft  # nft_ctx_free: libnftables' cache of every element goes with it
+        if len(script) > _BIG:
+            release_memory()
+    return int(rc), str(out or ""), str(err or "")
+
+
 class NftKernel:
     """The running kernel of the current network namespace.
 
@@ -73,17 +108,11 @@ class NftKernel:
     """
 
     def _cmd(self, script: str, *, dry_run: bool = False) -> str:
-        import nftables  # Debian's python3-nftables; imported here so unit tests need no root
-
-        nft = nftables.Nftables()
-        nft.set_handle_output(False)
-        nft.set_dry_run(dry_run)
-        try:
-            rc, out, err = nft.cmd(script)
-        finally:
-            del nft  # nft_ctx_free: libnftables' cache of every element goes with it
-            if len(script) > _BIG:
-                release_memory()
+        nft = shutil.which("nft", path=NFT_PATH) if len(script) > CHILD_ABOVE else None
+        if nft is not None:
+            rc, out, err = _nft_child(nft, script, dry_run=dry_run)
+        else:
+            rc, out, err = _nft_in_process(script, dry_run=dry_run)
         if rc != 0:
             msg = (err or out or "").strip()
             if len(msg) > MAX_ERROR:
