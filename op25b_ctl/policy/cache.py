@@ -180,3 +180,25 @@ def load(directory: Path | str, where: Path | None = None) -> Policy:
     if loader.policy_digest(root) == digest:  # not edited while we read it
         store(root, digest, policy, where)
     return policy
+
+
+_loaded: list[tuple[Path, str, Policy]] = []
+
+
+def load_policy_cached(directory: Path | str) -> Policy:
+    """`loader.load_policy`, reusing the last result while the files' bytes are the same.
+
+    For the daemon: a stage falling due or an override changing recomputes the desired
+    state, and re-validating 110,000 prefixes each time would cost ~3 s; hashing the files
+    costs milliseconds. The same Policy object back also lets the ruleset reuse its sets.
+    The first load goes through `load`, the on-disk cache: a restart with unchanged
+    files skips validation.
+    """
+    root = Path(directory).resolve()
+    digest = loader.policy_digest(root)
+    for cached_root, cached_digest, policy in _loaded:
+        if cached_root == root and cached_digest == digest:
+            return policy
+    policy = load(root)
+    _loaded[:] = [(root, digest, policy)]
+    return policy

@@ -332,27 +332,3 @@ def policy_digest(directory: Path | str, *also: Path) -> str:
             h.update(b"\0unreadable " + str(exc).encode())
         h.update(b"\0")
     return h.hexdigest()
-
-
-_loaded: list[tuple[Path, str, Policy]] = []
-
-
-def load_policy_cached(directory: Path | str) -> Policy:
-    """`load_policy`, reusing the last result while the files' bytes are the same.
-
-    For the daemon: a stage falling due or an override changing recomputes the desired
-    state, and re-validating 110,000 prefixes each time costs seconds where hashing the files
-    costs milliseconds (docs/benchmarks.md). The same Policy object back also lets the ruleset reuse its sets.
-    The first load goes through the on-disk cache (`policy.cache`): a restart with unchanged
-    files skips validation.
-    """
-    from op25b_ctl.policy import cache  # cache builds on this module
-
-    root = Path(directory).resolve()
-    digest = policy_digest(root)
-    for cached_root, cached_digest, policy in _loaded:
-        if cached_root == root and cached_digest == digest:
-            return policy
-    policy = cache.load(root)
-    _loaded[:] = [(root, digest, policy)]
-    return policy

@@ -21,7 +21,8 @@ from typing import Any
 
 from op25b_ctl.errors import StateError
 from op25b_ctl.policy import cache as policy_cache
-from op25b_ctl.policy.loader import load_policy_cached, policy_digest
+from op25b_ctl.policy.cache import load_policy_cached
+from op25b_ctl.policy.loader import policy_digest
 from op25b_ctl.policy.model import Policy
 from op25b_ctl.policy.overrides import Override
 from op25b_ctl.source import audit

@@ -157,3 +157,14 @@ def test_the_cache_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cache.cache_dir() is None
     monkeypatch.setenv(cache.ENV, "/somewhere")
     assert cache.cache_dir() == Path("/somewhere")
+
+
+def test_the_daemons_loader_goes_through_the_disk_cache(
+    policy_dir: Path, where: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A daemon restart with unchanged files must not re-validate: its first load writes
+    (and a fresh process would read) the same entry the CLI uses."""
+    monkeypatch.setenv(cache.ENV, str(where))
+    monkeypatch.setattr(cache, "_loaded", [])
+    policy = cache.load_policy_cached(policy_dir)
+    assert cache.lookup(policy_dir.resolve(), policy_digest(policy_dir), where) == policy

@@ -221,7 +221,7 @@ def test_recomputing_for_the_same_policy_reuses_its_sets(policy: Policy) -> None
 
 
 def test_cached_policy_is_reloaded_when_a_file_changes(tmp_path: Path) -> None:
-    from op25b_ctl.policy.loader import load_policy_cached
+    from op25b_ctl.policy.cache import load_policy_cached
     from tests.policytools import edit, example_policy
 
     d = example_policy(tmp_path)
