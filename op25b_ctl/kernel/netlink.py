@@ -5,8 +5,10 @@ single one -- first loads every set element of the table. A netlink dump of obje
 rules or sets never carries set elements. So every read the controller makes is answered
 here: counter values, "did anything change?" (the ruleset generation), the table's shape
 without elements (for the diff), rule digests (hand edits) and, when asked, the elements.
-The small dumps use pyroute2; the large ones (counters, elements) go through the
-hand-written codec in `nlcodec.py`. Only `nft.NftKernel` calls this module.
+Every request goes through the hand-written codec in `nlcodec.py` (a plain netlink socket and
+`struct`): pyroute2's import and its generic decoding of each chain and rule message were
+most of a one-shot command's time at 1,000 pools (docs/performance.md). Only
+`nft.NftKernel` calls this module.
 
 The process must already run in the network namespace whose ruleset it reads
 (`ip netns exec NS ...`): every call opens a fresh socket in the current namespace and closes
@@ -15,28 +17,9 @@ it before returning.
 
 from __future__ import annotations
 
-import errno
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
-
-from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST, nla
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_NFTABLES, nfgen_msg
-from pyroute2.netlink.nfnetlink.nftsocket import (
-    NFT_MSG_GETCHAIN,
-    NFT_MSG_GETGEN,
-    NFT_MSG_GETRULE,
-    NFT_MSG_GETSET,
-    NFT_MSG_GETTABLE,
-    NFT_MSG_NEWCHAIN,
-    NFT_MSG_NEWRULE,
-    NFT_MSG_NEWSET,
-    NFT_MSG_NEWTABLE,
-    NFTSocket,
-    nft_gen_msg,
-)
 
 from op25b_ctl.errors import KernelError, TableNotFound
 from op25b_ctl.kernel import nlcodec
@@ -95,77 +78,14 @@ class TableSkeleton:
     counters: frozenset[str]
 
 
-# Message classes. pyroute2's own classes decode every rule expression and misread udata
-# TLVs, so each class below maps only the attributes we read (in kernel order); the others
-# decode as cheap 'UNKNOWN' slots. Counters and elements are parsed by hand (nlcodec).
-
-
-class _table_msg(nfgen_msg):  # type: ignore[misc]
-    nla_map = (("NFTA_TABLE_UNSPEC", "none"), ("NFTA_TABLE_NAME", "asciiz"))
-
-
-class _chain_msg(nfgen_msg):  # type: ignore[misc]
-    nla_map = (
-        ("NFTA_CHAIN_UNSPEC", "none"),
-        ("NFTA_CHAIN_TABLE", "asciiz"),
-        ("NFTA_CHAIN_HANDLE", "be64"),
-        ("NFTA_CHAIN_NAME", "asciiz"),
-        ("NFTA_CHAIN_HOOK", "hook"),
-        ("NFTA_CHAIN_POLICY", "be32"),
-    )
-
-    class hook(nla):  # type: ignore[misc]
-        nla_map = (
-            ("NFTA_HOOK_UNSPEC", "none"),
-            ("NFTA_HOOK_HOOKNUM", "be32"),
-            ("NFTA_HOOK_PRIORITY", "sbe32"),
-        )
-
-
-class _rule_msg(nfgen_msg):  # type: ignore[misc]
-    nla_map = (
-        ("NFTA_RULE_UNSPEC", "none"),
-        ("NFTA_RULE_TABLE", "asciiz"),
-        ("NFTA_RULE_CHAIN", "asciiz"),
-        ("NFTA_RULE_HANDLE", "be64"),
-        ("NFTA_RULE_EXPRESSIONS", "none"),
-        ("NFTA_RULE_COMPAT", "none"),
-        ("NFTA_RULE_POSITION", "be64"),
-        ("NFTA_RULE_USERDATA", "cdata"),
-    )
-
-
-class _set_msg(nfgen_msg):  # type: ignore[misc]
-    nla_map = (
-        ("NFTA_SET_UNSPEC", "none"),
-        ("NFTA_SET_TABLE", "asciiz"),
-        ("NFTA_SET_NAME", "asciiz"),
-        ("NFTA_SET_FLAGS", "be32"),
-    )
-
-
-# Replies to GET* requests arrive as NEW* messages; decode them with the classes above.
-_POLICY = {
-    (NFNL_SUBSYS_NFTABLES << 8) | msg_type: msg_class
-    for msg_type, msg_class in (
-        (NFT_MSG_NEWTABLE, _table_msg),
-        (NFT_MSG_NEWCHAIN, _chain_msg),
-        (NFT_MSG_NEWRULE, _rule_msg),
-        (NFT_MSG_NEWSET, _set_msg),
-    )
-}
-
-
 def read_counters(table: str, family: str = "inet") -> dict[str, Counter]:
     """Named counters of one table, with their reference counts, from one object dump.
 
     {} if the table has none; raise TableNotFound if the table does not exist.
     """
     counters = nlcodec.counter_dump(table, family)
-    if not counters:
-        with _socket(family) as sock:
-            if not _table_exists(sock, table):
-                raise TableNotFound(f"table {family} {table} does not exist")
+    if not counters and not _table_exists(table, family):
+        raise TableNotFound(f"table {family} {table} does not exist")
     return counters
 
 
@@ -178,19 +98,17 @@ def read_elements(table: str, set_name: str, family: str = "inet") -> dict[str, 
 def ruleset_generation() -> int:
     """The kernel's nftables ruleset generation id (NFT_MSG_GETGEN): changes on every commit to
     any table; lets a caller skip work when nothing changed."""
-    with _socket("inet") as sock:
-        return _generation(sock)
+    return _generation()
 
 
 def read_skeleton(table: str, family: str = "inet") -> TableSkeleton | None:
     """Everything about the table except set elements, in a few netlink dumps; None if the table
     does not exist. All dumps come from one ruleset generation (retried if a commit interleaves)."""
-    with _socket(family) as sock:
-        for _ in range(_SKELETON_ATTEMPTS):
-            before = _generation(sock)
-            skeleton = _skeleton(sock, table, family)
-            if _generation(sock) == before:
-                return skeleton
+    for _ in range(_SKELETON_ATTEMPTS):
+        before = _generation()
+        skeleton = _skeleton(table, family)
+        if _generation() == before:
+            return skeleton
     raise KernelError(f"ruleset kept changing while reading table {family} {table}")
 
 
@@ -211,79 +129,89 @@ def read_rule_digests(
 
 # -- internals ---------------------------------------------------------------------------------
 
+# Attribute numbers from include/uapi/linux/netfilter/nf_tables.h.
+_TABLE_NAME = 1
+_CHAIN_TABLE, _CHAIN_NAME, _CHAIN_HOOK, _CHAIN_POLICY = 1, 3, 4, 5
+_HOOK_HOOKNUM, _HOOK_PRIORITY = 1, 2
+_RULE_TABLE, _RULE_CHAIN, _RULE_HANDLE, _RULE_USERDATA = 1, 2, 3, 7
+_SET_TABLE, _SET_NAME, _SET_FLAGS = 1, 2, 3
+_GEN_ID = 1
+NFT_MSG_GETTABLE, NFT_MSG_GETCHAIN, NFT_MSG_GETRULE, NFT_MSG_GETSET = 1, 4, 7, 10
+NFT_MSG_GETGEN = 16
 
-@contextmanager
-def _socket(family: str) -> Iterator[Any]:
-    """An NFTSocket for `family` in the current namespace; netlink errors become KernelError."""
-    if family not in FAMILIES:
-        raise ValueError(f"unsupported nftables family {family!r} (expected one of {FAMILIES})")
+
+def _text(raw: bytes | None) -> str:
+    return (raw or b"").rstrip(b"\0").decode("utf-8", "replace")
+
+
+def _be32(raw: bytes | None) -> int:
+    return int(struct.unpack("!I", raw)[0]) if raw else 0
+
+
+def _be64(raw: bytes | None) -> int:
+    return int(struct.unpack("!Q", raw)[0]) if raw else 0
+
+
+def _body(family: str, *attrs: tuple[int, str]) -> bytes:
+    """nfgenmsg (family, version, res_id) and NUL-terminated string attributes."""
+    out = struct.pack("=BBH", nlcodec.family_number(family), 0, 0)
+    for kind, value in attrs:
+        out += nlcodec.nla(kind, value.encode() + b"\0")
+    return out
+
+
+def _generation() -> int:
+    (reply,) = nlcodec.request(NFT_MSG_GETGEN, _body("inet"), "the ruleset generation")
+    return _be32(dict(nlcodec.attrs(reply)).get(_GEN_ID))
+
+
+def _table_exists(table: str, family: str) -> bool:
     try:
-        sock = NFTSocket(nfgen_family=FAMILIES[family])
-    except OSError as e:
-        raise KernelError(f"cannot open an nftables netlink socket: {e}") from e
-    try:
-        sock.register_policy(_POLICY)
-        yield sock
-    except NetlinkError as e:
-        raise KernelError(f"nftables netlink request failed: {e}") from e
-    finally:
-        sock.close()
-
-
-def _dump(sock: Any, msg_class: type[Any], msg_type: int, **attrs: object) -> list[Any]:
-    msg = msg_class()
-    msg["attrs"] = list(attrs.items())
-    return list(sock.request_get(msg, msg_type, NLM_F_REQUEST | NLM_F_DUMP))
-
-
-def _generation(sock: Any) -> int:
-    (reply,) = sock.request_get(nft_gen_msg(), NFT_MSG_GETGEN, NLM_F_REQUEST)
-    return int(reply.get_attr("NFTA_GEN_ID"))
-
-
-def _table_exists(sock: Any, table: str) -> bool:
-    msg = _table_msg()
-    msg["attrs"] = [("NFTA_TABLE_NAME", table)]
-    try:
-        sock.request_get(msg, NFT_MSG_GETTABLE, NLM_F_REQUEST)
-    except NetlinkError as e:
-        if e.code == errno.ENOENT:
-            return False
-        raise
+        nlcodec.request(NFT_MSG_GETTABLE, _body(family, (_TABLE_NAME, table)), f"table {table}")
+    except TableNotFound:
+        return False
     return True
 
 
-def _skeleton(sock: Any, table: str, family: str) -> TableSkeleton | None:
-    if not _table_exists(sock, table):
+def _messages(msg_type: int, body: bytes, what: str) -> list[dict[int, bytes]]:
+    return [dict(nlcodec.attrs(msg)) for msg in nlcodec.dump(msg_type, body, what)]
+
+
+def _rules(table: str, family: str) -> list[dict[int, bytes]]:
+    body = _body(family, (_RULE_TABLE, table))
+    msgs = _messages(NFT_MSG_GETRULE, body, f"rules of table {table}")
+    return [r for r in msgs if _text(r.get(_RULE_TABLE)) == table]
+
+
+def _skeleton(table: str, family: str) -> TableSkeleton | None:
+    if not _table_exists(table, family):
         return None
-    # Chain dumps ignore a table filter (older kernels); rule, set and object dumps honour it.
-    # Every reply is filtered by table name here as well.
-    chains = tuple(
-        _chain_info(c)
-        for c in _dump(sock, _chain_msg, NFT_MSG_GETCHAIN, NFTA_CHAIN_TABLE=table)
-        if c.get_attr("NFTA_CHAIN_TABLE") == table
-    )
+    try:
+        # Chain dumps ignore a table filter (older kernels); rule, set and object dumps honour
+        # it. Every reply is filtered by table name here as well.
+        chain_msgs = _messages(
+            NFT_MSG_GETCHAIN, _body(family, (_CHAIN_TABLE, table)), f"chains of table {table}"
+        )
+        rule_msgs = _rules(table, family)
+        set_msgs = _messages(
+            NFT_MSG_GETSET, _body(family, (_SET_TABLE, table)), f"sets of table {table}"
+        )
+    except TableNotFound:  # the table vanished after our lookup
+        return None
+    chains = tuple(_chain_info(c) for c in chain_msgs if _text(c.get(_CHAIN_TABLE)) == table)
     rules = tuple(
         RuleInfo(
-            chain=str(r.get_attr("NFTA_RULE_CHAIN")),
-            handle=int(r.get_attr("NFTA_RULE_HANDLE")),
-            comment=nlcodec.rule_comment(r.get_attr("NFTA_RULE_USERDATA")),
+            chain=_text(r.get(_RULE_CHAIN)),
+            handle=_be64(r.get(_RULE_HANDLE)),
+            comment=nlcodec.rule_comment(r.get(_RULE_USERDATA)),
         )
-        for r in _dump(sock, _rule_msg, NFT_MSG_GETRULE, NFTA_RULE_TABLE=table)
-        if r.get_attr("NFTA_RULE_TABLE") == table
+        for r in rule_msgs
     )
-    try:
-        set_msgs = _dump(sock, _set_msg, NFT_MSG_GETSET, NFTA_SET_TABLE=table)
-    except NetlinkError as e:  # the set dump checks the table: it vanished after our lookup
-        if e.code == errno.ENOENT:
-            return None
-        raise
     sets = []
     for s in set_msgs:
-        flags = int(s.get_attr("NFTA_SET_FLAGS") or 0)
-        if s.get_attr("NFTA_SET_TABLE") == table and not flags & NFT_SET_ANONYMOUS:
-            name = str(s.get_attr("NFTA_SET_NAME"))
-            sets.append(SetInfo(name=name, flags=flags, is_map=_is_map(flags)))
+        flags = _be32(s.get(_SET_FLAGS))
+        if _text(s.get(_SET_TABLE)) == table and not flags & NFT_SET_ANONYMOUS:
+            sets.append(SetInfo(name=_text(s.get(_SET_NAME)), flags=flags, is_map=_is_map(flags)))
     return TableSkeleton(
         chains=chains,
         rules=rules,
@@ -292,18 +220,18 @@ def _skeleton(sock: Any, table: str, family: str) -> TableSkeleton | None:
     )
 
 
-def _chain_info(msg: Any) -> ChainInfo:
-    name = str(msg.get_attr("NFTA_CHAIN_NAME"))
-    hook = msg.get_attr("NFTA_CHAIN_HOOK")
-    if hook is None:
+def _chain_info(msg: dict[int, bytes]) -> ChainInfo:
+    name = _text(msg.get(_CHAIN_NAME))
+    if _CHAIN_HOOK not in msg:
         return ChainInfo(name=name, hook=None, priority=None, policy=None)
-    hooknum = int(hook.get_attr("NFTA_HOOK_HOOKNUM"))
-    policy = msg.get_attr("NFTA_CHAIN_POLICY")
+    hook = dict(nlcodec.attrs(msg[_CHAIN_HOOK]))
+    hooknum = _be32(hook.get(_HOOK_HOOKNUM))
+    policy = msg.get(_CHAIN_POLICY)
     return ChainInfo(
         name=name,
         hook=HOOKS.get(hooknum, str(hooknum)),
-        priority=int(hook.get_attr("NFTA_HOOK_PRIORITY")),
-        policy=None if policy is None else POLICIES.get(int(policy), str(policy)),
+        priority=int(struct.unpack("!i", hook.get(_HOOK_PRIORITY, bytes(4)))[0]),
+        policy=None if policy is None else POLICIES.get(_be32(policy), str(_be32(policy))),
     )
 
 

@@ -66,9 +66,9 @@ def _skeleton_table(family: str, name: str) -> Table | None:
     return Table(family, name, chains, sets, skeleton.counters, elements_known=False)
 
 
-# Scripts above this go to a child `nft -f -`: libnftables parsing a 4.5 MB script (110,000
-# elements) peaks at ~170 MB, which a child gives back when it exits, while in process it
-# raised the daemon's own peak to ~280 MB (docs/performance.md). Same library, same single
+# Scripts above this go to a child `nft -f -`: libnftables' parse of a whole 110,000-element
+# table is the largest allocation of a cold apply, and a child gives it back when it exits
+# instead of raising the daemon's own peak (docs/performance.md). Same library, same single
 # batch, so the same atomicity; small scripts (a pool's chain) stay in process (no fork).
 CHILD_ABOVE = _BIG
 NFT_PATH = "/usr/sbin:/sbin:/usr/bin:/bin"

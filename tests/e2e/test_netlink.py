@@ -84,7 +84,7 @@ table inet empty {
 """
 
 # Runs inside the namespace: one read through op25b_ctl.kernel.netlink, printed as JSON.
-# -W error: pyroute2 must not leave unclosed sockets or event loops behind.
+# -W error: a read must not leave unclosed sockets behind.
 READER = """
 import dataclasses, json, sys
 from op25b_ctl.kernel import netlink

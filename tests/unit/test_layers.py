@@ -196,3 +196,19 @@ def test_the_readme_module_map_lists_every_module() -> None:
         if path.name != "__init__.py" and f"`{path.relative_to(PACKAGE)}`" not in text
     ]
     assert missing == [], "add these to the README's module map"
+
+
+def test_commands_do_not_import_pyroute2() -> None:
+    """pyroute2's import alone was a large part of every one-shot command's time
+    (docs/performance.md): the CLI and the kernel seam read netlink through nlcodec."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, op25b_ctl.cli.main, op25b_ctl.kernel.nft, op25b_ctl.daemon.loop; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pyroute2'))"
+    )
+    cp = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    assert cp.stdout.strip() == "[]"
