@@ -189,8 +189,8 @@ def load_policy_cached(directory: Path | str) -> Policy:
     """`loader.load_policy`, reusing the last result while the files' bytes are the same.
 
     For the daemon: a stage falling due or an override changing recomputes the desired
-    state, and re-validating 110,000 prefixes each time would cost ~3 s; hashing the files
-    costs milliseconds. The same Policy object back also lets the ruleset reuse its sets.
+    state, and re-validating 110,000 prefixes each time costs seconds where hashing the files
+    costs milliseconds (docs/performance.md). The same Policy object back also lets the ruleset reuse its sets.
     The first load goes through `load`, the on-disk cache: a restart with unchanged
     files skips validation.
     """
