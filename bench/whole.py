@@ -64,6 +64,8 @@ TARGETS: dict[str, tuple[str, tuple[str, float]]] = {
     "daemon_warm": ("daemon start to table live, warm cache / `nft -f`", ("ratio", 1.3)),
 }
 POOL_COMMANDS = ("rollback", "monitor", "enforce", "clear")
+# commands shown against another baseline than `nft -f` (no target on that ratio)
+BASELINES = {"status": "nft_list_counters"}
 FLAT = 1.5  # a pool command at 1,000 pools within this of the same at 10 pools
 
 
@@ -285,7 +287,8 @@ def rows(res: Whole, rss_limit: float = 150.0) -> list[Row]:
     out = []
     for key, (what, (kind, limit)) in TARGETS.items():
         b, s = median(big[key]), median(small[key])
-        ratio = _paired(big[key], big["nft_f"]) if kind == "ratio" else None
+        base = BASELINES.get(key, "nft_f")
+        ratio = _paired(big[key], big[base]) if kind == "ratio" or key in BASELINES else None
         flat = _paired(big[key], small[key]) if key in POOL_COMMANDS else None
         if kind == "ratio":
             assert ratio is not None
@@ -313,7 +316,8 @@ def report_lines(res: Whole, rss_limit: float = 150.0) -> list[str]:
         unit = "MiB" if r.key == "daemon_peak" else "s"
         extra = []
         if r.ratio is not None:
-            extra.append(f"{r.ratio:.2f}x `nft -f`")
+            base = "`nft list counters`" if BASELINES.get(r.key) else "`nft -f`"
+            extra.append(f"{r.ratio:.2f}x {base}")
         if r.flat is not None:
             extra.append(f"{r.flat:.2f}x 10 pools")
         body.append(
