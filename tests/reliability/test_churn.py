@@ -78,7 +78,7 @@ def test_churn_leaks_nothing(
     def prefixes() -> None:
         nonlocal kept
         before = commits()
-        if len(kept) > EXTRA // 2 and rng.random() < 0.7:
+        if len(kept) == EXTRA or (len(kept) > EXTRA // 2 and rng.random() < 0.7):
             drop = set(rng.sample(kept, rng.randint(1, 300)))
             kept = [x for x in kept if x not in drop]
         else:
