@@ -83,8 +83,10 @@ class Daemon:
         self.interval = interval
         self.metrics = metrics
         self.notifier = notifier or Notifier({})
-        reconciler.progress = self.notifier.watchdog  # fed within long passes too
         self.wall = wall
+        # fed within long passes too (between their phases), at most 4 times a period
+        reconciler.progress = self._feed_watchdog
+        self._last_ping = wall()
         self.after_pass = after_pass
         self.passes = 0
         self._wake = threading.Event()
@@ -167,13 +169,24 @@ class Daemon:
         if status != self._last_status:
             self.notifier.status(status)
             self._last_status = status
-        self.notifier.watchdog()
+        self._feed_watchdog(force=True)
         if self.after_pass is not None:
             try:
                 self.after_pass()
             except Exception:
                 log.exception("after-pass hook raised")
         return result
+
+    def _feed_watchdog(self, *, force: bool = False) -> None:
+        """WATCHDOG=1 after every pass, and from within a pass (between its phases) once a
+        quarter period has gone by: a pass at ISP scale takes seconds, a hung one forever."""
+        period = self.notifier.watchdog_interval
+        if period is None:
+            return
+        now = self.wall()
+        if force or now - self._last_ping >= period / 4:
+            self.notifier.watchdog()
+            self._last_ping = now
 
     def _sleep_time(self) -> float:
         timeout = self.interval
