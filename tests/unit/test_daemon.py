@@ -129,20 +129,20 @@ def test_daemon_reports_ready_status_watchdog_and_stopping(
 
 
 def test_the_watchdog_is_fed_within_a_long_pass(
-    tmp_path: Path, notify_socket: tuple[socket.socket, str]
+    tmp_path: Path, notify_socket: NotifyListener
 ) -> None:
     """A pass that loads, reads and commits for longer than a quarter of the watchdog period
     (seconds each at 100,000 prefixes) pings between its phases, not only at its end."""
-    sock, path = notify_socket
     rec = Reconciler(
         MemoryKernel(), DirectorySource(daemon_policy(tmp_path / "p")), clock=lambda: NOW
     )
     ticks = iter(range(1000))
-    notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "2000000"})
+    notifier = Notifier({"NOTIFY_SOCKET": notify_socket.path, "WATCHDOG_USEC": "2000000"})
     # every look at the clock is one second later: each phase "took" longer than 0.5 s
     daemon = Daemon(rec, interval=0.01, notifier=notifier, wall=lambda: float(next(ticks)))
     daemon.serve(max_passes=1)
-    assert sum(m == "WATCHDOG=1" for m in messages(sock)) >= 4  # load, read, commit, end
+    got = notify_socket.messages()
+    assert sum(m == "WATCHDOG=1" for m in got) >= 4  # load, read, commit, end
 
 
 def test_stop_and_reload_flags_wake_the_loop(tmp_path: Path) -> None:
