@@ -27,7 +27,7 @@ from typing import Any
 from bench.inventory import MAIN, desired, pool_name, synthetic_policy, with_mode
 from bench.netns import Namespaces
 from op25b_ctl.plan.table import Table
-from op25b_ctl.plan.transaction import DeleteElements, DeleteSet, Transaction
+from op25b_ctl.plan.transaction import DeleteElements, FlushSet, Transaction
 from op25b_ctl.policy.model import Policy
 
 
@@ -101,8 +101,8 @@ def worker(old_path: int) -> dict[str, Any]:
         if live is not base:  # every change starts from the full inventory
             commit(live, base)
         seconds, tx = commit(base, want)
-        rebuilt = sorted(op.set.name for op in tx.ops if isinstance(op, DeleteSet))
-        rows.append({"change": what, "seconds": seconds, "ops": len(tx.ops), "rebuilt": rebuilt})
+        refilled = sorted(op.set.name for op in tx.ops if isinstance(op, FlushSet))
+        rows.append({"change": what, "seconds": seconds, "ops": len(tx.ops), "refilled": refilled})
         live = want
     commit(live, base)
     out["changes"] = rows

@@ -30,6 +30,7 @@ from op25b_ctl.plan.transaction import (
     DeleteSet,
     DeleteTable,
     FlushChain,
+    FlushSet,
     Transaction,
 )
 
@@ -163,6 +164,11 @@ class MemoryKernel:
                     if any(used.search(r.text or "") for c in cur.chains.values() for r in c.rules):
                         raise KernelError(f"set {s.name} is in use")  # the kernel's EBUSY
                     t = replace(cur, sets={k: v for k, v in cur.sets.items() if k != s.name})
+                case FlushSet(set=s):
+                    cur = need()
+                    t = replace(
+                        cur, sets={**cur.sets, s.name: replace(cur.sets[s.name], elements={})}
+                    )
                 case AddChain(name=n, hook=hook):
                     if n not in need().chains:
                         t = replace(need(), chains={**need().chains, n: Chain(n, hook=hook)})

@@ -23,6 +23,7 @@ from op25b_ctl.plan.transaction import (
     DeleteSet,
     DeleteTable,
     FlushChain,
+    FlushSet,
     Op,
     Transaction,
 )
@@ -60,6 +61,8 @@ def render_op(spec: str, op: Op) -> Iterable[str]:
             yield f"add {kind} {spec} {s.name} {{ type {key}; flags interval;{inline} }}"
         case DeleteSet(set=s):
             yield f"delete {'map' if s.verdict_map else 'set'} {spec} {s.name}"
+        case FlushSet(set=s):
+            yield f"flush {'map' if s.verdict_map else 'set'} {spec} {s.name}"
         case AddChain(name=name, hook=None):
             yield f"add chain {spec} {name}"
         case AddChain(name=name, hook=hook) if hook is not None:
@@ -98,22 +101,20 @@ def _sample(keys: Iterable[str], limit: int = 4) -> str:
 def describe(tx: Transaction) -> list[str]:
     """A human-readable diff: one line per change, element lists abbreviated."""
     out: list[str] = []
-    rebuilt = {op.set.name for op in tx.ops if isinstance(op, DeleteSet)} & {
-        op.set.name for op in tx.ops if isinstance(op, AddSet)
-    }
+    refilled = {op.set.name for op in tx.ops if isinstance(op, FlushSet)}
     for op in tx.ops:
         match op:
-            case DeleteSet(set=s) if s.name in rebuilt:
-                pass  # told with its AddSet, as the elements that changed
-            case AddSet(set=s) if s.name in rebuilt:
+            case FlushSet(set=s):
                 added, removed = tx.element_delta(s.name)
                 items = [_element(k, v) for k, v in added.items()]
                 out.append(
-                    f"~ {'map' if s.verdict_map else 'set'} {s.name} rebuilt with "
-                    f"{len(s.elements)} element(s): -{len(removed)} +{len(items)}"
+                    f"~ {'map' if s.verdict_map else 'set'} {s.name} refilled: "
+                    f"-{len(removed)} +{len(items)} element(s)"
                     + (f"; removed {_sample(removed)}" if removed else "")
                     + (f"; added {_sample(items)}" if items else "")
                 )
+            case AddElements(set=n) if n in refilled:
+                pass  # told with its FlushSet, as the elements that changed
             case AddTable():
                 out.append(f"+ table {tx.spec}")
             case DeleteTable():

@@ -46,6 +46,14 @@ class DeleteSet:
 
 
 @dataclass(frozen=True)
+class FlushSet:
+    """Remove every element of a set (`set` is the live one: what is removed); the same
+    batch fills it again with AddElements."""
+
+    set: NamedSet
+
+
+@dataclass(frozen=True)
 class AddChain:
     name: str
     hook: Hook | None = None
@@ -86,6 +94,7 @@ Op = (
     | DeleteCounter
     | AddSet
     | DeleteSet
+    | FlushSet
     | AddChain
     | DeleteChain
     | FlushChain
@@ -110,20 +119,24 @@ class Transaction:
 
     def element_delta(self, name: str) -> tuple[dict[str, str | None], tuple[str, ...]]:
         """(elements added or changed, keys removed) in set `name`, whether the transaction
-        edits its elements or rebuilds it (DeleteSet of the old set, then AddSet of the new)."""
+        edits its elements, flushes and refills it, or deletes and re-creates it."""
         added: dict[str, str | None] = {}
         removed: list[str] = []
-        old: NamedSet | None = None
+        old: NamedSet | None = None  # the live set before a flush or a delete
+        refill: dict[str, str | None] = {}
         for op in self.ops:
-            if isinstance(op, AddElements) and op.set == name:
-                added.update(op.elements)
-            elif isinstance(op, DeleteElements) and op.set == name:
-                removed += op.keys
-            elif isinstance(op, DeleteSet) and op.set.name == name:
+            if isinstance(op, DeleteSet | FlushSet) and op.set.name == name:
                 old = op.set
             elif isinstance(op, AddSet) and op.set.name == name:
-                have = old.elements if old is not None else {}
-                new = op.set.elements
-                added.update({k: v for k, v in new.items() if k not in have or have[k] != v})
-                removed += [k for k in have if k not in new]
+                refill.update(op.set.elements)
+            elif isinstance(op, AddElements) and op.set == name:
+                (refill if old is not None else added).update(op.elements)
+            elif isinstance(op, DeleteElements) and op.set == name:
+                removed += op.keys
+        if old is not None:
+            have = old.elements
+            added.update({k: v for k, v in refill.items() if k not in have or have[k] != v})
+            removed += [k for k in have if k not in refill]
+        else:
+            added.update(refill)
         return added, tuple(removed)

@@ -1,5 +1,5 @@
 """Policy changes that touch thousands of set elements, with the daemon running and TCP/25
-probers in both enforced pools: the changed map is rebuilt in one batch (the path is checked),
+probers in both enforced pools: the changed map is flushed and refilled in one batch (the path is checked),
 no probe connects at any moment, and an engineer's `pool rollback` meanwhile is not refused."""
 
 from __future__ import annotations
@@ -53,14 +53,14 @@ def test_prefix_removals_rebuild_the_map_without_a_leak(lab: Lab, tmp_path: Path
         set_extra(gw.policy, extra[: EXTRA - r * quarter])
         wait_for(
             f"the daemon to commit round {r}",
-            lambda r=r: gw.log().count("~ map pools_v4 rebuilt with") == r,  # type: ignore[misc]
+            lambda r=r: gw.log().count("~ map pools_v4 refilled: ") == r,  # type: ignore[misc]
             60,
         )
         for p in probers:
             p.wait_attempts(5)
-    # the path: the map was rebuilt in one batch each time, never edited element by element
-    rebuilt = [x for x in gw.log().splitlines() if "~ map pools_v4 rebuilt with" in x]
-    assert len(rebuilt) == ROUNDS and all(f": -{quarter} +0;" in x for x in rebuilt), rebuilt
+    # the path: the map was flushed and refilled in one batch each time, never edited element by element
+    rebuilt = [x for x in gw.log().splitlines() if "~ map pools_v4 refilled: " in x]
+    assert len(rebuilt) == ROUNDS and all(f": -{quarter} +0 " in x for x in rebuilt), rebuilt
     assert gw.plan_is_empty()
 
     # an engineer's rollback of another pool while a bulk change is being committed

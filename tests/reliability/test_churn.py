@@ -99,9 +99,12 @@ def test_churn_leaks_nothing(
     }
     names = list(ops)
     started = time.monotonic()
+    timeline: list[tuple[float, float, str]] = []  # (start, end, operation), wall clock
     for _ in range(operations):
         name = rng.choices(names, weights=[ops[n][1] for n in names])[0]
+        t0 = time.time()
         ops[name][0]()
+        timeline.append((t0, time.time(), name))
         done[name] += 1
     seconds = time.monotonic() - started
 
@@ -113,7 +116,13 @@ def test_churn_leaks_nothing(
     final = prober.stop()
     assert_enforced(lab, gw)
     assert gw.sample("op25b_reconcile_errors_total") == 0
-    assert final["counts"].get("connected", 0) == 0, final
+    during = [
+        (round(leak - s, 3), name, round(e - s, 3))
+        for leak in final["leaks"]
+        for s, e, name in timeline
+        if s - 0.5 <= leak <= e + 0.5
+    ]
+    assert final["counts"].get("connected", 0) == 0, (final, during)
     assert done.total() == operations and all(done[n] for n in names), done
     record(
         f"churn, {operations} operations",
