@@ -28,6 +28,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from op25b_ctl.fileio import make_dirs
 from op25b_ctl.policy import loader, model
 from op25b_ctl.policy.model import (
     Exemption,
@@ -155,7 +156,7 @@ def store(directory: Path, digest: str, policy: Policy, where: Path) -> None:
     }
     text = json.dumps(body, sort_keys=True).encode()
     with contextlib.suppress(OSError):
-        where.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_dirs(where, mode=0o700)  # umask-proof: never a world-writable parent
         fd, tmp = tempfile.mkstemp(dir=where, prefix=".policy-", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:

@@ -133,17 +133,31 @@ def test_a_symlinked_entry_is_ignored(policy_dir: Path, where: Path, tmp_path: P
     assert cache.lookup(policy_dir, policy_digest(policy_dir), where) is None
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another user")
-def test_an_entry_written_by_another_user_is_ignored(policy_dir: Path, where: Path) -> None:
+def test_an_entry_of_another_user_is_ignored(
+    policy_dir: Path, where: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen by a reader with another uid: sealed, right digest, right mode, wrong owner.
+    (tests/e2e/test_cache_owner.py does the same with a real chown, as root.)"""
     good = cache.load(policy_dir, where)
-    entry = _entry(policy_dir, where)
-    _reseal(entry, _enforce_everything)
-    os.chown(entry, 65534, 65534)  # nobody: sealed, right digest, right mode, wrong owner
+    _reseal(_entry(policy_dir, where), _enforce_everything)
+    other = os.geteuid() + 1
+    monkeypatch.setattr(os, "geteuid", lambda: other)
     assert cache.lookup(policy_dir, policy_digest(policy_dir), where) is None
-    assert cache.load(policy_dir, where) == good
-    os.chown(entry, 0, 0)
-    os.chown(where, 65534, 65534)  # our file in a directory someone else controls
-    assert cache.lookup(policy_dir, policy_digest(policy_dir), where) is None
+    monkeypatch.undo()
+    assert cache.lookup(policy_dir, policy_digest(policy_dir), where) is not None
+    assert good is not None
+
+
+def test_the_cache_directory_is_never_world_writable(policy_dir: Path, tmp_path: Path) -> None:
+    deep = tmp_path / "a" / "b" / "cache"
+    old = os.umask(0)
+    try:
+        cache.load(policy_dir, deep)
+    finally:
+        os.umask(old)
+    for d in (tmp_path / "a", tmp_path / "a" / "b", deep):
+        assert not d.stat().st_mode & 0o022, (d, oct(d.stat().st_mode))
+    assert _entry(policy_dir, deep).exists()
 
 
 def test_an_unwritable_cache_only_costs_speed(policy_dir: Path, tmp_path: Path) -> None:
