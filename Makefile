@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo demo-fleet test lint typecheck unit e2e bench reliability clean
+.PHONY: help setup demo demo-fleet test lint typecheck unit e2e bench reliability deb clean
 
 help:
 	@echo "make demo       lab gateway in network namespaces + example NMTnet policy (root)"
@@ -13,6 +13,7 @@ help:
 	@echo "make e2e        end-to-end tests only (root)"
 	@echo "make bench      ISP-scale benchmarks, writes docs/benchmarks.md (root)"
 	@echo "make reliability  hostile input, faults, churn; writes docs/reliability.md (root)"
+	@echo "make deb        build/deb/op25b-ctl_<version>_<arch>.deb with dpkg-buildpackage"
 	@echo "make clean      remove the virtualenv and caches"
 
 setup:
@@ -52,9 +53,15 @@ reliability: setup
 	@if [ "$$(id -u)" -ne 0 ]; then echo "make reliability: needs root (network namespaces, nftables)" >&2; exit 1; fi
 	$(PY) -m tests.reliability.report $(RELIABILITY_ARGS)
 
+# The Debian package, built from a copy of the tree (dpkg-buildpackage writes into the parent
+# directory). PIP_CACHE_DIR keeps pip's downloads between builds; the venv is rebuilt each time.
+DEB_DIR := build/deb
+deb: setup
+	@scripts/build-deb $(DEB_DIR)
+
 # The unit tests unprivileged (`make unit`), then everything else (e2e, reliability) as is.
 test: lint typecheck unit
 	$(VENV)/bin/pytest --ignore=tests/unit $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info build

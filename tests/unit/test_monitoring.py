@@ -145,7 +145,7 @@ def test_systemd_unit_verifies_and_is_hardened(tmp_path: Path) -> None:
     assert "Before=network-pre.target" in text and "Wants=network-pre.target" in text
     # verify needs the executable to exist: point it at this checkout's venv
     unit = tmp_path / UNIT.name
-    unit.write_text(text.replace("/usr/local/bin/op25b-ctl", str(VENV_CTL)))
+    unit.write_text(text.replace("/usr/sbin/op25b-ctl", str(VENV_CTL)))
     cp = run(["systemd-analyze", "verify", str(unit)])
     assert cp.returncode == 0, cp.stderr
     assert not re.search(r"Unknown|Failed|ignoring|Invalid", cp.stderr), cp.stderr

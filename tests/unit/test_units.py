@@ -45,7 +45,7 @@ def test_units_verify(tmp_path: Path) -> None:
         pytest.skip("needs systemd-analyze")
     venv_cli = REPO / ".venv" / "bin" / "op25b-ctl"
     for unit in ("op25b-rollout-tick.service", "op25b-rollout-tick.timer"):
-        text = (UNITS / unit).read_text().replace("/usr/local/bin/op25b-ctl", str(venv_cli))
+        text = (UNITS / unit).read_text().replace("/usr/sbin/op25b-ctl", str(venv_cli))
         (tmp_path / unit).write_text(text)
     cp = subprocess.run(
         [tool, "verify", str(tmp_path / "op25b-rollout-tick.timer")],
