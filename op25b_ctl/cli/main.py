@@ -337,17 +337,11 @@ def _metrics_address(text: str) -> tuple[str, int] | None:
 
 
 def cmd_daemon(ctx: Context) -> int:
-    import logging
-
+    from op25b_ctl.daemon import journal
     from op25b_ctl.daemon import loop as daemon
 
     args = ctx.args
-    fmt = "%(levelname)s %(message)s"
-    if not os.environ.get("JOURNAL_STREAM"):  # journald stamps lines itself
-        fmt = "%(asctime)s " + fmt
-    logging.basicConfig(
-        stream=sys.stderr, level=logging.DEBUG if args.verbose else logging.INFO, format=fmt
-    )
+    journal.configure(sys.stderr, verbose=args.verbose)  # the journal with fields, or stderr
     fleet = None
     if args.store or args.gateway:
         from op25b_ctl.source.fleet import open_source

@@ -10,7 +10,8 @@ table stays as it was). The metrics port is opened after the first pass has prog
 table, and retried after every pass while another process holds it: a reboot never leaves a
 gateway unprotected because of a port. Stopping leaves the table in place: the
 gateway keeps enforcing the last state without the controller (use `teardown` to remove it).
-Log lines go to stderr (journald under systemd).
+Log records go to the journal with fields (POOL, MODE, REVISION, REASON) under systemd, to
+stderr elsewhere (`journal`): one record per pool whenever its mode or the reason changes.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from op25b_ctl.daemon import DEFAULT_INTERVAL, DEFAULT_VERIFY_INTERVAL
+from op25b_ctl.daemon import DEFAULT_INTERVAL, DEFAULT_VERIFY_INTERVAL, journal
 from op25b_ctl.daemon.metrics import Metrics, build_registry
 from op25b_ctl.daemon.reconcile import Reconciler
 from op25b_ctl.daemon.sdnotify import Notifier
@@ -93,6 +94,7 @@ class Daemon:
         self._flags = _Flags()
         self._last_error: str | None = None
         self._last_status = ""
+        self._logged_modes: dict[str, tuple[str, str]] = {}  # pool -> (mode, reason) logged
 
     # -- called from signal handlers or other threads: set a flag, wake the loop
 
@@ -210,14 +212,20 @@ class Daemon:
         return f"{want.table.spec} {state}; pools: {pools}{bad}"
 
     def _log(self, result: ReconcileResult) -> None:
+        revision = self.reconciler.digest
         if result.error is not None:
             if result.error != self._last_error:
-                log.error("reconcile failed: %s", result.error)
+                log.error(
+                    "reconcile failed: %s",
+                    result.error,
+                    extra=journal.fields(revision=revision, reason=result.error),
+                )
             self._last_error = result.error
             return
         if self._last_error is not None:
-            log.info("reconcile succeeded again")
+            log.info("reconcile succeeded again", extra=journal.fields(revision=revision))
             self._last_error = None
+        self._log_modes(revision)
         if result.tx is None:
             return
         why = (
@@ -235,6 +243,7 @@ class Daemon:
             result.ops,
             result.tx.spec,
             result.duration,
+            extra=journal.fields(revision=revision, reason=why),
         )
         if result.drift_repaired and any(isinstance(op, AddTable) for op in result.tx.ops):
             log.warning(
@@ -247,6 +256,24 @@ class Daemon:
             log.info("  %s", line)
         if len(lines) > MAX_LOGGED_CHANGES:
             log.info("  ... and %d more", len(lines) - MAX_LOGGED_CHANGES)
+
+    def _log_modes(self, revision: str | None) -> None:
+        """One record per pool whose mode or reason differs from the last one logged, so
+        `journalctl -u op25b-ctl POOL=<pool>` is that pool's history (all pools at start)."""
+        want = self.reconciler.desired
+        if want is None:
+            return
+        for pool, d in want.decisions.items():
+            if self._logged_modes.get(pool) == (d.mode, d.reason):
+                continue
+            self._logged_modes[pool] = (d.mode, d.reason)
+            log.info(
+                "pool %s: %s (%s)",
+                pool,
+                d.mode,
+                d.reason,
+                extra=journal.fields(pool=pool, mode=d.mode, revision=revision, reason=d.reason),
+            )
 
 
 def start_metrics_server(address: tuple[str, int], registry: Any) -> Callable[[], None]:
