@@ -8,8 +8,9 @@ on the machine itself (CI machines are throw-away), and then:
 - `/usr/sbin/op25b-ctl validate` accepts the shipped example; every unit passes
   `systemd-analyze verify`; lintian reports no error and no warning that is not overridden;
 - the installed unit's exact ExecStart, with the unit's Environment= and an admin drop-in
-  pointing it at test directories, runs in a lab gateway namespace with a clean environment
-  and NOTIFY_SOCKET as systemd would, and blocks real TCP/25;
+  pointing it at test directories, runs in a lab gateway namespace with a clean environment,
+  NOTIFY_SOCKET and a journal stream as systemd would (a stand-in journald in a private mount
+  namespace, tests/journalsink), blocks real TCP/25, and logs with journal fields;
 - the package is upgraded under it while a prober keeps connecting: no connection ever gets
   through, the table and its counters stay, the state directory stays;
 - remove leaves the table (only `teardown --yes` removes it) and the state; purge removes the
@@ -24,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import gzip
+import json
 import os
 import re
 import shlex
@@ -347,11 +349,22 @@ def test_package_install_run_upgrade_remove_purge(debs: tuple[Path, Path], lab: 
     lab.serve_tcp([25])
     notify = Notify(lab.workdir / "notify.sock")
 
+    journal = lab.workdir / "journal"  # what a stand-in journald received (tests/journalsink)
+    journal.mkdir()
+
     def start() -> subprocess.Popen[str]:
         clean = ["env", "-i", f"PATH={PATH}", f"NOTIFY_SOCKET={notify.path}"]
-        proc = lab.start(lab.ns_gw, [*clean, *(f"{k}={v}" for k, v in env.items()), *argv])
+        clean += [f"{k}={v}" for k, v in env.items()]
+        sink = ["unshare", "--mount", "--propagation", "private", DEV_PYTHON, "-m"]
+        sink += ["tests.journalsink", str(journal), "--"]
+        proc = lab.start(lab.ns_gw, [*sink, *clean, *argv])
         notify.wait_ready(proc, lab)
         return proc
+
+    def entries(**want: str) -> list[dict[str, str]]:
+        lines = (journal / "journal.jsonl").read_text().splitlines()
+        found = [json.loads(x) for x in lines]
+        return [e for e in found if all(e.get(k) == v for k, v in want.items())]
 
     try:
         daemon = start()
@@ -359,6 +372,14 @@ def test_package_install_run_upgrade_remove_purge(debs: tuple[Path, Path], lab: 
         assert lab.connect(DYN_A.v4, RELAY.v4, 25).outcome == Outcome.CONNECTED
         poll("the refused connect counted", lambda: blocked(lab, metrics) >= 1)
         before = blocked(lab, metrics)
+        build = scrape(lab, metrics)
+        assert build[("op25b_build_info", frozenset({("version", __version__)}))] == 1
+
+        # logs: native journal protocol with fields, nothing on the journal stream besides
+        (east1,) = entries(POOL=EAST1, SYSLOG_IDENTIFIER="op25b-ctl")
+        assert east1["MODE"] == "enforce" and east1["REASON"] and east1["PRIORITY"] == "6"
+        assert re.fullmatch(r"[0-9a-f]{16}", east1["REVISION"]), east1
+        assert (journal / "stderr").read_text() == ""
         (STATE / "kept").write_text("state survives upgrade and remove\n")
 
         # upgrade under a running daemon with a prober, then restart it as systemd would
@@ -368,7 +389,8 @@ def test_package_install_run_upgrade_remove_purge(debs: tuple[Path, Path], lab: 
             up = dpkg("-i", str(second))
             assert f"over ({__version__})" in up.stdout, up.stdout
             lab.stop(daemon)
-            assert daemon.returncode == 0 and "left in place" in lab.output(daemon)
+            assert daemon.returncode == 0, lab.output(daemon)
+            assert [e for e in entries() if "left in place" in e["MESSAGE"]]
             daemon = start()
             seen = prober.batches
             while prober.batches < seen + 3 and not prober.errors:
