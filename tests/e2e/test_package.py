@@ -29,6 +29,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import threading
@@ -314,6 +315,17 @@ def test_package_install_run_upgrade_remove_purge(debs: tuple[Path, Path], lab: 
     cond = run(["systemd-analyze", "condition", "--unit=op25b-ctl.service"], check=False)
     assert cond.returncode != 0
     assert "ConditionPathIsDirectory=/etc/op25b failed" in cond.stdout + cond.stderr
+    # ... and the same unit's conditions hold once /etc/op25b exists: an /etc with it, as an
+    # overlay in a private mount namespace (the host's /etc is not touched)
+    over = lab.workdir / "etc-overlay"
+    (over / "upper" / "op25b").mkdir(parents=True)
+    (over / "work").mkdir()
+    script = 'mount -t overlay overlay -o "lowerdir=/etc,upperdir=$1,workdir=$2" /etc && exec "$3" condition --unit=op25b-ctl.service'
+    tool = shutil.which("systemd-analyze", path=PATH) or "systemd-analyze"
+    argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh"]
+    cond = run([*argv, str(over / "upper"), str(over / "work"), tool], check=False)
+    assert cond.returncode == 0, cond.stdout + cond.stderr
+    assert not POLICY.exists()
     assert had_table or run(host_table, check=False).returncode != 0
     deps = run(["dpkg-query", "-W", "-f=${Depends}", PKG]).stdout
     assert "python3-nftables" in deps and re.search(r"\bnftables\b", deps)
