@@ -15,14 +15,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from op25b_lab.etcd import EtcdServer
-from op25b_lab.lab import Lab
+from op25b_lab.lab import Lab, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 CTL = str(REPO / ".venv" / "bin" / "op25b-ctl")
@@ -51,17 +50,6 @@ while time.monotonic() < end:
 print("never", flush=True)
 sys.exit(1)
 """
-
-
-def wait_for(what: str, probe: Callable[[], T | None], deadline: float = 20.0) -> T:
-    end = time.monotonic() + deadline
-    while True:
-        got = probe()
-        if got is not None and got is not False:
-            return got
-        if time.monotonic() >= end:
-            raise AssertionError(f"timed out after {deadline}s waiting for {what}")
-        time.sleep(0.05)  # poll interval for a real condition, not a readiness guess
 
 
 class FleetLab:

@@ -32,11 +32,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 # --------------------------------------------------------------------------- addresses
 
@@ -175,6 +175,22 @@ class LabCommandError(subprocess.CalledProcessError):
 def ns_name(ident: str, role: str) -> str:
     """Namespace name for one role of a lab: the ident is what teardown matches on."""
     return f"{NS_PREFIX}-{ident}-{role}"
+
+
+T = TypeVar("T")
+
+
+def wait_for(what: str, probe: Callable[[], T | None], deadline: float = 20.0) -> T:
+    """Poll `probe` until it returns something other than None/False, and return that; an
+    AssertionError naming `what` after `deadline` seconds. Readiness is a real condition."""
+    end = time.monotonic() + deadline
+    while True:
+        got = probe()
+        if got is not None and got is not False:
+            return got
+        if time.monotonic() >= end:
+            raise AssertionError(f"timed out after {deadline}s waiting for {what}")
+        time.sleep(0.02)  # poll interval for a real condition, not a readiness guess
 
 
 def _netns_list() -> set[str]:

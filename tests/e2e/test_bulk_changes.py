@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from op25b_lab.lab import DYN_A, DYN_W, FOREIGN_MX, Lab
+from op25b_lab.lab import DYN_A, DYN_W, FOREIGN_MX, Lab, wait_for
 from tests.daemonpolicy import WEST1
 from tests.e2e.ctl import ctl
-from tests.e2e.test_daemon import Gateway, wait_for
+from tests.e2e.test_daemon import Gateway
 from tests.reliability.prober import Prober
 
 pytestmark = pytest.mark.root

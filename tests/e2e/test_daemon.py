@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from op25b_lab.lab import DYN_A, DYN_B, DYN_W, FOREIGN_MX, RELAY, Lab
+from op25b_lab.lab import DYN_A, DYN_B, DYN_W, FOREIGN_MX, RELAY, Lab, wait_for
 from tests.daemonpolicy import EAST1, EAST2, WEST1, daemon_policy, set_mode
 from tests.policytools import REPO
 
@@ -48,17 +48,6 @@ table ip docker_stub {
 
 T = TypeVar("T")
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def wait_for(what: str, probe: Callable[[], T | None], deadline: float = 15.0) -> T:
-    end = time.monotonic() + deadline
-    while True:
-        got = probe()
-        if got is not None and got is not False:
-            return got
-        if time.monotonic() >= end:
-            raise AssertionError(f"timed out after {deadline}s waiting for {what}")
-        time.sleep(0.05)  # poll interval, not a readiness guess
 
 
 class Gateway:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from op25b_lab.fleet import CTL, FleetLab, wait_for
-from op25b_lab.lab import DYN_A, DYN_B, DYN_W, FOREIGN_MX, RELAY, Lab, Outcome
+from op25b_lab.fleet import CTL, FleetLab
+from op25b_lab.lab import DYN_A, DYN_B, DYN_W, FOREIGN_MX, RELAY, Lab, Outcome, wait_for
 from tests.daemonpolicy import EAST1, EAST2, set_mode
 from tests.e2e.conftest import lab_unavailable
 from tests.fleetpolicy import GATEWAYS, fleet_policy

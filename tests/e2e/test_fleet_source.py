@@ -4,7 +4,6 @@ local snapshot when etcd is gone, reconnection, compaction, status on a lease.""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,21 +16,11 @@ from op25b_ctl.policy.loader import read_policy_files
 from op25b_ctl.source.etcd import EtcdStore, Scope, parse_store_url
 from op25b_ctl.source.fleet import SNAPSHOT_FILE, FleetSource
 from op25b_lab.etcd import EtcdServer
+from op25b_lab.lab import wait_for
 from tests.daemonpolicy import EAST1, EAST2, WEST1
 from tests.fleetpolicy import fleet_policy
 
 T = TypeVar("T")
-
-
-def wait_for(what: str, probe: Callable[[], T | None], deadline: float = 15.0) -> T:
-    end = time.monotonic() + deadline
-    while True:
-        got = probe()
-        if got is not None and got is not False:
-            return got
-        if time.monotonic() >= end:
-            raise AssertionError(f"timed out after {deadline}s waiting for {what}")
-        time.sleep(0.02)  # poll interval, not a readiness guess
 
 
 def rollback(pool: str) -> dict[str, str]:

@@ -7,9 +7,9 @@ import json
 import time
 from pathlib import Path
 
-from op25b_lab.lab import DYN_A, DYN_W, FOREIGN_MX, RELAY, Lab
+from op25b_lab.lab import DYN_A, DYN_W, FOREIGN_MX, RELAY, Lab, wait_for
 from tests.e2e.ctl import ctl, ctl_json
-from tests.e2e.test_daemon import EAST1_CHAIN, REPAIR_DEADLINE, Gateway, smtp_attempts, wait_for
+from tests.e2e.test_daemon import EAST1_CHAIN, REPAIR_DEADLINE, Gateway, smtp_attempts
 
 __all__ = [
     "EAST1_CHAIN",

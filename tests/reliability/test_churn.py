@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from op25b_lab.lab import DYN_A, FOREIGN_MX, Lab
+from op25b_lab.lab import DYN_A, FOREIGN_MX, Lab, wait_for
 from tests.daemonpolicy import EAST2, WEST1
 from tests.e2e.conftest import lab, make_lab  # noqa: F401  (fixtures)
 from tests.e2e.ctl import ctl
 from tests.e2e.test_bulk_changes import set_extra, synthetic
 from tests.reliability.conftest import Recorder
-from tests.reliability.kernelfaults import applied_gateway, assert_enforced, wait_for
+from tests.reliability.kernelfaults import applied_gateway, assert_enforced
 from tests.reliability.prober import Prober
 
 pytestmark = pytest.mark.root

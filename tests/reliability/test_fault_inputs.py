@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from op25b_lab.lab import DYN_A, DYN_B, DYN_W, FOREIGN_MX, RELAY, Lab
+from op25b_lab.lab import DYN_A, DYN_B, DYN_W, FOREIGN_MX, RELAY, Lab, wait_for
 from tests.daemonpolicy import EAST1, EAST2, WEST1
 from tests.e2e.conftest import lab, make_lab  # noqa: F401  (fixtures)
 from tests.e2e.ctl import CTL, ctl, ruleset
 from tests.e2e.test_daemon import smtp_attempts
 from tests.reliability.conftest import Recorder
-from tests.reliability.kernelfaults import Gateway, applied_gateway, assert_enforced, wait_for
+from tests.reliability.kernelfaults import Gateway, applied_gateway, assert_enforced
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 SECTION = "fault"
