@@ -126,8 +126,12 @@ class Daemon:
 
     def serve(self, max_passes: int | None = None) -> int:
         """Run passes until asked to stop (or `max_passes`, for tests); exit status 0."""
-        while not self._flags.stop:
-            self._wake.clear()  # before the pass: a signal during it cuts the next sleep short
+        while True:
+            # clear first, then look at the flag: a stop that lands between the two is seen
+            # here, and one during the pass cuts the next sleep short (no interval-long wait)
+            self._wake.clear()
+            if self._flags.stop:
+                break
             result = self.step()
             if self.passes == 1:
                 self.notifier.ready(self._status(result))
