@@ -41,6 +41,11 @@ FAMILIES = nlcodec.FAMILIES
 NFT_SET_ANONYMOUS = 0x1
 NFT_SET_MAP = 0x8
 NFT_SET_OBJECT = 0x40
+NFT_DATA_VERDICT = 0xFFFFFF00
+KEY_TYPES = {7: "ipv4_addr", 8: "ipv6_addr"}  # nft's TYPE_IPADDR, TYPE_IP6ADDR
+# The declared flags that change what a set is (map/object/anonymous are told apart otherwise;
+# concat shows in the key type): named as nft names them.
+SET_FLAGS = {0x2: "constant", 0x4: "interval", 0x10: "timeout", 0x20: "dynamic"}
 # NF_INET_* hook numbers, named as nft names them (ip, ip6 and inet tables).
 HOOKS = {0: "prerouting", 1: "input", 2: "forward", 3: "output", 4: "postrouting", 5: "ingress"}
 POLICIES = {0: "drop", 1: "accept"}  # NF_DROP, NF_ACCEPT
@@ -68,6 +73,19 @@ class SetInfo:
     name: str
     flags: int  # NFT_SET_* bits as the kernel reports them
     is_map: bool  # declared with `map`: data map (NFT_SET_MAP) or object map (NFT_SET_OBJECT)
+    key_type: int = 0  # nft's datatype number (7 ipv4_addr, 8 ipv6_addr; concatenations packed)
+    key_len: int = 0  # bytes
+    data_type: int | None = None  # maps: NFT_DATA_VERDICT or a datatype number
+
+    @property
+    def declaration(self) -> tuple[str, bool, frozenset[str]]:
+        """(key type, verdict map, flags) as `plan.table.NamedSet` spells them."""
+        key = KEY_TYPES.get(self.key_type) or f"type-{self.key_type}/{self.key_len}"
+        verdict = self.data_type == NFT_DATA_VERDICT
+        if self.is_map and not verdict:
+            key += f" : type-{self.data_type}"
+        flags = frozenset(n for bit, n in SET_FLAGS.items() if self.flags & bit)
+        return key, self.is_map, flags
 
 
 @dataclass(frozen=True)
@@ -134,7 +152,7 @@ _TABLE_NAME = 1
 _CHAIN_TABLE, _CHAIN_NAME, _CHAIN_HOOK, _CHAIN_POLICY = 1, 3, 4, 5
 _HOOK_HOOKNUM, _HOOK_PRIORITY = 1, 2
 _RULE_TABLE, _RULE_CHAIN, _RULE_HANDLE, _RULE_USERDATA = 1, 2, 3, 7
-_SET_TABLE, _SET_NAME, _SET_FLAGS = 1, 2, 3
+_SET_TABLE, _SET_NAME, _SET_FLAGS, _SET_KEY_TYPE, _SET_KEY_LEN, _SET_DATA_TYPE = 1, 2, 3, 4, 5, 6
 _GEN_ID = 1
 NFT_MSG_GETTABLE, NFT_MSG_GETCHAIN, NFT_MSG_GETRULE, NFT_MSG_GETSET = 1, 4, 7, 10
 NFT_MSG_GETGEN = 16
@@ -211,7 +229,17 @@ def _skeleton(table: str, family: str) -> TableSkeleton | None:
     for s in set_msgs:
         flags = _be32(s.get(_SET_FLAGS))
         if _text(s.get(_SET_TABLE)) == table and not flags & NFT_SET_ANONYMOUS:
-            sets.append(SetInfo(name=_text(s.get(_SET_NAME)), flags=flags, is_map=_is_map(flags)))
+            data = s.get(_SET_DATA_TYPE)
+            sets.append(
+                SetInfo(
+                    name=_text(s.get(_SET_NAME)),
+                    flags=flags,
+                    is_map=_is_map(flags),
+                    key_type=_be32(s.get(_SET_KEY_TYPE)),
+                    key_len=_be32(s.get(_SET_KEY_LEN)),
+                    data_type=None if data is None else _be32(data),
+                )
+            )
     return TableSkeleton(
         chains=chains,
         rules=rules,

@@ -19,7 +19,7 @@ from op25b_ctl.errors import KernelError, TableNotFound
 from op25b_ctl.kernel import netlink
 from op25b_ctl.kernel.base import Counter, RuleDigests
 from op25b_ctl.plan.render import render
-from op25b_ctl.plan.table import Chain, Hook, NamedSet, Rule, Table
+from op25b_ctl.plan.table import INTERVAL, Chain, Hook, NamedSet, Rule, Table
 from op25b_ctl.plan.transaction import Transaction
 
 __all__ = ["NftKernel", "release_memory"]
@@ -59,11 +59,18 @@ def _skeleton_table(family: str, name: str) -> Table | None:
         )
         for c in skeleton.chains
     }
-    sets = {
-        s.name: NamedSet(s.name, "ipv6_addr" if s.name.endswith("_v6") else "ipv4_addr", s.is_map)
-        for s in skeleton.sets
-    }
+    sets = {}
+    for s in skeleton.sets:
+        key, is_map, flags = s.declaration
+        sets[s.name] = NamedSet(s.name, key, is_map, flags=flags)
     return Table(family, name, chains, sets, skeleton.counters, elements_known=False)
+
+
+def _readable(s: NamedSet) -> bool:
+    """Declared the way we declare sets, so `netlink.read_elements` can read its elements back
+    as prefixes. Another declaration (an older version's, someone else's) is replaced whole,
+    whatever it holds: its elements are left unread (shown as none)."""
+    return s.key_type in ("ipv4_addr", "ipv6_addr") and s.flags == INTERVAL
 
 
 # Scripts above this go to a child `nft -f -`: libnftables' parse of a whole 110,000-element
@@ -130,6 +137,8 @@ class NftKernel:
             try:
                 sets = {
                     n: replace(s, elements=netlink.read_elements(name, n, family))
+                    if _readable(s)
+                    else s
                     for n, s in table.sets.items()
                 }
             except TableNotFound:

@@ -43,16 +43,20 @@ def read_live(kernel: Kernel, desired: Table, *, trust_fingerprint: bool = False
     """The live table, as cheaply as is safe.
 
     With `trust_fingerprint`, a skeleton read (no elements) is enough when the kernel holds
-    the elements-fingerprint counter of the desired sets: the elements were written by us
-    in the transaction that wrote that name. Otherwise, or when it differs, every element is
-    read and compared (seconds at 100,000 prefixes).
+    the elements-fingerprint counter of the desired sets and every set is declared as desired:
+    the elements were written by us in the transaction that wrote that name. Otherwise, or
+    when it differs, every element is read and compared (seconds at 100,000 prefixes).
     """
     if trust_fingerprint:
         live = kernel.read(desired.family, desired.name, elements=False)
         if live is None or live.elements_known:
             return live
         fingerprints = {c for c in desired.counters if c.startswith(FINGERPRINT_PREFIX)}
-        if fingerprints <= live.counters and live.sets.keys() == desired.sets.keys():
+        if (
+            fingerprints <= live.counters
+            and live.sets.keys() == desired.sets.keys()
+            and all(s.same_shape(desired.sets[n]) for n, s in live.sets.items())
+        ):
             return replace(live, sets=desired.sets, elements_known=True)
     return kernel.read(desired.family, desired.name)
 

@@ -58,7 +58,8 @@ def render_op(spec: str, op: Op) -> Iterable[str]:
             key = f"{s.key_type} : verdict" if s.verdict_map else s.key_type
             listed = ", ".join(_element(k, v) for k, v in s.elements.items())
             inline = f" elements = {{ {listed} }};" if listed else ""
-            yield f"add {kind} {spec} {s.name} {{ type {key}; flags interval;{inline} }}"
+            flags = f" flags {', '.join(sorted(s.flags))};" if s.flags else ""
+            yield f"add {kind} {spec} {s.name} {{ type {key};{flags}{inline} }}"
         case DeleteSet(set=s):
             yield f"delete {'map' if s.verdict_map else 'set'} {spec} {s.name}"
         case FlushSet(set=s):

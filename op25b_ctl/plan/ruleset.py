@@ -82,7 +82,7 @@ def mode_of_rules(pool: str, rule_ids: tuple[str, ...], action: str) -> Mode | N
 
 def _prefix_set(name: str, key_type: str, prefixes: Iterable[str]) -> NamedSet:
     assert key_type in ("ipv4_addr", "ipv6_addr")
-    return NamedSet(name, key_type, elements=dict.fromkeys(prefixes))  # type: ignore[arg-type]
+    return NamedSet(name, key_type, elements=dict.fromkeys(prefixes))
 
 
 @dataclass(frozen=True)

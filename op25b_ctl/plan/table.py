@@ -60,18 +60,32 @@ class Chain:
         return tuple(r.id for r in self.rules)
 
 
+INTERVAL: frozenset[str] = frozenset({"interval"})
+
+
 @dataclass(frozen=True)
 class NamedSet:
-    """An interval set of prefixes, or (with `verdict_map`) prefixes mapped to a jump target."""
+    """An interval set of prefixes, or (with `verdict_map`) prefixes mapped to a jump target.
+
+    Its declaration is `key_type`, `verdict_map` and `flags` (as nft spells them). Ours are
+    always `ipv4_addr`/`ipv6_addr` with `flags interval`; a live set read back may carry
+    anything (another key such as `type-13/2`, a map to data other than a verdict as
+    `ipv4_addr : type-19`, other flags), which is what `same_shape` compares: a declaration
+    cannot be changed in place, only replaced (plan/diff.py)."""
 
     name: str
-    key_type: KeyType
+    key_type: KeyType | str
     verdict_map: bool = False
     # prefix -> jump target chain (maps) or None (plain sets); prefixes are canonical CIDR text
     elements: Mapping[str, str | None] = field(default_factory=dict)
+    flags: frozenset[str] = INTERVAL
 
     def same_shape(self, other: NamedSet) -> bool:
-        return (self.key_type, self.verdict_map) == (other.key_type, other.verdict_map)
+        return (self.key_type, self.verdict_map, self.flags) == (
+            other.key_type,
+            other.verdict_map,
+            other.flags,
+        )
 
 
 @dataclass(frozen=True)
