@@ -12,6 +12,8 @@ last good state. Anything else escaping is a bug.
     │                           symlink, too large, a foreign owner): as its reader says
     ├── LockBusy                another command holds the state lock, nothing changed: exit 75
     ├── KernelError             nftables refused or could not be read: exit 1, ruleset unchanged
+    │                           (a change split into batches: the batches before the refused
+    │                           one stay, a complete and enforcing table; see plan/diff.py)
     │   └── TableNotFound       the table asked for does not exist (reads only)
     ├── StoreUsageError         a store URL, TLS option or request that cannot be right: exit 2
     ├── ConcurrentPublish       someone published since this publish's base revision: exit 2

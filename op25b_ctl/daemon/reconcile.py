@@ -288,8 +288,10 @@ class Reconciler:
                 self.kernel.apply(tx)
                 self.progress()
                 after = self._read_generation()
-                # Trust the new generation only if no other commit slipped in around ours.
-                gen = after if before is not None and after == before + 1 else None
+                # Trust the new generation only if no other commit slipped in around ours
+                # (one generation per batch).
+                commits = len(tx.batches)
+                gen = after if before is not None and after == before + commits else None
                 self._learn(tx, want.table)
                 self._committed(tx, want.table)
         except (Op25bError, OSError) as exc:

@@ -13,14 +13,15 @@ every set element into its cache (see docs/benchmarks.md for what that costs).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from op25b_ctl.errors import KernelError
 from op25b_ctl.plan.table import Table
 from op25b_ctl.plan.transaction import Transaction
 
-__all__ = ["UNREADABLE", "Counter", "Kernel", "RuleDigests"]
+__all__ = ["UNREADABLE", "Counter", "Kernel", "RuleDigests", "commit_batches"]
 
 # {(chain, rule comment or `handle:<n>`): one digest per rule, in order}
 RuleDigests = Mapping[tuple[str, str], tuple[str, ...]]
@@ -70,9 +71,31 @@ class Kernel(Protocol):
         ...
 
     def check(self, tx: Transaction) -> None:
-        """Raise KernelError if nftables would refuse `tx`; change nothing."""
+        """Raise KernelError if nftables would refuse `tx` (all its batches as one); change
+        nothing."""
         ...
 
     def apply(self, tx: Transaction) -> None:
-        """Commit `tx` as one atomic batch; raise KernelError (nothing changed) if refused."""
+        """Commit `tx`'s batches in order, each one atomic (`commit_batches`); raise
+        KernelError if one is refused (the batches before it stay committed)."""
         ...
+
+
+def commit_batches(tx: Transaction, commit: Callable[[Transaction], None]) -> None:
+    """Commit each of `tx`'s batches with `commit`, in order.
+
+    A refused first batch changed nothing. A refused later one leaves the earlier ones in:
+    a complete, enforcing table (the planner's guarantee, plan/diff.py) that the next pass
+    or `apply` finishes; the error says so."""
+    batches = tx.batches
+    for k, batch in enumerate(batches):
+        try:
+            commit(batch)
+        except KernelError as exc:
+            if k == 0:
+                raise
+            raise KernelError(
+                f"{exc} (commit {k + 1} of {len(batches)}; the {k} before it are in: the "
+                f"table {tx.spec} is complete and enforcing, the next pass or apply finishes "
+                "the change)"
+            ) from exc

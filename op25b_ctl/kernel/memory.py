@@ -2,8 +2,8 @@
 
 The unit tests (and anyone reasoning about a change without root) use it in place of the
 running kernel. Besides the `Kernel` operations it plays "someone else" at the nft prompt
-(`edit`, `flush_chains`), traffic (`values`), and a refused commit (`fail_next`), and it keeps
-a log of reads and commits for tests to assert on. A rule's text stands in for its
+(`edit`, `flush_chains`), traffic (`values`), and a refused commit (`fail_next`, `fail_after`),
+and it keeps a log of reads and commits for tests to assert on. A rule's text stands in for its
 expressions when digests are asked for.
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from op25b_ctl.errors import KernelError, TableNotFound
-from op25b_ctl.kernel.base import Counter, RuleDigests
+from op25b_ctl.kernel.base import Counter, RuleDigests, commit_batches
 from op25b_ctl.plan.table import Chain, Table
 from op25b_ctl.plan.transaction import (
     AddChain,
@@ -45,9 +45,10 @@ class MemoryKernel:
         self.gen = 1  # bumped by every commit, ours or someone else's
         self.generations = generations  # False: a kernel that cannot tell (generation() None)
         self.values: dict[str, tuple[int, int]] = {}  # counter name -> (packets, bytes)
-        self.applied: list[Transaction] = []  # every committed transaction, in order
+        self.applied: list[Transaction] = []  # every committed batch, in order
         self.reads: list[bool] = []  # every read(), by its `elements` argument
-        self.fail_next: str | None = None  # the next apply is refused with this message
+        self.fail_next: str | None = None  # the next commit is refused with this message
+        self.fail_after = 0  # ... after this many more commits (batches) have gone in
 
     # -- the Kernel protocol
 
@@ -91,10 +92,17 @@ class MemoryKernel:
         self._run(tx)
 
     def apply(self, tx: Transaction) -> None:
+        commit_batches(tx, self._commit)
+
+    def _commit(self, tx: Transaction) -> None:
+        """One batch: all of it or nothing, one generation."""
         result = self._run(tx)
         if self.fail_next:
-            msg, self.fail_next = self.fail_next, None
-            raise KernelError(msg)
+            if self.fail_after > 0:
+                self.fail_after -= 1
+            else:
+                msg, self.fail_next = self.fail_next, None
+                raise KernelError(msg)
         key = (tx.family, tx.table)
         old = self.tables.get(key)
         if result is None:

@@ -17,7 +17,7 @@ from dataclasses import replace
 
 from op25b_ctl.errors import KernelError, TableNotFound
 from op25b_ctl.kernel import netlink
-from op25b_ctl.kernel.base import Counter, RuleDigests
+from op25b_ctl.kernel.base import Counter, RuleDigests, commit_batches
 from op25b_ctl.plan.render import render
 from op25b_ctl.plan.table import INTERVAL, Chain, Hook, NamedSet, Rule, Table
 from op25b_ctl.plan.transaction import Transaction
@@ -166,4 +166,7 @@ class NftKernel:
 
     def apply(self, tx: Transaction) -> None:
         if tx:
-            self._cmd(render(tx))
+            commit_batches(tx, self._commit)
+
+    def _commit(self, batch: Transaction) -> None:
+        self._cmd(render(batch))

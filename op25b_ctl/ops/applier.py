@@ -1,4 +1,5 @@
-"""Read the live table, diff it against the desired one, commit the difference in one batch.
+"""Read the live table, diff it against the desired one, commit the difference (one batch, or
+the planner's ordered batches when a set's declaration must change: plan/diff.py).
 
 The only place that sequences kernel calls; it never decides *what* the table should be.
 """
@@ -81,10 +82,11 @@ def apply_to(
 ) -> Transaction:
     """`apply` for a caller that has just read the live table itself (from `read_live`).
 
-    One commit, no separate dry run first: libnftables evaluates the whole script before it
-    sends anything, and the kernel validates the whole batch before it commits, aborting all
-    of it on any error (a dry run reaches the kernel too, so it would only repeat the same
-    checks and double the cost). `dry_run` runs only that check.
+    One commit per batch (one, unless a set's declaration changes), no separate dry run
+    first: libnftables evaluates the whole script before it sends anything, and the kernel
+    validates the whole batch before it commits, aborting all of it on any error (a dry run
+    reaches the kernel too, so it would only repeat the same checks and double the cost).
+    `dry_run` runs only that check, of all the batches as one.
     """
     ensure_ours(live)
     tx = diff(live, desired)

@@ -14,11 +14,37 @@ a refill costs that cache load once plus one set's worth of elements (docs/bench
 again in the batch was faster still, but measured not atomic for packets (a connection got
 through now and then right at the commit), while a flush and refill of the set the rules
 already use was.
+
+The cause (docs/benchmarks.md): a rule that points at a set created *in the same batch* meets
+an empty set until the set backend's commit step, which runs after the generation flip. So
+while the live table enforces anything (has rules), no batch adds a rule that references a
+set the same batch declares. A set that must be declared -- missing from the live table, or
+whose declaration (key type, map or set, flags) differs, which a flush cannot change: a
+schema change at upgrade time, never a policy edit -- is declared in a batch of its own first,
+and the transaction becomes an ordered list of batches (`Transaction.batches`):
+
+    missing set S     1. declare S, filled (and empty chains its elements jump to)
+                      2. everything else, rules pointing at S included
+    S re-declared     1. declare S under a staging name `S_next`, filled, alone
+                      2. rules point at S_next; the old S is deleted and the new S declared,
+                         filled (no rule uses it yet)
+                      3. rules point at S again; S_next is deleted
+
+So the names are the same after the change as before it (rule ids, the rule-digest reference,
+counters and `status` see the usual table); `S_next` exists only between batches. Every
+state between two batches is a complete table whose rules use committed, filled sets: if a
+later batch fails, the table keeps enforcing and the next pass plans again from what is live
+(a left-over `S_next` is reused, refilled or deleted like any set). A table with no rules
+(none yet, or flushed by someone) enforces nothing, so it is still made in one batch.
 """
 
 from __future__ import annotations
 
-from op25b_ctl.plan.table import Table
+import re
+from dataclasses import replace
+from itertools import count
+
+from op25b_ctl.plan.table import Chain, NamedSet, Rule, Table
 from op25b_ctl.plan.transaction import (
     AddChain,
     AddCounter,
@@ -28,7 +54,6 @@ from op25b_ctl.plan.transaction import (
     AddTable,
     DeleteChain,
     DeleteCounter,
-    DeleteElements,
     DeleteSet,
     FlushChain,
     FlushSet,
@@ -37,10 +62,88 @@ from op25b_ctl.plan.transaction import (
 )
 
 TABLE_COMMENT = "managed by op25b-ctl; edits are reverted"
+STAGING_SUFFIX = "_next"
 
 
 def diff(live: Table | None, desired: Table) -> Transaction:
-    """Ops turning `live` (None: no table yet) into `desired`."""
+    """Ops turning `live` (None: no table yet) into `desired`: one batch, or an ordered list
+    of batches when a set must be declared while rules are live (module docstring)."""
+    batches: list[Transaction] = []
+    cur = live
+    for step in steps_to(live, desired):
+        batches.append(one_batch(cur, step))
+        cur = step
+    return Transaction.of_batches(desired.family, desired.name, batches)
+
+
+def steps_to(live: Table | None, desired: Table) -> list[Table]:
+    """The tables to pass through on the way to `desired`, `desired` last; each step is one
+    batch, and no step's rules use a set that step declares while the live table has rules."""
+    if live is None or not any(c.rules for c in live.chains.values()):
+        return [desired]
+    reshaped = sorted(
+        n for n, s in desired.sets.items() if n in live.sets and not live.sets[n].same_shape(s)
+    )
+    staged = {n: staging_name(n, live, desired) for n in reshaped}
+    stage = _renamed(desired, staged)  # the desired table with rules on the staged sets
+    declare = {
+        n: s
+        for n, s in stage.sets.items()
+        if n not in live.sets or n in staged.values() or not live.sets[n].same_shape(s)
+    }
+    if not declare:
+        return [desired]
+    targets = {t for s in declare.values() for t in s.elements.values() if t is not None}
+    missing_chains = {t: Chain(t) for t in sorted(targets) if t not in live.chains}
+    declared = replace(
+        live,
+        sets={**live.sets, **declare},
+        chains={**live.chains, **missing_chains},
+    )
+    if not staged:
+        return [declared, desired]
+    swapped = replace(stage, sets={**stage.sets, **{n: desired.sets[n] for n in staged}})
+    return [declared, swapped, desired]
+
+
+def staging_name(name: str, live: Table, desired: Table) -> str:
+    """`<name>_next` (or `_next2`, ...): free in the desired table, and in the live one unless
+    it holds a set of the right declaration already (left over from an interrupted change)."""
+    want = desired.sets[name]
+    for i in count(1):
+        candidate = name + STAGING_SUFFIX + (str(i) if i > 1 else "")
+        if candidate in desired.sets:
+            continue
+        left = live.sets.get(candidate)
+        if left is None or left.same_shape(want):
+            return candidate
+    raise AssertionError("unreachable")
+
+
+def _renamed(desired: Table, names: dict[str, str]) -> Table:
+    """`desired` with sets renamed (old -> new) and every rule pointing at the new names."""
+    if not names:
+        return desired
+    pattern = re.compile("@(" + "|".join(re.escape(n) for n in names) + r")(?![A-Za-z0-9_])")
+
+    def rule(r: Rule) -> Rule:
+        assert r.text is not None, "desired rules have text"
+        text = pattern.sub(lambda m: "@" + names[m.group(1)], r.text)
+        return r if text == r.text else Rule.of(text)
+
+    sets: dict[str, NamedSet] = {
+        names.get(n, n): replace(s, name=names[n]) if n in names else s
+        for n, s in desired.sets.items()
+    }
+    chains = {
+        n: replace(c, rules=tuple(rule(r) for r in c.rules)) for n, c in desired.chains.items()
+    }
+    return replace(desired, sets=sets, chains=chains)
+
+
+def one_batch(live: Table | None, desired: Table) -> Transaction:
+    """Ops turning `live` into `desired` in a single batch (a set whose declaration differs is
+    deleted and declared again in it: `steps_to` makes sure no rule then points at it)."""
     empty = Table(desired.family, desired.name)
     cur = live or empty
     ops: list[Op] = []
@@ -85,9 +188,13 @@ def diff(live: Table | None, desired: Table) -> Transaction:
         for n in sorted(refill_sets)
         if desired.sets[n].elements
     ]
-    for name in cur.sets:
-        if name not in desired.sets and cur.sets[name].elements:
-            removals.append(DeleteElements(name, tuple(cur.sets[name].elements)))
+    # A set going away is emptied first (its elements may point at chains we delete): one
+    # flush, never a per-element delete (nft 1.0.6 works through those one by one).
+    removals += [
+        FlushSet(cur.sets[n])
+        for n in sorted(cur.sets)
+        if n not in desired.sets and cur.sets[n].elements
+    ]
 
     # Rules referencing a set we recreate, or in chains we rewrite or delete, go first.
     flush = {c.name for c in rewrite} | set(gone_chains) | rehook

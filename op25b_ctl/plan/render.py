@@ -88,8 +88,17 @@ def render_op(spec: str, op: Op) -> Iterable[str]:
 
 
 def render(tx: Transaction) -> str:
-    """The whole transaction as one script: libnftables sends it as one atomic batch."""
-    lines = [line for op in tx.ops for line in render_op(tx.spec, op)]
+    """The whole transaction as one script; libnftables sends a script as one atomic batch.
+
+    A transaction of several batches is shown with a `# commit k of n` comment before each;
+    the kernel adapter commits each batch's own script in turn (`nft -f` of this whole text
+    would make it one batch: right in the end, but without the split's guarantee)."""
+    batches = tx.batches
+    lines: list[str] = []
+    for k, batch in enumerate(batches, 1):
+        if len(batches) > 1:
+            lines.append(f"# commit {k} of {len(batches)}")
+        lines += [line for op in batch.ops for line in render_op(tx.spec, op)]
     return "\n".join(lines) + ("\n" if lines else "")
 
 
@@ -103,8 +112,14 @@ def describe(tx: Transaction) -> list[str]:
     """A human-readable diff: one line per change, element lists abbreviated."""
     out: list[str] = []
     refilled = {op.set.name for op in tx.ops if isinstance(op, FlushSet)}
-    for op in tx.ops:
+    deleted = {op.set.name for op in tx.ops if isinstance(op, DeleteSet)}
+    starts = {at: n for n, at in enumerate((0, *tx.breaks) if tx.breaks else (), 1)}
+    for at, op in enumerate(tx.ops):
+        if at in starts:
+            out.append(f"-- commit {starts[at]} of {len(starts)}")
         match op:
+            case FlushSet(set=s) if s.name in deleted:
+                pass  # emptied before it goes: told with its DeleteSet
             case FlushSet(set=s):
                 added, removed = tx.element_delta(s.name)
                 items = [_element(k, v) for k, v in added.items()]

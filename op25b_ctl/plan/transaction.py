@@ -1,13 +1,18 @@
 """Typed operations of one nftables transaction, in the order the kernel must see them.
 
-A transaction is applied as a single netlink batch: all of it or none of it. Keeping it as
-data (not text) lets the in-memory backend apply it in tests and lets `plan` describe it.
+A transaction is applied as a single netlink batch -- all of it or none of it -- except where
+the planner split it (`breaks`): then it is an ordered list of batches (`batches`), each one
+atomic, committed one after the other. The planner splits only to replace a set's declaration
+without a rule ever meeting a set created in its own batch (plan/diff.py); every state between
+two batches is a complete, enforcing table. Keeping it as data (not text) lets the in-memory
+backend apply it in tests and lets `plan` describe it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 from op25b_ctl.plan.table import Hook, NamedSet, Rule
 
@@ -109,6 +114,8 @@ class Transaction:
     family: str
     table: str
     ops: tuple[Op, ...] = field(default_factory=tuple)
+    # indexes into `ops` where a new batch (a separate commit) starts; () = one batch
+    breaks: tuple[int, ...] = ()
 
     def __bool__(self) -> bool:
         return bool(self.ops)
@@ -116,6 +123,28 @@ class Transaction:
     @property
     def spec(self) -> str:
         return f"{self.family} {self.table}"
+
+    @classmethod
+    def of_batches(cls, family: str, table: str, batches: Iterable[Transaction]) -> Transaction:
+        """One transaction committed as `batches` in order (empty ones dropped)."""
+        ops: list[Op] = []
+        breaks: list[int] = []
+        for batch in batches:
+            if batch.ops:
+                if ops:
+                    breaks.append(len(ops))
+                ops += batch.ops
+        return cls(family, table, tuple(ops), tuple(breaks))
+
+    @property
+    def batches(self) -> tuple[Transaction, ...]:
+        """The atomic batches, in commit order; just `(self,)` when there is one."""
+        if not self.breaks:
+            return (self,)
+        edges = (0, *self.breaks, len(self.ops))
+        return tuple(
+            Transaction(self.family, self.table, self.ops[a:b]) for a, b in pairwise(edges)
+        )
 
     def element_delta(self, name: str) -> tuple[dict[str, str | None], tuple[str, ...]]:
         """(elements added or changed, keys removed) in set `name`, whether the transaction
