@@ -29,7 +29,7 @@ from op25b_ctl.plan.desired import from_policy
 from op25b_ctl.plan.diff import diff
 from op25b_ctl.plan.ruleset import pool_chain, pool_rules
 from op25b_ctl.plan.table import Chain, Table
-from op25b_ctl.plan.transaction import AddRule, FlushChain, Transaction
+from op25b_ctl.plan.transaction import AddRule, DeleteTable, FlushChain, Transaction
 from op25b_ctl.policy.loader import load_policy
 from op25b_ctl.policy.model import Mode
 from op25b_ctl.policy.overrides import Override
@@ -96,6 +96,51 @@ def with_pool_mode(table: Table, pool: str, mode: Mode, action: str) -> Table:
     chains = dict(table.chains)
     chains[pool_chain(pool)] = Chain(pool_chain(pool), pool_rules(pool, mode, action))
     return replace(table, chains=chains)
+
+
+WALK_TABLE = "op25b_walk"  # the empty-maps twin of our table, for the walk's share only
+
+
+def without_elements(table: Table, name: str = WALK_TABLE) -> Table:
+    """`table` under another name with every set and map empty: the same chains, rules and
+    counters, and nothing for the kernel's validation to walk.
+
+    At commit nf_tables validates the whole table whenever the batch adds a rule, and that
+    walks every element of every verdict map reachable from a base chain (docs/performance.md,
+    "One-pool change and the kernel's loop walk"). The same one-pool change committed here and
+    in the real table costs the same in libnftables; the difference is that walk.
+    """
+    return replace(
+        table, name=name, sets={n: replace(s, elements={}) for n, s in table.sets.items()}
+    )
+
+
+def walk_series(
+    backend: NftKernel, desired: Table, pool: str, action: str, runs: int
+) -> dict[str, list[float]]:
+    """The daemon's one-pool change, alternately in our table ("full") and in its empty-maps
+    twin ("empty"), `runs` times each; both end as `desired` has them, and the twin is gone."""
+    twin = without_elements(desired)
+    applier.apply(backend, twin)
+    tables = {"full": desired, "empty": twin}
+    live = dict(tables)
+    times: dict[str, list[float]] = {k: [] for k in tables}
+    try:
+        for i in range(runs + 1):
+            mode: Mode = "monitor" if i % 2 == 0 else "enforce"
+            for key, base in tables.items():
+                target = with_pool_mode(base, pool, mode, action)
+                tx = diff(live[key], target)
+                _expect_rewrite(tx, "walk probe")
+                t = time.perf_counter()
+                backend.apply(tx)
+                if i:  # the first round is a warm-up
+                    times[key].append(time.perf_counter() - t)
+                live[key] = target
+        backend.apply(diff(live["full"], desired))  # as it was: nothing if already
+    finally:
+        backend.apply(Transaction(twin.family, twin.name, (DeleteTable(),)))
+    return times
 
 
 def _is_chain_rewrite(tx: Transaction) -> bool:
@@ -257,6 +302,8 @@ def warm(
         _expect_rewrite(tx, "CLI one-pool change")
     if cur != "enforce":  # leave the pool as the desired table has it
         applier.apply(backend, desired, trust_fingerprint=True)
+    # How much of the commit is the kernel's walk of the verdict maps (without_elements).
+    walk = walk_series(backend, desired, pool, action, runs)
     generations = [_timed(backend.generation) for _ in range(runs)]
 
     count = len(desired.counters)
@@ -287,6 +334,7 @@ def warm(
         "change": changes,
         "change_cli": cli,
         "change_parts": parts,
+        "walk": walk,
         "scrape": scrapes,
         "nft_list_counters": nft_lists,
         "nft_list_cut": list_timeout if list_cut else None,

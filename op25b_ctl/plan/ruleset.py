@@ -8,6 +8,9 @@
 Per-packet cost is one interval-map lookup (an rbtree: O(log n)) whatever the number of
 prefixes. A pool's mode lives only in its own chain, so changing it rewrites one small chain
 and never the 100,000-element map; its counters are named objects, so they survive that.
+The kernel still visits every map element when it validates such a commit (its loop check),
+which nft 1.0.6 gives no way around without moving the mode out of the rules
+(docs/performance.md, "One-pool change and the kernel's loop walk").
 """
 
 from __future__ import annotations

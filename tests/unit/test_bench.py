@@ -12,8 +12,8 @@ import pytest
 
 from bench import inventory as inv
 from bench.report import Figure, Sense
-from bench.run import DataPath, attempt_cost, cost_rows
-from bench.worker import _is_chain_rewrite, with_pool_mode
+from bench.run import DataPath, SizeResult, attempt_cost, cost_rows, walk_note, walk_split
+from bench.worker import WALK_TABLE, _is_chain_rewrite, with_pool_mode, without_elements
 from op25b_ctl.plan.diff import diff
 from op25b_ctl.plan.modes import decide, modes
 from op25b_ctl.plan.render import render
@@ -119,6 +119,32 @@ def test_one_pool_change_rewrites_only_that_chain() -> None:
     assert [k for k in desired.chains if desired.chains[k] != changed.chains[k]] == [
         pool_chain(pool)
     ]
+
+
+def test_walk_twin_has_the_same_rules_and_no_elements() -> None:
+    desired = inv.desired(inv.synthetic_policy(SMALL))
+    twin = without_elements(desired)
+    assert (twin.family, twin.name) == ("inet", WALK_TABLE) != (desired.family, desired.name)
+    assert twin.chains == desired.chains and twin.counters == desired.counters
+    assert set(twin.sets) == set(desired.sets)
+    assert all(not s.elements and s.same_shape(desired.sets[n]) for n, s in twin.sets.items())
+    assert any(s.elements for s in desired.sets.values())  # the original is untouched
+    pool = inv.pool_name(inv.CHANGE_POOL)
+    assert _is_chain_rewrite(diff(twin, with_pool_mode(twin, pool, "monitor", "reject")))
+
+
+def test_walk_split_is_the_commit_minus_the_empty_maps_commit() -> None:
+    small, big = SizeResult(inv.Size(1_000, 100)), SizeResult(inv.MAIN)
+    small.warm = {"walk": {"full": [0.005, 0.006, 0.007], "empty": [0.004, 0.004, 0.005]}}
+    big.warm = {"walk": {"full": [0.020, 0.021, 0.040], "empty": [0.004, 0.005, 0.004]}}
+    assert walk_split(small) == pytest.approx((0.006, 0.004, 0.002))
+    assert walk_split(big) == pytest.approx((0.021, 0.004, 0.017))
+    note = walk_note([small, big])
+    assert "1,000 -> 100,000 prefixes" in note
+    old = SizeResult(inv.MAIN)
+    old.warm = {"change": [0.05]}  # results recorded before the walk was measured
+    assert walk_split(old) is None
+    assert "not separated" in walk_note([old])
 
 
 @pytest.mark.parametrize(
