@@ -165,11 +165,12 @@ def cmd_apply(ctx: Context) -> int:
 
 
 def _live_view(
-    kernel: Kernel, desired: Table, reference: Path | None
+    kernel: Kernel, desired: Table, reference: Path | None, known: Table | None
 ) -> tuple[dict[str, tuple[str, ...]] | None, dict[str, Counter], rulerefs.Verdict | None]:
     """Rule ids per chain, counter values, and our rules' statements judged against what
-    was read back after our own commits: the table's shape only (cheap at any size)."""
-    live = kernel.read(FAMILY, desired.name, elements=False)
+    was read back after our own commits: the table's shape only (cheap at any size), or
+    none of it when `known` is the table as our last command left it, nothing committed since."""
+    live = known if known is not None else kernel.read(FAMILY, desired.name, elements=False)
     if live is None:
         return None, {}, None
     digests = kernel.rule_digests(FAMILY, desired.name)
@@ -183,8 +184,14 @@ def _live_view(
 
 def cmd_status(ctx: Context) -> int:
     policy = ctx.policy()
-    desired, decisions = _desired(ctx, policy)
-    chains, counters, verdict = _live_view(ctx.kernel, desired, rulerefs.path_in(ctx.state.path))
+    # decisions and chains only: the sets' 110,000 elements are never shown
+    want = desired.from_policy(policy, ctx.now, ctx.source.overrides().values(), shape_only=True)
+    record = operate.known_live(ctx.kernel, ctx.state)
+    known = record.table if record is not None and record.table.spec == want.table.spec else None
+    decisions = want.decisions
+    chains, counters, verdict = _live_view(
+        ctx.kernel, want.table, rulerefs.path_in(ctx.state.path), known
+    )
 
     def counter(name: str) -> dict[str, int]:
         value = counters.get(name)
@@ -219,7 +226,7 @@ def cmd_status(ctx: Context) -> int:
     # rule ids (comments) equal, and no rule of ours edited in place or unreadable
     in_sync = (
         chains is not None
-        and all(chains.get(n) == c.rule_ids for n, c in desired.chains.items())
+        and all(chains.get(n) == c.rule_ids for n, c in want.table.chains.items())
         and verdict is not None
         and not verdict.tampered
     )

@@ -28,6 +28,7 @@ from op25b_ctl.plan.ruleset import (
     FINGERPRINT_PREFIX,
     pool_chain,
 )
+from op25b_ctl.plan.table import Table
 from op25b_ctl.policy.model import (
     DEFAULT_TIMEZONE,
     Net,
@@ -112,7 +113,10 @@ def cmd_tick(ctx: Context) -> int:
     if not ctx.args.dry_run:
         with ctx.lock("rollout tick (idle check)"):
             gen = kernel.generation()
-            idle = gen is not None and operate.tick_is_idle(ctx.state, digest, ctx.now, gen)
+            ruleset = kernel.ruleset_id()
+            idle = gen is not None and operate.tick_is_idle(
+                ctx.state, digest, ctx.now, gen, ruleset
+            )
         if idle:
             data = {"now": ctx.now.isoformat(), "applied": False, "ops": 0, "idle": True}
             ctx.emit(data, ["op25b-ctl rollout tick: idle"] if ctx.args.verbose else [])
@@ -125,7 +129,9 @@ def cmd_tick(ctx: Context) -> int:
         )
         after = kernel.generation()
         if before is not None and after is not None and not ctx.args.dry_run:
-            operate.remember_tick(ctx.state, digest, ctx.now, out, before, after)
+            operate.remember_tick(
+                ctx.state, digest, ctx.now, out, before, after, kernel.ruleset_id()
+            )
     data = {"now": _when(policy, ctx.now), **_outcome_json(policy, out)}
     changed = bool(out.tx or out.expired or out.new_stages)
     line = f"op25b-ctl rollout tick {_when(policy, ctx.now)}: " + (
@@ -323,13 +329,16 @@ def cmd_audit(ctx: Context) -> int:
 # ---------------------------------------------------------------------------- explain
 
 
-def _live_check(ctx: Context, want: Desired, pool: str | None) -> tuple[bool | None, list[str]]:
+def _live_check(
+    ctx: Context, want: Desired, pool: str | None, known: Table | None
+) -> tuple[bool | None, list[str]]:
     """Does the live table implement `want` where it matters? (cheap: no element listing)
 
     The elements-fingerprint counter proves the kernel's sets hold exactly the desired
     prefixes (pools, relays, exemptions); chain rule ids prove the modes and the dispatch.
+    `known` is the table as our last command left it, nothing committed since: no read.
     """
-    live = ctx.kernel.read(FAMILY, want.table.name, elements=False)
+    live = known if known is not None else ctx.kernel.read(FAMILY, want.table.name, elements=False)
     if live is None:
         return None, [f"table {FAMILY} {want.table.name} is absent: nothing is blocked"]
     problems: list[str] = []
@@ -363,7 +372,17 @@ def cmd_explain(ctx: Context) -> int:
         raise OverrideError(f"not an IP address: {exc}") from None
     if dest is not None and dest.version != addr.version:
         raise OverrideError("--to must be of the same address family as ADDRESS")
-    want = from_policy(policy, when, ctx.source.overrides().values())
+    overrides = ctx.source.overrides().values()
+    record = None if ctx.args.at else operate.known_live(ctx.kernel, ctx.state)
+    want = from_policy(
+        policy,
+        when,
+        overrides,
+        # --at: decisions only; now: the sets' fingerprint too, free if we made them live
+        shape_only=bool(ctx.args.at),
+        known_sets=(record.sets_key, record.fingerprint) if record is not None else None,
+    )
+    known = record.table if record is not None and record.table.spec == want.table.spec else None
     source = address_net(addr.version, int(addr))
     pool = policy.pool_of(source)
     exemption = next((e for e in policy.exemptions if _holds([e.prefix], source)), None)
@@ -412,7 +431,9 @@ def cmd_explain(ctx: Context) -> int:
             why.append(f"exemption {exemption.prefix} ({exemption.ticket}) has expired")
     live_ok, live_notes = (None, ["live table not checked (--at given)"])
     if not ctx.args.at:
-        live_ok, live_notes = _live_check(ctx, want, pool.name if pool and pool.dynamic else None)
+        live_ok, live_notes = _live_check(
+            ctx, want, pool.name if pool and pool.dynamic else None, known
+        )
         if live_ok is None and verdict == "blocked":
             verdict = "passes (table absent)"
     data = {

@@ -59,6 +59,11 @@ class Kernel(Protocol):
         cannot tell (then callers must read the table to know whether it changed)."""
         ...
 
+    def ruleset_id(self) -> str | None:
+        """Which ruleset `generation` counts in (this boot, this network namespace): a
+        generation kept on disk may be compared only under the same id. None if unknown."""
+        ...
+
     def counters(self, family: str, name: str) -> dict[str, Counter]:
         """Named counters of our table; raise TableNotFound if the table does not exist."""
         ...

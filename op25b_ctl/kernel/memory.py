@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import uuid
 from collections.abc import Iterable
 from dataclasses import replace
 
@@ -49,15 +50,22 @@ class MemoryKernel:
         self.reads: list[bool] = []  # every read(), by its `elements` argument
         self.fail_next: str | None = None  # the next commit is refused with this message
         self.fail_after = 0  # ... after this many more commits (batches) have gone in
+        # a fresh id per instance, as a new namespace (or a reboot) gives a new ruleset
+        self.identity: str | None = f"memory:{uuid.uuid4()}"
 
     # -- the Kernel protocol
 
     def read(self, family: str, name: str, *, elements: bool = True) -> Table | None:
         self.reads.append(elements)
-        return self.tables.get((family, name))
+        table = self.tables.get((family, name))
+        # like the netlink skeleton read: without elements, the sets come back empty
+        return table.hollow() if table is not None and not elements else table
 
     def generation(self) -> int | None:
         return self.gen if self.generations else None
+
+    def ruleset_id(self) -> str | None:
+        return self.identity if self.generations else None
 
     def counters(self, family: str, name: str) -> dict[str, Counter]:
         t = self.tables.get((family, name))

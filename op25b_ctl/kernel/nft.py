@@ -152,6 +152,9 @@ class NftKernel:
     def generation(self) -> int:
         return netlink.ruleset_generation()
 
+    def ruleset_id(self) -> str | None:
+        return netlink.ruleset_identity()
+
     def counters(self, family: str, name: str) -> dict[str, Counter]:
         return netlink.read_counters(name, family)
 

@@ -27,14 +27,20 @@ from op25b_ctl.errors import NotRecordedError, OverrideError, StateError
 from op25b_ctl.kernel.base import Kernel
 from op25b_ctl.ops import applier
 from op25b_ctl.plan.desired import Desired, from_policy
-from op25b_ctl.plan.ruleset import EXEMPT_V4, EXEMPT_V6, mode_of_rules, pool_chain
+from op25b_ctl.plan.ruleset import (
+    EXEMPT_V4,
+    EXEMPT_V6,
+    FINGERPRINT_PREFIX,
+    mode_of_rules,
+    pool_chain,
+)
 from op25b_ctl.plan.table import Table
 from op25b_ctl.plan.transaction import Transaction
 from op25b_ctl.policy.model import Mode, Policy
 from op25b_ctl.policy.overrides import Action, Override, check, check_reason
 from op25b_ctl.source import audit, rulerefs
 from op25b_ctl.source.base import Source
-from op25b_ctl.source.state import StateDir
+from op25b_ctl.source.state import LiveRecord, StateDir
 
 
 @dataclass(frozen=True)
@@ -115,24 +121,87 @@ def converge(
     """Make the gateway match the desired state at `now`; report pools whose mode changed.
 
     With `state`, rules edited in place (our comment, other statements) are rewritten too,
-    judged against what was read back after our own commits (`source.rulerefs`)."""
-    want = from_policy(policy, now, overrides)
-    # one cheap read (netlink skeleton + elements fingerprint) serves the report and the diff
-    live = applier.read_live(kernel, want.table, trust_fingerprint=True)
+    judged against what was read back after our own commits (`source.rulerefs`). Also with
+    `state`, what the command leaves live is remembered with the ruleset generation right
+    after it (`StateDir.live_record`): while nothing has committed since, the next command
+    diffs against that, reads nothing, and builds no sets that are unchanged, as the daemon's
+    "known" pass does (docs/performance.md)."""
+    ruleset, start, record = _read_record(kernel, state)
+    want = from_policy(
+        policy,
+        now,
+        overrides,
+        known_sets=(record.sets_key, record.fingerprint) if record is not None else None,
+    )
+    known = record is not None and record.table.spec == want.table.spec
+    live: Table | None
+    if known and not want.table.elements_known:
+        assert record is not None
+        live = record.table  # nobody has committed since: the kernel holds exactly this
+    else:
+        if not want.table.elements_known:  # the record was for another table
+            want = from_policy(policy, now, overrides)
+        known = False
+        # one cheap read (netlink skeleton + elements fingerprint) serves the report and the diff
+        live = applier.read_live(kernel, want.table, trust_fingerprint=True)
     before = live_modes(policy, live)
     tx = applier.apply_to(kernel, live, want.table, dry_run=dry_run)
     if state is not None and not dry_run:
+        commits = 1 if tx else 0
         reference = rulerefs.path_in(state.path)
         if tx:
             applier.remember_statements(kernel, tx, want.table, reference)
-        elif live is not None:
+        elif live is not None and not known:
             tx = applier.check_statements(kernel, want.table, reference)
+            commits = 1 if tx else 0
+        _remember_live(kernel, state, ruleset, start, commits, want)
     changes: dict[str, tuple[Mode | None, Mode]] = {
         name: (before[name], d.mode)
         for name, d in want.decisions.items()
         if name in before and before[name] != d.mode
     }
     return Outcome(want, tx, changes, applied=bool(tx) and not dry_run)
+
+
+def _read_record(
+    kernel: Kernel, state: StateDir | None
+) -> tuple[str | None, int | None, LiveRecord | None]:
+    """The ruleset id and generation now, and the live record if it is still current."""
+    if state is None:
+        return None, None, None
+    ruleset = kernel.ruleset_id()
+    start = kernel.generation() if ruleset is not None else None
+    if ruleset is None or start is None:
+        return ruleset, start, None
+    return ruleset, start, state.live_record(ruleset, start)
+
+
+def known_live(kernel: Kernel, state: StateDir) -> LiveRecord | None:
+    """Our table as our last command left it, if nothing has committed since (for views:
+    `status` and `explain` then read no table shape and build no sets)."""
+    return _read_record(kernel, state)[2]
+
+
+def _remember_live(
+    kernel: Kernel,
+    state: StateDir,
+    ruleset: str | None,
+    start: int | None,
+    commits: int,
+    want: Desired,
+) -> None:
+    """Keep `want` as what is live, unless a commit other than ours may have slipped in."""
+    end = kernel.generation() if ruleset is not None else None
+    if ruleset is None or start is None or end is None or end - start != commits:
+        state.forget_live_record()
+        return
+    fingerprints = [c for c in want.table.counters if c.startswith(FINGERPRINT_PREFIX)]
+    if not want.sets_key or len(fingerprints) != 1:
+        state.forget_live_record()
+        return
+    state.save_live_record(
+        ruleset, end, LiveRecord(want.table.hollow(), want.sets_key, fingerprints[0])
+    )
 
 
 def _record(
@@ -202,12 +271,14 @@ def tick(
     return _record(source, state, out, now, action="rollout tick", command=command)
 
 
-def tick_is_idle(state: StateDir, digest: str, now: datetime, generation: int) -> bool:
+def tick_is_idle(
+    state: StateDir, digest: str, now: datetime, generation: int, ruleset: str | None
+) -> bool:
     """True if a full tick now would change nothing, judged without loading the policy.
 
     Same policy and overrides as the last full tick, nothing due since (now is between that
     tick and the next change it computed), and no commit to any nftables table since (the
-    kernel's ruleset generation): then the desired table and the live one are both as that
+    kernel's ruleset generation, in the same boot and namespace: `Kernel.ruleset_id`): then the desired table and the live one are both as that
     tick left them, equal. Anything else, including a clock that went backwards, means the
     full tick runs.
     """
@@ -216,7 +287,9 @@ def tick_is_idle(state: StateDir, digest: str, now: datetime, generation: int) -
         at = datetime.fromisoformat(rec["at"])
         nxt = datetime.fromisoformat(rec["next_change"]) if rec.get("next_change") else None
         return bool(
-            rec["inputs"] == digest
+            ruleset is not None
+            and rec["ruleset"] == ruleset
+            and rec["inputs"] == digest
             and rec["generation"] == generation
             and at <= now
             and (nxt is None or now < nxt)
@@ -226,10 +299,16 @@ def tick_is_idle(state: StateDir, digest: str, now: datetime, generation: int) -
 
 
 def remember_tick(
-    state: StateDir, digest: str, now: datetime, out: Outcome, before: int, after: int
+    state: StateDir,
+    digest: str,
+    now: datetime,
+    out: Outcome,
+    before: int,
+    after: int,
+    ruleset: str | None,
 ) -> None:
     """Record the tick for `tick_is_idle`, unless another commit slipped in around ours."""
-    if after - before > (1 if out.applied else 0):
+    if ruleset is None or after - before > (1 if out.applied else 0):
         state.forget_tick_cache()
         return
     nxt = out.desired.next_change
@@ -239,6 +318,7 @@ def remember_tick(
             "at": now.isoformat(),
             "next_change": nxt.isoformat() if nxt else None,
             "generation": after,
+            "ruleset": ruleset,
         }
     )
 

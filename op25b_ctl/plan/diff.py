@@ -44,6 +44,7 @@ import re
 from dataclasses import replace
 from itertools import count
 
+from op25b_ctl.plan.ruleset import FINGERPRINT_PREFIX
 from op25b_ctl.plan.table import Chain, NamedSet, Rule, Table
 from op25b_ctl.plan.transaction import (
     AddChain,
@@ -68,6 +69,14 @@ STAGING_SUFFIX = "_next"
 def diff(live: Table | None, desired: Table) -> Transaction:
     """Ops turning `live` (None: no table yet) into `desired`: one batch, or an ordered list
     of batches when a set must be declared while rules are live (module docstring)."""
+    if (live.elements_known if live is not None else True) != desired.elements_known:
+        # a hollow table (sets without elements) says nothing about elements: against a full
+        # one every element would look added or removed
+        raise ValueError(f"diff of a hollow and a full table {desired.spec}")
+    if not desired.elements_known and not any(
+        c.startswith(FINGERPRINT_PREFIX) for c in desired.counters
+    ):
+        raise ValueError(f"diff of a shape-only table {desired.spec}: its sets are unknown")
     batches: list[Transaction] = []
     cur = live
     for step in steps_to(live, desired):

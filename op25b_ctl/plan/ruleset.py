@@ -15,9 +15,11 @@ which nft 1.0.6 gives no way around without moving the mode out of the rules
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from op25b_ctl.plan.table import Chain, Hook, NamedSet, Rule, Table
 from op25b_ctl.policy.model import Mode, Policy, split_families
@@ -83,9 +85,16 @@ def mode_of_rules(pool: str, rule_ids: tuple[str, ...], action: str) -> Mode | N
     return None
 
 
-def _prefix_set(name: str, key_type: str, prefixes: Iterable[str]) -> NamedSet:
-    assert key_type in ("ipv4_addr", "ipv6_addr")
-    return NamedSet(name, key_type, elements=dict.fromkeys(prefixes))
+# Every set of the table, declared without elements: the shape both `_sets_for` fills and
+# `_hollow_sets` keeps empty.
+_DECLARED = (
+    NamedSet(RELAYS_V4, "ipv4_addr"),
+    NamedSet(RELAYS_V6, "ipv6_addr"),
+    NamedSet(EXEMPT_V4, "ipv4_addr"),
+    NamedSet(EXEMPT_V6, "ipv6_addr"),
+    NamedSet(POOLS_V4, "ipv4_addr", verdict_map=True),
+    NamedSet(POOLS_V6, "ipv6_addr", verdict_map=True),
+)
 
 
 @dataclass(frozen=True)
@@ -116,25 +125,58 @@ def _sets_for(policy: Policy, exemptions: tuple[str, ...]) -> _Sets:
             map_v6.update(dict.fromkeys(v6, pool_chain(pool.name)))
     relays_v4, relays_v6 = split_families(policy.relay_prefixes())
     exempt_v4, exempt_v6 = split_families(exemptions)
-    sets = [
-        _prefix_set(RELAYS_V4, "ipv4_addr", relays_v4),
-        _prefix_set(RELAYS_V6, "ipv6_addr", relays_v6),
-        _prefix_set(EXEMPT_V4, "ipv4_addr", exempt_v4),
-        _prefix_set(EXEMPT_V6, "ipv6_addr", exempt_v6),
-        NamedSet(POOLS_V4, "ipv4_addr", verdict_map=True, elements=map_v4),
-        NamedSet(POOLS_V6, "ipv6_addr", verdict_map=True, elements=map_v6),
-    ]
+    elements: dict[str, dict[str, str | None]] = {
+        RELAYS_V4: dict.fromkeys(relays_v4),
+        RELAYS_V6: dict.fromkeys(relays_v6),
+        EXEMPT_V4: dict.fromkeys(exempt_v4),
+        EXEMPT_V6: dict.fromkeys(exempt_v6),
+        POOLS_V4: map_v4,
+        POOLS_V6: map_v6,
+    }
+    sets = [replace(s, elements=elements[s.name]) for s in _DECLARED]
     built = _Sets({s.name: s for s in sets}, elements_fingerprint(sets))
     _sets_cache[:] = [(policy, exemptions, built)]
     return built
+
+
+@functools.cache
+def _code() -> bytes:
+    """This module's source: what the sets hold and how they are fingerprinted is decided here."""
+    return Path(__file__).read_bytes()
+
+
+def sets_key(policy: Policy, exemptions: Iterable[str]) -> str:
+    """The identity of the sets `desired_table` builds, without building them ("" if unknown).
+
+    The sets are a function of the policy files (`Policy.digest`), the active exemptions and
+    this code, so equal keys mean equal sets and an equal elements fingerprint: a command that
+    knows the fingerprint it made live under a key needs neither the 110,000 elements nor their
+    digest again (`hollow`). No digest, no key: such a policy is always built in full.
+    """
+    if not policy.digest:
+        return ""
+    h = hashlib.sha256(_code())
+    h.update(policy.digest.encode())
+    for prefix in exemptions:
+        h.update(b"\0" + prefix.encode())
+    return h.hexdigest()
 
 
 def desired_table(
     policy: Policy,
     modes: Mapping[str, Mode],
     exemptions: Iterable[str] = (),
+    *,
+    hollow: str | None = None,
 ) -> Table:
-    """Everything our table should hold; `modes` gives each dynamic pool's mode (default off)."""
+    """Everything our table should hold; `modes` gives each dynamic pool's mode (default off).
+
+    With `hollow`, an elements fingerprint known to belong to these sets (same `sets_key`),
+    the sets are declared without elements and the table says so (`elements_known` False):
+    it can be diffed only against a table read or remembered the same way. `hollow=""`
+    gives the shape alone, without any fingerprint, for views that never diff (`diff`
+    refuses it).
+    """
     gw = policy.gateway
     chains: dict[str, Chain] = {}
     counters = {RELAYED_COUNTER, EXEMPTED_COUNTER}
@@ -153,15 +195,25 @@ def desired_table(
     chains[BASE_CHAIN] = Chain(
         BASE_CHAIN, (Rule.of(match),), Hook("forward", gw.priority, "accept")
     )
-    fixed = _sets_for(policy, tuple(exemptions))
-    counters.add(fixed.fingerprint)
+    fixed = (
+        _hollow_sets(policy, hollow) if hollow is not None else _sets_for(policy, tuple(exemptions))
+    )
+    if fixed.fingerprint:
+        counters.add(fixed.fingerprint)
     return Table(
         FAMILY,
         gw.table,
         chains=chains,
         sets=fixed.sets,
         counters=frozenset(counters),
+        elements_known=hollow is None,
     )
+
+
+def _hollow_sets(policy: Policy, fingerprint: str) -> _Sets:
+    """The sets' declarations alone (the same names and types `_sets_for` declares)."""
+    assert fingerprint == "" or fingerprint.startswith(FINGERPRINT_PREFIX)
+    return _Sets({s.name: s for s in _DECLARED}, fingerprint)
 
 
 _DISPATCH_RULES = tuple(

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 KeyType = Literal["ipv4_addr", "ipv6_addr"]
 RULE_TAG = "op25b:"
@@ -101,3 +101,57 @@ class Table:
     @property
     def spec(self) -> str:
         return f"{self.family} {self.name}"
+
+    def hollow(self) -> Table:
+        """The same table without set elements (what a skeleton read returns)."""
+        if not self.elements_known:
+            return self
+        sets = {n: replace(s, elements={}) for n, s in self.sets.items()}
+        return Table(self.family, self.name, self.chains, sets, self.counters, False)
+
+
+def hollow_to_json(table: Table) -> dict[str, Any]:
+    """A hollow table as plain data (rule ids, chain hooks, set declarations, counters)."""
+    t = table.hollow()
+    return {
+        "family": t.family,
+        "name": t.name,
+        "chains": {
+            c.name: {
+                "rules": list(c.rule_ids),
+                "hook": [c.hook.hook, c.hook.priority, c.hook.policy, c.hook.type]
+                if c.hook
+                else None,
+            }
+            for c in t.chains.values()
+        },
+        "sets": {s.name: [s.key_type, s.verdict_map, sorted(s.flags)] for s in t.sets.values()},
+        "counters": sorted(t.counters),
+    }
+
+
+def hollow_from_json(data: Any) -> Table:
+    """`hollow_to_json` back; ValueError/TypeError/KeyError if it is not one."""
+    chains: dict[str, Chain] = {}
+    for name, c in data["chains"].items():
+        hook = c["hook"]
+        chains[str(name)] = Chain(
+            str(name),
+            tuple(Rule(str(r)) for r in c["rules"]),
+            Hook(str(hook[0]), int(hook[1]), str(hook[2]), str(hook[3])) if hook else None,
+        )
+    sets: dict[str, NamedSet] = {}
+    for name, (key_type, verdict_map, flags) in data["sets"].items():
+        if not isinstance(key_type, str) or not isinstance(verdict_map, bool):
+            raise ValueError(f"set {name}: bad declaration")
+        sets[str(name)] = NamedSet(
+            str(name), key_type, verdict_map, flags=frozenset(str(f) for f in flags)
+        )
+    return Table(
+        str(data["family"]),
+        str(data["name"]),
+        chains,
+        sets,
+        frozenset(str(c) for c in data["counters"]),
+        elements_known=False,
+    )

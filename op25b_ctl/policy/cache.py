@@ -19,6 +19,7 @@ directory only costs speed). Only policies that passed validation are ever cache
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -39,8 +40,9 @@ from op25b_ctl.policy.model import (
     Relay,
     Stage,
 )
+from op25b_ctl.policy.poolindex import PoolIndex
 
-FORMAT = 1
+FORMAT = 2  # 2: with the packed pool index
 ENV = "OP25B_CACHE_DIR"  # "off" disables the cache
 
 
@@ -101,6 +103,8 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 def _to_json(policy: Policy) -> dict[str, Any]:
     return {
+        # the pools' prefixes as packed integer spans, so `pool_of` parses none of them
+        "pool_index": policy._pool_spans.to_json(),
         "gateway": policy.gateway.model_dump(mode="json"),
         "pools": [p.model_dump(mode="json") for p in policy.pools],
         "relays": [r.model_dump(mode="json") for r in policy.relays],
@@ -111,11 +115,11 @@ def _to_json(policy: Policy) -> dict[str, Any]:
     }
 
 
-def _from_json(data: dict[str, Any]) -> Policy:
+def _from_json(data: dict[str, Any], digest: str) -> Policy:
     """The policy back. The small models are validated again (cheap, and it turns times back
     into datetimes); pools and relays, 110,000 prefixes, are rebuilt without per-prefix checks
     because the seal and the digests say they are what validation produced."""
-    return Policy(
+    policy = Policy(
         gateway=Gateway.model_validate(data["gateway"]),
         pools=tuple(
             Pool.model_construct(**{**p, "prefixes": list(p["prefixes"])}) for p in data["pools"]
@@ -125,7 +129,10 @@ def _from_json(data: dict[str, Any]) -> Policy:
         exemptions=tuple(Exemption.model_validate(e) for e in data["exemptions"]),
         timezone=str(data["timezone"]),
         gateways=tuple(FleetGateway.model_validate(g) for g in data["gateways"]),
+        digest=digest,
     )
+    policy.__dict__["_pool_spans"] = PoolIndex.from_json(data["pool_index"])
+    return policy
 
 
 def lookup(directory: Path, digest: str, where: Path) -> Policy | None:
@@ -140,7 +147,7 @@ def lookup(directory: Path, digest: str, where: Path) -> Policy | None:
     ):
         return None
     try:
-        return _from_json(body["policy"])
+        return _from_json(body["policy"], digest)
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -178,9 +185,10 @@ def load(directory: Path | str, where: Path | None = None) -> Policy:
     if hit is not None:
         return hit
     policy = loader.load_policy(root)  # raises on an invalid policy: those are never cached
-    if loader.policy_digest(root) == digest:  # not edited while we read it
-        store(root, digest, policy, where)
-    return policy
+    if loader.policy_digest(root) != digest:  # edited while we read it: digest unknown
+        return policy
+    store(root, digest, policy, where)
+    return dataclasses.replace(policy, digest=digest)
 
 
 _loaded: list[tuple[Path, str, Policy]] = []

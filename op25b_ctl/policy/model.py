@@ -12,7 +12,7 @@ import bisect
 import functools
 import socket
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -26,6 +26,8 @@ from pydantic import (
     Field,
     StringConstraints,
 )
+
+from op25b_ctl.policy.poolindex import PoolIndex
 
 Mode = Literal["off", "monitor", "enforce"]
 MODES: tuple[Mode, ...] = ("off", "monitor", "enforce")
@@ -319,6 +321,9 @@ class Policy:
     exemptions: tuple[Exemption, ...] = ()
     timezone: str = DEFAULT_TIMEZONE
     gateways: tuple[FleetGateway, ...] = ()
+    # sha256 of the files this was read from (`loader.policy_digest`), "" if not known: lets
+    # a command recognise sets it has already made live without building them again
+    digest: str = field(default="", compare=False)
 
     @property
     def zone(self) -> ZoneInfo:
@@ -334,11 +339,16 @@ class Policy:
             ]
         )
 
+    @functools.cached_property
+    def _pool_spans(self) -> PoolIndex:
+        """Packed spans; the validated-policy cache hands them over ready-made."""
+        return PoolIndex.build((*item[0][:3], int(item[1][1])) for item in self._pool_index._spans)
+
     def pool_of(self, net: Net) -> Pool | None:
         """The pool holding `net` (an address or a prefix), the one answer to "which pool is
         this?" for every caller; pools never overlap, so there is at most one."""
-        found = self._pool_index.holding(net)
-        return self.pools[int(found[1][1])] if found is not None else None
+        found = self._pool_spans.pool_at(net.version, net.first, net.last)
+        return self.pools[found] if found is not None else None
 
     @staticmethod
     def applies(stage: Stage) -> bool:
@@ -510,6 +520,7 @@ def check_policy(policy: Policy) -> list[Finding]:
         found.append(Finding("pools.yaml", path, f"{text} overlaps {other_text} at {_fmt(other)}"))
 
     index = PrefixIndex(pool_items)
+    policy.__dict__["_pool_index"] = index  # the same index `Policy.pool_of` would build
     relay_items: list[Located] = [
         (parse_net(addr), ("relays", i, "addresses", j), addr)
         for i, relay in enumerate(policy.relays)

@@ -5,6 +5,10 @@
     <state-dir>/audit.jsonl      append-only audit log (see `audit`)
     <state-dir>/.tick.json       cache: what the last full tick saw (lets an idle tick skip
                                  loading a 100,000-prefix policy); safe to delete
+    <state-dir>/.live.json       cache: our table as our last command left it, and the
+                                 ruleset generation (in this boot and namespace) right after;
+                                 while the generation is unchanged, commands diff against it
+                                 instead of reading the kernel; safe to delete
     <state-dir>/.lock            flock(2) lock: one changing command at a time (a dot file,
                                  so watchers of the directory, like the daemon's input
                                  fingerprint, do not take every lock for a state change)
@@ -13,7 +17,8 @@ Trust: the directory and the files we open for writing in place (`.lock`, `audit
 be owned by us or root and not writable by anyone; those two are opened with O_NOFOLLOW, so a
 symlink planted there is refused instead of followed (a root process would truncate or append
 to its target). Missing parents are created 0755 and the directory itself 0750 whatever the
-umask. `.tick.json` is a cache: unreadable or garbage means "do the full tick", never a failure.
+umask. `.tick.json` and `.live.json` are caches: unreadable or garbage means "do the full
+tick" or "read the kernel", never a failure.
 
 Every file is replaced atomically (temp file in the same directory, fsync, rename, fsync of
 the directory), so a crash leaves either the old or the new file, never half of one. Readers
@@ -29,6 +34,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -42,6 +48,7 @@ from op25b_ctl.fileio import (
     open_regular,
     read_bounded,
 )
+from op25b_ctl.plan.table import Table, hollow_from_json, hollow_to_json
 from op25b_ctl.policy.overrides import Override
 
 DEFAULT_STATE_DIR = "/var/lib/op25b"
@@ -68,6 +75,16 @@ def write_atomic(path: Path, text: str) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+@dataclass(frozen=True)
+class LiveRecord:
+    """Our table as our last commit left it: its shape (no elements) and, for its sets, the
+    `ruleset.sets_key` they were built under and their elements fingerprint."""
+
+    table: Table
+    sets_key: str
+    fingerprint: str
 
 
 class StateDir:
@@ -137,11 +154,14 @@ class StateDir:
             raise StateError(f"{path}: not an op25b-ctl state file (format {FORMAT} expected)")
         return data
 
-    def _write_json(self, path: Path, data: dict[str, Any]) -> None:
+    def _write_json(self, path: Path, data: dict[str, Any], *, compact: bool = False) -> None:
         try:
-            write_atomic(
-                path, json.dumps({"format": FORMAT, **data}, indent=2, sort_keys=True) + "\n"
+            text = (
+                json.dumps({"format": FORMAT, **data}, separators=(",", ":"))
+                if compact
+                else json.dumps({"format": FORMAT, **data}, indent=2, sort_keys=True)
             )
+            write_atomic(path, text + "\n")
         except OSError as exc:
             raise StateError(f"cannot write {path}: {exc}") from None
 
@@ -204,6 +224,45 @@ class StateDir:
     def forget_tick_cache(self) -> None:
         with contextlib.suppress(OSError):
             self.tick_cache_file.unlink()
+
+    # ------------------------------------------------------------------ what we made live
+
+    @property
+    def live_file(self) -> Path:
+        return self.path / ".live.json"
+
+    def live_record(self, ruleset: str, generation: int) -> LiveRecord | None:
+        """What our last commit (or check) left live, if the kernel's ruleset is still at the
+        generation it had then, in the same boot and namespace; None on any doubt."""
+        try:
+            data = self._read_json(self.live_file)
+            if data.get("ruleset") != ruleset or data.get("generation") != generation:
+                return None
+            return LiveRecord(
+                hollow_from_json(data["table"]), str(data["sets_key"]), str(data["fingerprint"])
+            )
+        except (StateError, KeyError, TypeError, ValueError, AttributeError):
+            return None  # a cache: unreadable means "read the kernel"
+
+    def save_live_record(self, ruleset: str, generation: int, record: LiveRecord) -> None:
+        """Best effort, like the tick cache: a record not written costs the next command a
+        kernel read, never a wrong answer."""
+        with contextlib.suppress(StateError):
+            self._write_json(
+                self.live_file,
+                {
+                    "ruleset": ruleset,
+                    "generation": generation,
+                    "table": hollow_to_json(record.table),
+                    "sets_key": record.sets_key,
+                    "fingerprint": record.fingerprint,
+                },
+                compact=True,  # a cache nobody reads by eye, rewritten by every change
+            )
+
+    def forget_live_record(self) -> None:
+        with contextlib.suppress(OSError):
+            self.live_file.unlink()
 
     # ------------------------------------------------------------------ lock
 

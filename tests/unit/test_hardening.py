@@ -302,7 +302,7 @@ def test_garbage_tick_cache_is_only_a_cache(tmp_path: Path) -> None:
     state.make()
     for garbage in (b"\xff\xfe", b"[]", b'{"format": 1, "at": 5}', b"{"):
         state.tick_cache_file.write_bytes(garbage)
-        assert not operate.tick_is_idle(state, "digest", NOW, 1)
+        assert not operate.tick_is_idle(state, "digest", NOW, 1, "boot:ns")
     state.tick_cache_file.unlink()
     state.tick_cache_file.mkdir()  # cannot even be replaced: the tick must not fail for it
     state.save_tick_cache({"inputs": "x"})

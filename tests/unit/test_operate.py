@@ -321,25 +321,29 @@ def test_idle_tick_cache(tmp_path: Path) -> None:
     policy_dir = example_policy(tmp_path / "p")
     now = datetime.fromisoformat("2011-01-17T09:00:00+09:00")
     digest = DirectorySource(policy_dir, state.path).digest()
-    assert not operate.tick_is_idle(state, digest, now, 7)  # no cache yet
+    RS = "boot:namespace"  # noqa: N806
+    assert not operate.tick_is_idle(state, digest, now, 7, RS)  # no cache yet
     want = from_policy(load_policy(policy_dir), now)
     applied = operate.Outcome(want, Transaction("inet", "op25b", ()), {}, applied=True)
-    operate.remember_tick(state, digest, now, applied, before=6, after=7)
-    assert operate.tick_is_idle(state, digest, now, 7)
+    operate.remember_tick(state, digest, now, applied, before=6, after=7, ruleset=RS)
+    assert operate.tick_is_idle(state, digest, now, 7, RS)
     later = datetime.fromisoformat("2011-01-17T09:59:59+09:00")
-    assert operate.tick_is_idle(state, digest, later, 7)
+    assert operate.tick_is_idle(state, digest, later, 7, RS)
     # the stage at 10:00 is due; the ruleset changed; the clock went back; the inputs changed
-    assert not operate.tick_is_idle(state, digest, datetime.fromisoformat(ENFORCE_E1), 7)
-    assert not operate.tick_is_idle(state, digest, later, 8)
+    assert not operate.tick_is_idle(state, digest, datetime.fromisoformat(ENFORCE_E1), 7, RS)
+    assert not operate.tick_is_idle(state, digest, later, 8, RS)
     assert not operate.tick_is_idle(
-        state, digest, datetime.fromisoformat("2011-01-17T08:00:00+09:00"), 7
+        state, digest, datetime.fromisoformat("2011-01-17T08:00:00+09:00"), 7, RS
     )
+    # the same generation in another namespace or after a reboot is another ruleset
+    assert not operate.tick_is_idle(state, digest, later, 7, "boot:other-namespace")
+    assert not operate.tick_is_idle(state, digest, later, 7, None)
     state.save_overrides({})
     assert DirectorySource(policy_dir, state.path).digest() != digest
     edit(policy_dir / "exemptions.yaml", "NMT-2011-0042", "NMT-2011-0044")
     assert DirectorySource(policy_dir, tmp_path / "other").digest() != digest
     # someone else committed around our apply: no cache, the next tick does the full work
-    operate.remember_tick(state, digest, now, applied, before=6, after=8)
+    operate.remember_tick(state, digest, now, applied, before=6, after=8, ruleset=RS)
     assert not state.tick_cache_file.exists()
 
 

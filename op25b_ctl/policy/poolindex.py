@@ -1,0 +1,108 @@
+"""Which pool holds an address, answered from packed integer spans.
+
+`explain` and the exemption metrics ask "which pool is this address in?". Answering from the
+prefix strings means parsing all 110,000 of them first (~0.4 s, most of an `explain`). The
+spans are computed once, when the policy is validated, kept packed in the validated-policy
+cache (`cache.py`) as a few base64 strings, and unpacked in milliseconds: a lookup is then one
+bisect over a C array (IPv4) or over 16-byte big-endian keys (IPv6).
+
+Pools never overlap (validation refuses it), so at most one span holds an address.
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+from array import array
+from collections.abc import Iterable, Sequence
+
+_V6 = 16  # bytes per IPv6 key
+
+
+class _Keys128(Sequence[int]):
+    """A bytes buffer of 16-byte big-endian integers, as a sequence `bisect` can search."""
+
+    def __init__(self, raw: bytes) -> None:
+        self._raw = raw
+
+    def __len__(self) -> int:
+        return len(self._raw) // _V6
+
+    def __getitem__(self, i: int) -> int:  # type: ignore[override]
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return int.from_bytes(self._raw[i * _V6 : (i + 1) * _V6])
+
+
+class PoolIndex:
+    """Sorted spans (first, last address) -> index of the pool in `Policy.pools`."""
+
+    def __init__(
+        self,
+        v4: tuple[array[int], array[int], array[int]],
+        v6: tuple[bytes, bytes, array[int]],
+    ) -> None:
+        self._v4 = v4
+        self._v6 = (_Keys128(v6[0]), _Keys128(v6[1]), v6[2])
+
+    @classmethod
+    def build(cls, spans: Iterable[tuple[int, int, int, int]]) -> PoolIndex:
+        """From (IP version, first, last address, pool index) of non-overlapping prefixes."""
+        ordered = sorted(spans)
+        v4 = [s for s in ordered if s[0] == 4]
+        v6 = [s for s in ordered if s[0] == 6]
+        return cls(
+            (
+                array("I", [s[1] for s in v4]),
+                array("I", [s[2] for s in v4]),
+                array("I", [s[3] for s in v4]),
+            ),
+            (
+                b"".join(s[1].to_bytes(_V6) for s in v6),
+                b"".join(s[2].to_bytes(_V6) for s in v6),
+                array("I", [s[3] for s in v6]),
+            ),
+        )
+
+    def pool_at(self, version: int, first: int, last: int) -> int | None:
+        """The index of the pool holding all of first..last (an address: first == last)."""
+        firsts, lasts, pools = self._v4 if version == 4 else self._v6
+        k = bisect.bisect_right(firsts, first) - 1
+        if k >= 0 and last <= lasts[k]:
+            return pools[k]
+        return None
+
+    def to_json(self) -> dict[str, str]:
+        (f4, l4, p4), (f6, l6, p6) = self._v4, self._v6
+        parts = {
+            "v4_first": f4.tobytes(),
+            "v4_last": l4.tobytes(),
+            "v4_pool": p4.tobytes(),
+            "v6_first": f6._raw,  # noqa: SLF001 - our own class
+            "v6_last": l6._raw,  # noqa: SLF001
+            "v6_pool": p6.tobytes(),
+        }
+        return {"itemsize": str(array("I").itemsize)} | {
+            k: base64.b64encode(v).decode("ascii") for k, v in parts.items()
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, str]) -> PoolIndex:
+        """`to_json` back; ValueError if it is not one (or from a machine with other ints)."""
+        if data.get("itemsize") != str(array("I").itemsize):
+            raise ValueError("pool index packed with another integer size")
+
+        def ints(key: str) -> array[int]:
+            out = array("I")
+            out.frombytes(base64.b64decode(data[key], validate=True))
+            return out
+
+        v4 = (ints("v4_first"), ints("v4_last"), ints("v4_pool"))
+        v6_first = base64.b64decode(data["v6_first"], validate=True)
+        v6_last = base64.b64decode(data["v6_last"], validate=True)
+        v6 = (v6_first, v6_last, ints("v6_pool"))
+        if not (len(v4[0]) == len(v4[1]) == len(v4[2])) or not (
+            len(v6_first) == len(v6_last) == len(v6[2]) * _V6
+        ):
+            raise ValueError("pool index arrays of unequal length")
+        return cls(v4, v6)
