@@ -9,11 +9,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import netaddr
 import pytest
 
 from op25b_ctl.errors import PolicyError
 from op25b_ctl.policy import cache
 from op25b_ctl.policy.loader import load_policy, policy_digest
+from op25b_ctl.policy.model import address_net, parse_net
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "policies" / "nmtnet"
 
@@ -58,6 +60,32 @@ def test_a_hit_is_the_validated_policy(policy_dir: Path, where: Path) -> None:
     assert hit.stages and hit.exemptions  # times came back as datetimes, not strings
     assert hit.stages[0].scheduled is None or hit.stages[0].scheduled.tzinfo is not None
     assert oct(_entry(policy_dir, where).stat().st_mode & 0o777) == "0o600"
+    # the packed pool index came with it and answers as the parsed prefixes do
+    assert "_pool_spans" in hit.__dict__ and hit.digest == policy_digest(policy_dir)
+    fresh = load_policy(policy_dir)
+    for pool in fresh.pools:
+        for prefix in pool.prefixes:
+            net = parse_net(prefix)
+            for probe in (
+                net,
+                address_net(net.version, net.first),
+                address_net(net.version, net.last),
+            ):
+                assert hit.pool_of(probe) == fresh.pool_of(probe) == pool
+    for outside in ("203.0.113.1", "2001:db8:ffff::1", "0.0.0.0", "255.255.255.255"):
+        addr = netaddr.IPAddress(outside)
+        assert hit.pool_of(address_net(addr.version, int(addr))) is None
+
+
+def test_a_damaged_pool_index_is_a_miss(policy_dir: Path, where: Path) -> None:
+    """The index is sealed with the rest; one that does not unpack is a miss, never a guess."""
+    cache.load(policy_dir, where)
+    path = _entry(policy_dir, where)
+    body = json.loads(path.read_bytes().partition(b"\n")[2])
+    body["policy"]["pool_index"]["v4_first"] = "not base64!"
+    text = json.dumps(body, sort_keys=True).encode()
+    path.write_bytes(hashlib.sha256(text).hexdigest().encode() + b"\n" + text)
+    assert cache.lookup(policy_dir, policy_digest(policy_dir), where) is None
 
 
 @pytest.mark.parametrize(

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from op25b_ctl.errors import PolicyError
 from op25b_ctl.policy.loader import load_policy
-from op25b_ctl.policy.model import address_net, parse_net
+from op25b_ctl.policy.model import Net, address_net, parse_net
 from tests.policytools import EXAMPLE, edit, example_policy
 
 
@@ -218,3 +221,34 @@ def test_pool_of_answers_which_pool_holds_an_address_or_a_prefix() -> None:
             assert policy.pool_of(net._replace(last=net.last + 1)) is None
     assert policy.pool_of(parse_net("203.0.113.25/32")) is None  # the relay: in no pool
     assert policy.pool_of(address_net(4, 0)) is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(4, 6), st.integers(0, 2**20)), min_size=1, max_size=60))
+def test_pool_index_agrees_with_the_prefix_index(seeds: list[tuple[int, int]]) -> None:
+    """Packed spans and a bisect over sorted integers give the same pool for any address."""
+    from op25b_ctl.policy.model import PrefixIndex
+    from op25b_ctl.policy.poolindex import PoolIndex
+
+    nets: list[tuple[Net, int]] = []
+    for i, (kind, k) in enumerate(seeds):
+        if kind == 6:
+            first = (0x20010DB8 << 96) | (k << 64)
+            nets.append((Net(6, first, first | ((1 << 64) - 1), 64), i))
+        else:
+            first = (k % (1 << 16)) << 8
+            nets.append((Net(4, first, first | 0xFF, 24), i))
+    unique: dict[tuple[int, int], tuple[Net, int]] = {(n.version, n.first): (n, i) for n, i in nets}
+    items = list(unique.values())
+    index = PoolIndex.build((n.version, n.first, n.last, i) for n, i in items)
+    again = PoolIndex.from_json(json.loads(json.dumps(index.to_json())))
+    reference = PrefixIndex([(n, ("pools", i), "") for n, i in items])
+    for n, _ in items:
+        for probe in (n.first, n.last, n.first - 1, n.last + 1):
+            if probe < 0:
+                continue
+            addr = Net(n.version, probe, probe, 32 if n.version == 4 else 128)
+            held = reference.holding(addr)
+            expected = int(held[1][1]) if held is not None else None
+            assert index.pool_at(n.version, probe, probe) == expected
+            assert again.pool_at(n.version, probe, probe) == expected

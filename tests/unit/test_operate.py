@@ -374,3 +374,71 @@ def test_stage_applied_without_record_shows_done(gw: Gw) -> None:
     gw("pool", "rollback", E1, "--reason", "x", now=now)
     status = gw.json("rollout", "status", now="2011-01-20T00:01:00+09:00")
     assert status["stages"][1]["state"] == "done"
+
+
+# ---------------------------------------------------------------- .live.json: what we made live
+
+
+def test_a_command_after_our_own_commit_reads_nothing(gw: Gw) -> None:
+    assert gw("apply")[0] == 0
+    assert gw.state.live_file.exists()
+    gw.backend.reads.clear()
+    commits = len(gw.backend.applied)
+    code, _, err = gw("pool", "enforce", E2, "--reason", "test")
+    assert code == 0, err
+    assert gw.backend.reads == []  # neither the table's shape nor its elements were read
+    assert [type(op) for op in gw.backend.applied[-1].ops] == [FlushChain, AddRule]
+    assert gw.live_modes()[E2] == "enforce"
+    for argv in (("apply",), ("rollout", "tick"), ("status",), ("explain", "192.0.2.10")):
+        assert gw(*argv)[0] == 0
+    assert gw.backend.reads == []
+    assert len(gw.backend.applied) == commits + 1
+
+
+def test_any_other_commit_or_another_ruleset_means_a_read(gw: Gw) -> None:
+    assert gw("apply")[0] == 0
+    gw.backend.gen += 1  # someone committed something, to any table
+    gw.backend.reads.clear()
+    assert gw("apply")[0] == 0
+    assert gw.backend.reads == [False]
+    # the same generation number in another boot or namespace is another ruleset
+    gw.backend.identity = "memory:another-namespace"
+    gw.backend.reads.clear()
+    assert gw("apply")[0] == 0
+    assert gw.backend.reads == [False]
+    # a kernel that cannot name its ruleset never takes the short cut
+    gw.backend.identity = None
+    gw.backend.reads.clear()
+    assert gw("apply")[0] == 0
+    assert gw("apply")[0] == 0
+    assert gw.backend.reads == [False, False]
+
+
+def test_a_hand_edit_after_our_command_is_still_repaired(gw: Gw) -> None:
+    assert gw("apply")[0] == 0
+    made = gw.backend.tables[("inet", "op25b")]
+    gw.backend.flush_chains("inet", "op25b")  # bumps the generation, as any commit does
+    assert not any(c.rules for c in gw.backend.tables[("inet", "op25b")].chains.values())
+    assert gw("apply")[0] == 0
+    assert gw.backend.tables[("inet", "op25b")].chains == made.chains
+
+
+def test_a_garbage_record_is_only_a_cache(gw: Gw) -> None:
+    assert gw("apply")[0] == 0
+    for garbage in (b"\xff", b"[]", b'{"format": 1}', b'{"format": 1, "ruleset": 5}', b"{"):
+        gw.state.live_file.write_bytes(garbage)
+        gw.backend.reads.clear()
+        code, _, err = gw("apply")
+        assert code == 0, err
+        assert gw.backend.reads == [False]
+
+
+def test_changed_sets_are_built_and_diffed_against_a_read(gw: Gw, tmp_path: Path) -> None:
+    gw.policy = example_policy(tmp_path / "p")
+    assert gw("apply")[0] == 0
+    edit(gw.policy / "exemptions.yaml", "192.0.2.48/30", "192.0.2.52/30")
+    gw.backend.reads.clear()
+    assert gw("apply")[0] == 0
+    assert gw.backend.reads[0] is False  # the skeleton; the new fingerprint differs: elements
+    table = gw.backend.tables[("inet", "op25b")]
+    assert set(table.sets["exempt_v4"].elements) == {"192.0.2.52/30"}
