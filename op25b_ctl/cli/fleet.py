@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from op25b_ctl.cli.context import Context
 from op25b_ctl.errors import ConcurrentPublish, Op25bError, OverrideError, StoreUsageError
@@ -19,15 +19,27 @@ from op25b_ctl.policy.loader import parse_policy, read_policy_files
 from op25b_ctl.policy.model import Policy, parse_net
 from op25b_ctl.policy.overrides import Action, Override, check, check_reason, parse_when
 from op25b_ctl.source import audit
-from op25b_ctl.source.etcd import (
-    EtcdStore,
-    Published,
-    Scope,
-    host_name,
-    parse_store_url,
-)
+
+if TYPE_CHECKING:  # the store's module is imported by the fleet commands alone
+    from op25b_ctl.source.etcd import EtcdStore, Published, Scope
 
 EXIT_OK = 0
+
+
+# The store's module is imported by the fleet commands alone (etcd3gw, requests): no other
+# command pays for it.
+def _host() -> str:
+    from op25b_ctl.source.etcd import host_name
+
+    return host_name()
+
+
+def _scope(*args: str) -> Scope:
+    from op25b_ctl.source.etcd import Scope
+
+    return Scope(*args)  # type: ignore[arg-type]
+
+
 STALE_AFTER = 60.0  # seconds without a status report before a gateway is shown as stale
 
 
@@ -38,6 +50,8 @@ def store_of(ctx: Context) -> EtcdStore:
         raise StoreUsageError(
             "no store: give --store etcd://HOST:PORT[,HOST:PORT...]/PREFIX or set $OP25B_STORE"
         )
+    from op25b_ctl.source.etcd import EtcdStore, parse_store_url
+
     return EtcdStore(parse_store_url(args.store, cacert=args.cacert, cert=args.cert, key=args.key))
 
 
@@ -51,7 +65,7 @@ def _audit_entry(ctx: Context, action: str, **fields: Any) -> dict[str, Any]:
         pool=fields.pop("pool", None),
         detail=fields.pop("detail", ""),
     ).to_json()
-    return {**entry, "host": host_name(), **fields}
+    return {**entry, "host": _host(), **fields}
 
 
 def published_policy(store: EtcdStore) -> tuple[Published, Policy]:
@@ -88,7 +102,7 @@ def cmd_publish(ctx: Context) -> int:
             [f"policy unchanged: already published as revision {base.revision}; nothing written"],
         )
         return EXIT_OK
-    by = {"user": audit.invoking_user(), "host": host_name(), "at": ctx.now.isoformat()}
+    by = {"user": audit.invoking_user(), "host": _host(), "at": ctx.now.isoformat()}
     summary = (
         f"{len(policy.pools)} pools, {len(policy.relays)} relays, {len(policy.stages)} stages, "
         f"{len(policy.gateways)} gateways"
@@ -133,13 +147,13 @@ def scope_of(ctx: Context, policy: Policy, pool: str | None) -> Scope:
             raise OverrideError(str(exc.args[0])) from None
         if pool is not None and pool not in policy.gateway_pools(gw):
             raise OverrideError(f"gateway {gateway!r} does not carry pool {pool!r}")
-        return Scope("gateway", gateway)
+        return _scope("gateway", gateway)
     if group:
         if group not in policy.groups():
             known = ", ".join(policy.groups()) or "none"
             raise OverrideError(f"no gateway is in group {group!r} (known groups: {known})")
-        return Scope("group", group)
-    return Scope()
+        return _scope("group", group)
+    return _scope()
 
 
 def reached(policy: Policy, pool: str, scope: Scope) -> list[str]:
@@ -165,7 +179,7 @@ def cmd_pool_store(ctx: Context) -> int:
         override = Override(args.name, action, args.reason, audit.invoking_user(), ctx.now, until)
         record = {
             **override.to_json(),
-            "host": host_name(),
+            "host": _host(),
             "scope": scope.key,
             "policy_revision": published.revision,
         }
@@ -290,7 +304,7 @@ def cmd_exempt(ctx: Context) -> int:
             "expires": until.isoformat() if until else None,
             "reason": args.reason,
             "user": audit.invoking_user(),
-            "host": host_name(),
+            "host": _host(),
             "set_at": ctx.now.isoformat(),
             "pool": pool.name if pool else None,
             "policy_revision": published.revision,

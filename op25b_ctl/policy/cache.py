@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -40,7 +41,7 @@ from op25b_ctl.policy.model import (
     Relay,
     Stage,
 )
-from op25b_ctl.policy.poolindex import PoolIndex
+from op25b_ctl.policy.poolindex import DeferredPoolIndex
 
 FORMAT = 2  # 2: with the packed pool index
 ENV = "OP25B_CACHE_DIR"  # "off" disables the cache
@@ -78,9 +79,10 @@ def _owned_by_us(st: os.stat_result) -> bool:
     return st.st_uid == os.geteuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
-def _read(path: Path) -> dict[str, Any] | None:
-    """The entry's body if the file and its directory are ours alone and its seal (the first
-    line, a sha256 of the rest) matches, else None."""
+def _read(path: Path) -> tuple[dict[str, Any], str] | None:
+    """The entry's body and its packed pool index (text, parsed only when asked), if the file
+    and its directory are ours alone and its seal (the first line, a sha256 of the rest)
+    matches, else None."""
     try:
         if not _owned_by_us(path.parent.stat()):
             return None
@@ -95,16 +97,16 @@ def _read(path: Path) -> dict[str, Any] | None:
             seal, _, text = f.read().partition(b"\n")
             if seal.decode("ascii", "replace") != hashlib.sha256(text).hexdigest():
                 return None
-            data = json.loads(text)
+            body, _, index = text.partition(b"\n")
+            data = json.loads(body)
+            packed = index.decode("ascii")
         except (OSError, ValueError):
             return None
-    return data if isinstance(data, dict) else None
+    return (data, packed) if isinstance(data, dict) else None
 
 
 def _to_json(policy: Policy) -> dict[str, Any]:
     return {
-        # the pools' prefixes as packed integer spans, so `pool_of` parses none of them
-        "pool_index": policy._pool_spans.to_json(),
         "gateway": policy.gateway.model_dump(mode="json"),
         "pools": [p.model_dump(mode="json") for p in policy.pools],
         "relays": [r.model_dump(mode="json") for r in policy.relays],
@@ -115,7 +117,7 @@ def _to_json(policy: Policy) -> dict[str, Any]:
     }
 
 
-def _from_json(data: dict[str, Any], digest: str) -> Policy:
+def _from_json(data: dict[str, Any], digest: str, packed_index: str) -> Policy:
     """The policy back. The small models are validated again (cheap, and it turns times back
     into datetimes); pools and relays, 110,000 prefixes, are rebuilt without per-prefix checks
     because the seal and the digests say they are what validation produced."""
@@ -131,23 +133,28 @@ def _from_json(data: dict[str, Any], digest: str) -> Policy:
         gateways=tuple(FleetGateway.model_validate(g) for g in data["gateways"]),
         digest=digest,
     )
-    policy.__dict__["_pool_spans"] = PoolIndex.from_json(data["pool_index"])
+    # `pool_of` from the packed spans (unpacked on first use) instead of 110,000 parses
+    policy.__dict__["_pool_spans"] = DeferredPoolIndex(
+        packed_index, functools.partial(Policy.build_pool_spans, policy)
+    )
     return policy
 
 
 def lookup(directory: Path, digest: str, where: Path) -> Policy | None:
     """The cached policy for these exact files and this code, or None on any doubt."""
-    body = _read(entry_path(directory, where))
+    entry = _read(entry_path(directory, where))
+    if entry is None:
+        return None
+    body, packed_index = entry
     if (
-        body is None
-        or body.get("format") != FORMAT
+        body.get("format") != FORMAT
         or body.get("code") != code_digest()
         or body.get("digest") != digest
         or body.get("directory") != str(directory.resolve())
     ):
         return None
     try:
-        return _from_json(body["policy"], digest)
+        return _from_json(body["policy"], digest, packed_index)
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -161,7 +168,10 @@ def store(directory: Path, digest: str, policy: Policy, where: Path) -> None:
         "directory": str(directory.resolve()),
         "policy": _to_json(policy),
     }
-    text = json.dumps(body, sort_keys=True).encode()
+    # line 2: the body; line 3: the pools' packed index, which only `pool_of` parses
+    text = (
+        json.dumps(body, sort_keys=True) + "\n" + json.dumps(policy._pool_spans.to_json())
+    ).encode()
     with contextlib.suppress(OSError):
         make_dirs(where, mode=0o700)  # umask-proof: never a world-writable parent
         fd, tmp = tempfile.mkstemp(dir=where, prefix=".policy-", suffix=".tmp")

@@ -342,6 +342,10 @@ class Policy:
     @functools.cached_property
     def _pool_spans(self) -> PoolIndex:
         """Packed spans; the validated-policy cache hands them over ready-made."""
+        return self.build_pool_spans()
+
+    def build_pool_spans(self) -> PoolIndex:
+        """The spans from the prefixes themselves (parses every one)."""
         return PoolIndex.build((*item[0][:3], int(item[1][1])) for item in self._pool_index._spans)
 
     def pool_of(self, net: Net) -> Pool | None:

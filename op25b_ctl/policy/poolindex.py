@@ -3,7 +3,8 @@
 `explain` and the exemption metrics ask "which pool is this address in?". Answering from the
 prefix strings means parsing all 110,000 of them first (~0.4 s, most of an `explain`). The
 spans are computed once, when the policy is validated, kept packed in the validated-policy
-cache (`cache.py`) as a few base64 strings, and unpacked in milliseconds: a lookup is then one
+cache (`cache.py`) as a few base64 strings, and unpacked in milliseconds, only by the commands
+that ask (`DeferredPoolIndex`): a lookup is then one
 bisect over a C array (IPv4) or over 16-byte big-endian keys (IPv6).
 
 Pools never overlap (validation refuses it), so at most one span holds an address.
@@ -13,8 +14,9 @@ from __future__ import annotations
 
 import base64
 import bisect
+import json
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 _V6 = 16  # bytes per IPv6 key
 
@@ -106,3 +108,27 @@ class PoolIndex:
         ):
             raise ValueError("pool index arrays of unequal length")
         return cls(v4, v6)
+
+
+class DeferredPoolIndex(PoolIndex):
+    """A packed index (`to_json` text) unpacked on its first lookup: most commands never ask.
+    If it does not unpack, `fallback` builds the index from the prefixes instead."""
+
+    def __init__(self, packed: str, fallback: Callable[[], PoolIndex]) -> None:
+        self._packed = packed
+        self._fallback = fallback
+        self._index: PoolIndex | None = None
+
+    def _unpacked(self) -> PoolIndex:
+        if self._index is None:
+            try:
+                self._index = PoolIndex.from_json(json.loads(self._packed))
+            except (ValueError, TypeError, KeyError, AttributeError):
+                self._index = self._fallback()
+        return self._index
+
+    def pool_at(self, version: int, first: int, last: int) -> int | None:
+        return self._unpacked().pool_at(version, first, last)
+
+    def to_json(self) -> dict[str, str]:
+        return self._unpacked().to_json()
