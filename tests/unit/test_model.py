@@ -223,7 +223,7 @@ def test_pool_of_answers_which_pool_holds_an_address_or_a_prefix() -> None:
     assert policy.pool_of(address_net(4, 0)) is None
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, database=None)
 @given(st.lists(st.tuples(st.integers(4, 6), st.integers(0, 2**20)), min_size=1, max_size=60))
 def test_pool_index_agrees_with_the_prefix_index(seeds: list[tuple[int, int]]) -> None:
     """Packed spans and a bisect over sorted integers give the same pool for any address."""
