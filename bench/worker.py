@@ -416,7 +416,10 @@ def main(argv: Iterable[str] | None = None) -> int:
     a = sub.add_parser("metrics", help="a daemon's reconcile pass counts")
     a.add_argument("--address", required=True)
     a = sub.add_parser("loadgen", help="TCP connect attempts per second")
-    a.add_argument("--src", required=True)
+    a.add_argument(
+        "--src", required=True, action="append",
+        help="a source address; one process per --src, started together, rates summed",
+    )  # fmt: skip
     a.add_argument("--dst", required=True)
     a.add_argument("--port", type=int, required=True)
     a.add_argument("--seconds", type=float, default=1.5)
@@ -452,10 +455,14 @@ def main(argv: Iterable[str] | None = None) -> int:
     elif args.cmd == "metrics":
         out = metrics(args.address)
     else:
-        from bench.datapath import connect_rate
+        from bench.datapath import connect_rates
 
-        rate = connect_rate(args.src, args.dst, args.port, args.seconds, args.window)
-        out = {**asdict(rate), "per_second": rate.per_second}
+        rate = connect_rates(args.src, args.dst, args.port, args.seconds, args.window)
+        out = {
+            **asdict(rate),
+            "per_second": rate.per_second,
+            "cpu_per_attempt": rate.cpu_per_attempt,
+        }
     json.dump(out, sys.stdout)
     return 0
 

@@ -11,8 +11,17 @@ from pathlib import Path
 import pytest
 
 from bench import inventory as inv
+from bench.datapath import Rate, load_sources
 from bench.report import Figure, Sense
-from bench.run import DataPath, SizeResult, attempt_cost, cost_rows, walk_note, walk_split
+from bench.run import (
+    DataPath,
+    SizeResult,
+    attempt_cost,
+    cost_rows,
+    datapath_lines,
+    walk_note,
+    walk_split,
+)
 from bench.worker import WALK_TABLE, _is_chain_rewrite, with_pool_mode, without_elements
 from op25b_ctl.plan.diff import diff
 from op25b_ctl.plan.modes import decide, modes
@@ -169,16 +178,32 @@ def test_figure_pass_or_miss(
 
 
 def _datapath(none: list[float], ours: list[float], classic: list[float]) -> DataPath:
+    """Rates and CPU per attempt (µs) for the rows the report reads; CPU from rate as if
+    one CPU were saturated (cost = 1e6 / rate)."""
     rates = {"none_25": none, "ours_25": ours, "classic_25": classic}
     rates["monitor_25"] = none
     rates["linear_25"] = [r / 10 for r in none]
-    return DataPath(rates=rates)
+    rates["linear10k_25"] = [r / 2 for r in none]
+    rates["none1_25"] = [r / 2 for r in none]
+    rates["none_80"] = none
+    rates["ours_80"] = [r * 0.99 for r in none]
+    cpu = {k: [1e6 / r for r in v] for k, v in rates.items()}
+    busy = {k: [1.0 for _ in v] for k, v in rates.items()}
+    dp = DataPath(rates=rates, cpu=cpu, busy=busy, processes=2)
+    dp.daemonlike = dict.fromkeys(
+        ("load_policy", "compute", "apply", "VmRSS_before_apply", "VmRSS", "VmHWM"), 1.0
+    )
+    dp.daemon = {"VmRSS": 60.0, "VmHWM": 70.0}
+    dp.load_s = {"ours": 1.0, "linear": 2.0, "classic": 3.0}
+    return dp
 
 
-def test_attempt_cost_is_per_round_and_in_microseconds() -> None:
+def test_attempt_cost_is_per_round_cpu_in_microseconds() -> None:
     dp = _datapath([40_000.0, 50_000.0], [40_000.0, 50_000.0], [10_000.0, 12_500.0])
     assert dp.costs("classic_25") == pytest.approx([75.0, 60.0])
     assert dp.costs("ours_25") == pytest.approx([0.0, 0.0])
+    # the rate ratio CPU cost predicts, per round: 25 µs / 100 µs and 20 µs / 80 µs
+    assert dp.cpu_paired("classic_25", "none_25") == pytest.approx(0.25)
 
 
 @pytest.mark.parametrize(
@@ -218,3 +243,27 @@ def test_whole_process_rows_pair_rounds_and_judge_flatness() -> None:
     assert rows["daemon_peak"].big == 160.0 and not rows["daemon_peak"].met
     text = "\n".join(whole.report_lines(res))
     assert "**MISS**" in text and "`pool rollback`" in text
+
+
+def test_load_sources_stay_in_the_first_address_s_pool() -> None:
+    assert load_sources("192.0.2.10", 3) == ["192.0.2.10", "192.0.2.11", "192.0.2.12"]
+    assert load_sources("192.0.2.10", 53)[-1] == "192.0.2.62"  # .63 is the /26's broadcast
+    for bad in (0, 54):
+        with pytest.raises(ValueError):
+            load_sources("192.0.2.10", bad)
+
+
+def test_summed_rate_is_the_sum_of_each_process_s_own_rate() -> None:
+    rate = Rate(300, 1.5, {"refused": 300}, per_process=(100.0, 110.0), cpu_seconds=0.003)
+    assert rate.per_second == 210.0  # not 300 / 1.5: each process's own window counts
+    assert rate.cpu_per_attempt == pytest.approx(10.0)
+    assert Rate(300, 1.5, {}).per_second == 200.0
+
+
+def test_datapath_report_explains_the_classic_miss_with_cpu_per_attempt() -> None:
+    dp = _datapath([40_000.0, 50_000.0], [40_000.0, 50_000.0], [10_000.0, 12_500.0])
+    text = "\n".join(datapath_lines(dp))
+    assert "| same, vs ipset + iptables-legacy | " in text and "**MISS**" in text
+    assert "CPU per attempt: ours 22.5 µs, classic 90.0 µs" in text
+    assert "1 process vs 2 processes" in text
+    assert "non-port-25 traffic" in text
