@@ -13,8 +13,9 @@ Passes only if the new sets are declared alone first (plan/diff.py).
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
@@ -23,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from op25b_ctl.plan.desired import from_policy
-from op25b_ctl.plan.diff import one_batch
+from op25b_ctl.plan.diff import one_batch, steps_to
 from op25b_ctl.plan.render import render
 from op25b_ctl.plan.ruleset import POOLS_V4, RELAYS_V4, blocked_counter
 from op25b_ctl.plan.table import Table
@@ -66,6 +67,33 @@ def blocked(lab: Lab, above: int = -1) -> int | None:  # noqa: F811  (not the fi
     return n if n > above else None
 
 
+@contextmanager
+def flooding(lab: Lab, tmp_path: Path, tag: str) -> Iterator[list[int]]:  # noqa: F811
+    """Raw SYNs from the enforced pool while the block runs; the list gets the number sent."""
+    argv = [sys.executable, "-m", "tests.reliability.synflood", "--src", DYN_A.v4,
+            "--dst", FOREIGN_MX.v4]  # fmt: skip
+    outs = [tmp_path / f"flood-{tag}-{i}" for i in range(FLOODERS)]
+    floods = [lab.start(lab.ns_sub, [*argv, "--out", str(o)]) for o in outs]
+    sent: list[int] = []
+    try:
+        # the table in place is enforcing the pool the SYNs come from
+        wait_for("the table to block the flood", partial(blocked, lab, 1000), 30)
+        yield sent
+        # and the one after it too
+        now = blocked(lab) or 0
+        wait_for("the new table to block the flood", partial(blocked, lab, now + 1000), 30)
+    finally:
+        for f in floods:
+            lab.stop(f)
+    sent.append(sum(int(o.read_text()) for o in outs))
+
+
+def craft(lab: Lab, table: Table) -> None:  # noqa: F811
+    """Make `table` in gw's namespace with nft, in place of ours."""
+    lab.run(lab.ns_gw, ["nft", "delete", "table", "inet", "op25b"], check=False)
+    lab.run(lab.ns_gw, ["nft", "-f", "-"], input=render(one_batch(None, table)))
+
+
 def test_a_declaration_change_leaks_no_syn_and_keeps_the_names(
     lab: Lab,  # noqa: F811
     tmp_path: Path,
@@ -74,29 +102,15 @@ def test_a_declaration_change_leaks_no_syn_and_keeps_the_names(
     policy, state = daemon_policy(tmp_path / "policy"), tmp_path / "state"
     set_extra(policy, synthetic(ELEMENTS))
     lab.run(lab.ns_out, ["nft", "-f", "-"], input=COUNT_LEAKS)  # the lab's `out`, not gw
-    argv = [sys.executable, "-m", "tests.reliability.synflood", "--src", DYN_A.v4,
-            "--dst", FOREIGN_MX.v4]  # fmt: skip
     sent, commits, staged = 0, [], []
     for r in range(ROUNDS):
-        lab.run(lab.ns_gw, ["nft", "delete", "table", "inet", "op25b"], check=False)
-        lab.run(lab.ns_gw, ["nft", "-f", "-"], input=render(one_batch(None, old_table(policy))))
+        craft(lab, old_table(policy))
         listed = lab.run(lab.ns_gw, ["nft", "list", "set", "inet", "op25b", RELAYS_V4]).stdout
         assert "flags interval" not in listed  # the old declaration, really in the kernel
-        outs = [tmp_path / f"flood-{r}-{i}" for i in range(FLOODERS)]
-        floods: list[subprocess.Popen[str]] = [
-            lab.start(lab.ns_sub, [*argv, "--out", str(o)]) for o in outs
-        ]
-        try:
-            # the old table is enforcing the pool the SYNs come from
-            wait_for("the old table to block the flood", partial(blocked, lab, 1000), 30)
+        with flooding(lab, tmp_path, str(r)) as count:
             cp = ctl(lab, "apply", "--policy", str(policy), "--state-dir", str(state), "-o", "json")
             assert cp.returncode == 0, cp.stderr
-            now = blocked(lab) or 0
-            wait_for("the new table to block the flood", partial(blocked, lab, now + 1000), 30)
-        finally:
-            for f in floods:
-                lab.stop(f)
-        sent += sum(int(o.read_text()) for o in outs)
+        sent += count[0]
         diff = json.loads(cp.stdout)["diff"]
         commits.append(sum(line.startswith("-- commit") for line in diff))
         staged.append(any(line.startswith("+ map pools_v4_next with ") for line in diff))
@@ -118,7 +132,11 @@ def test_a_declaration_change_leaks_no_syn_and_keeps_the_names(
     assert leaked == 0, f"{leaked} of {sent} SYNs from an enforced pool crossed gw"
     assert commits == [3] * ROUNDS and all(staged), (commits, staged)
 
-    # the names are the usual ones, and everything that reads them agrees
+    assert_settled(lab, policy, state)
+
+
+def assert_settled(lab: Lab, policy: Path, state: Path) -> None:  # noqa: F811
+    """The names are the usual ones, and everything that reads them agrees."""
     listed = lab.run(lab.ns_gw, ["nft", "list", "table", "inet", "op25b"]).stdout
     assert "_next" not in listed and "flags constant" not in listed
     again = ctl_json(lab, "plan", "--policy", str(policy), "--state-dir", str(state))
@@ -130,3 +148,42 @@ def test_a_declaration_change_leaks_no_syn_and_keeps_the_names(
     saved = json.loads((state / ".rule-digests.json").read_text())["digests"]
     table = from_policy(load_policy(policy), datetime.now(UTC), ()).table
     assert set(saved) == {r.id for c in table.chains.values() for r in c.rules}
+
+
+@pytest.mark.parametrize("committed", [1, 2], ids=["after-batch-1", "after-batch-2"])
+def test_an_upgrade_cut_between_batches_enforces_and_is_finished(
+    lab: Lab,  # noqa: F811
+    tmp_path: Path,
+    record: Recorder,
+    committed: int,
+) -> None:
+    """What the kernel holds when the upgrade stops after `committed` of its three batches
+    (the planner's own intermediate table, made with nft): it blocks the flood, and the next
+    `apply` finishes from there with the remaining batches, no SYN crossing."""
+    policy, state = daemon_policy(tmp_path / "policy"), tmp_path / "state"
+    set_extra(policy, synthetic(ELEMENTS))
+    desired = from_policy(load_policy(policy), datetime.now(UTC), ()).table
+    steps = steps_to(old_table(policy), desired)
+    assert len(steps) == 3
+    craft(lab, steps[committed - 1])
+    lab.run(lab.ns_out, ["nft", "-f", "-"], input=COUNT_LEAKS)
+    with flooding(lab, tmp_path, "cut") as count:
+        cp = ctl(lab, "apply", "--policy", str(policy), "--state-dir", str(state), "-o", "json")
+        assert cp.returncode == 0, cp.stderr
+    diff = json.loads(cp.stdout)["diff"]
+    leaked, sent = crossed(lab), count[0]
+    left = max(1, sum(line.startswith("-- commit") for line in diff))
+    record(
+        f"upgrade cut after batch {committed} of 3",
+        done=(
+            f"the planner's table after batch {committed} made with nft, then `op25b-ctl "
+            "apply` while 2 raw-SYN flooders send from an enforced pool"
+        ),
+        expected=f"it blocks; apply finishes in {3 - committed} batch(es); no SYN crosses",
+        observed=f"blocked; {left} batch(es); {leaked} of {sent} SYNs crossed",
+        figure=f"{leaked} / {sent}",
+    )
+    assert sent > 20_000, f"only {sent} SYNs sent: the test proves nothing"
+    assert leaked == 0, f"{leaked} of {sent} SYNs from an enforced pool crossed gw"
+    assert left == 3 - committed, diff
+    assert_settled(lab, policy, state)
