@@ -133,7 +133,14 @@ def converge(
         overrides,
         known_sets=(record.sets_key, record.fingerprint) if record is not None else None,
     )
-    known = record is not None and record.table.spec == want.table.spec
+    # A record made under other set declarations (an upgrade that declares a set otherwise)
+    # is not a short cut: replacing a set needs its elements (plan/diff.py).
+    known = (
+        record is not None
+        and record.table.spec == want.table.spec
+        and record.table.sets.keys() == want.table.sets.keys()
+        and all(s.same_shape(want.table.sets[n]) for n, s in record.table.sets.items())
+    )
     live: Table | None
     if known and not want.table.elements_known:
         assert record is not None
@@ -147,13 +154,13 @@ def converge(
     before = live_modes(policy, live)
     tx = applier.apply_to(kernel, live, want.table, dry_run=dry_run)
     if state is not None and not dry_run:
-        commits = 1 if tx else 0
+        commits = len(tx.batches) if tx else 0  # one generation per batch
         reference = rulerefs.path_in(state.path)
         if tx:
             applier.remember_statements(kernel, tx, want.table, reference)
         elif live is not None and not known:
             tx = applier.check_statements(kernel, want.table, reference)
-            commits = 1 if tx else 0
+            commits = len(tx.batches) if tx else 0  # one generation per batch
         _remember_live(kernel, state, ruleset, start, commits, want)
     changes: dict[str, tuple[Mode | None, Mode]] = {
         name: (before[name], d.mode)

@@ -102,6 +102,9 @@ def steps_to(live: Table | None, desired: Table) -> list[Table]:
     }
     if not declare:
         return [desired]
+    if not desired.elements_known:
+        # a hollow desired table has no elements to declare a set with: never declare it empty
+        raise ValueError(f"sets of {desired.spec} must be declared: the full table is needed")
     targets = {t for s in declare.values() for t in s.elements.values() if t is not None}
     missing_chains = {t: Chain(t) for t in sorted(targets) if t not in live.chains}
     declared = replace(

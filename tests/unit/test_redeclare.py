@@ -4,6 +4,7 @@ declared in its own batch (the leaking shape, docs/benchmarks.md)."""
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from op25b_ctl.cli.main import main
 from op25b_ctl.daemon.reconcile import Reconciler
 from op25b_ctl.errors import KernelError
 from op25b_ctl.kernel.memory import MemoryKernel
@@ -35,6 +37,7 @@ from op25b_ctl.policy.loader import load_policy
 from op25b_ctl.policy.model import Policy
 from op25b_ctl.source import rulerefs
 from op25b_ctl.source.directory import DirectorySource
+from op25b_ctl.source.state import StateDir
 from tests.daemonpolicy import daemon_policy
 from tests.policytools import EXAMPLE
 
@@ -297,3 +300,34 @@ def test_the_daemon_upgrades_a_table_in_batches_and_keeps_its_references(
     # one generation per batch: the kernel's is trusted as ours, the next pass reads nothing
     kernel.reads.clear()
     assert rec.run_once().read == "fast" and kernel.reads == []
+
+
+def test_a_command_on_record_still_replaces_a_set_with_its_elements(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CLI's short cut after its own commit (the live record, no read, hollow sets) is not
+    taken when the record's declarations differ from this version's: a set is never declared
+    without its elements. After the three batches the record is trusted again."""
+    kernel = MemoryKernel()
+    state = StateDir(tmp_path / "state")
+    argv = ["apply", "--policy", str(EXAMPLE), "--state-dir", str(state.path)]
+    assert main(argv, kernel=kernel) == 0
+    # the older version made the table and the record, with its own declaration of pools_v4
+    kernel.tables[KEY] = old_shape(kernel.tables[KEY], pools_v4=CONSTANT)  # no new generation
+    record = json.loads(state.live_file.read_text())
+    record["table"]["sets"]["pools_v4"][2] = sorted(CONSTANT)
+    state.live_file.write_text(json.dumps(record))
+    kernel.applied.clear()
+    capsys.readouterr()
+
+    assert main(argv, kernel=kernel) == 0, capsys.readouterr().err
+    first, _, _ = kernel.applied
+    (staged,) = [op.set for op in first.ops if isinstance(op, AddSet)]
+    assert staged.name == "pools_v4_next" and len(staged.elements) == 3
+    live = kernel.tables[KEY]
+    assert live.sets[POOLS_V4].flags == {"interval"} and len(live.sets[POOLS_V4].elements) == 3
+    assert "pools_v4_next" not in live.sets
+
+    kernel.reads.clear()
+    assert main(argv, kernel=kernel) == 0
+    assert kernel.reads == []  # three batches, three generations: the record holds
