@@ -29,6 +29,7 @@ from op25b_ctl.policy.model import (
     RolloutFile,
     check_policy,
     format_path,
+    parsed_nets,
 )
 
 Path_ = tuple[str | int, ...]
@@ -253,6 +254,11 @@ def load_policy(directory: Path | str) -> Policy:
 def parse_policy(texts: Mapping[str, str], origin: str = "the policy") -> Policy:
     """Validate and cross-check policy files given as {file name: text}: a directory's, or
     the ones published to the fleet store (so both are checked by exactly the same code)."""
+    with parsed_nets():  # the validators' integers, reused by check_policy
+        return _parse_policy(texts, origin)
+
+
+def _parse_policy(texts: Mapping[str, str], origin: str) -> Policy:
     problems: list[Problem] = []
     docs: dict[str, _Doc] = {}
     for name in sorted(texts):

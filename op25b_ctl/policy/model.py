@@ -9,6 +9,7 @@ loader can point at the user's file and line.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import functools
 import socket
 from collections.abc import Iterable, Iterator, Sequence
@@ -117,9 +118,37 @@ def ipv4_mapped(net: netaddr.IPNetwork) -> bool:
     return bool(net.version == 6 and net.prefixlen >= 96 and net.ip.is_ipv4_mapped())
 
 
+# Prefixes parsed by the field validators, for `check_policy` to reuse instead of parsing
+# each again: set by `parsed_nets()` around one validation, None otherwise (nothing kept).
+# A Net is a pure function of its text, so another thread's entries are as good as ours.
+_parsed: dict[str, Net] | None = None
+
+
+@contextlib.contextmanager
+def parsed_nets() -> Iterator[None]:
+    """Let `check_policy` reuse the integers the validators computed (~0.2 s at 110,000)."""
+    global _parsed
+    _parsed = {}
+    try:
+        yield
+    finally:
+        _parsed = None
+
+
+def _net(prefix: str) -> Net:
+    """`parse_net`, from what validation already parsed where it can."""
+    seen = _parsed
+    net = seen.get(prefix) if seen is not None else None
+    return net if net is not None else parse_net(prefix)
+
+
 def _prefix(value: str) -> str:
     """Normalise one prefix; refuse host bits so a typo cannot silently widen a pool."""
-    if _canonical_net(value) is not None:
+    net = _canonical_net(value)
+    if net is not None:
+        seen = _parsed
+        if seen is not None:
+            seen[value] = net
         return value
     try:
         net = netaddr.IPNetwork(value)
@@ -506,7 +535,7 @@ def check_policy(policy: Policy) -> list[Finding]:
                 )
             )
     pool_items: list[Located] = [
-        (parse_net(prefix), ("pools", i, "prefixes", j), prefix)
+        (_net(prefix), ("pools", i, "prefixes", j), prefix)
         for i, pool in enumerate(policy.pools)
         for j, prefix in enumerate(pool.prefixes)
     ]
