@@ -12,7 +12,10 @@ same kind of namespace as its baseline and in the same round:
 
 "Cold cache" means the validated-policy cache (op25b_ctl/policy/cache.py) is empty, as after
 an edit of the policy; the other commands find it warm, as they would after any earlier
-command on the same files. Every command must exit 0; the runner stops otherwise.
+command on the same files. The commands of one namespace run one after the other, as an
+engineer's would, so each finds the live record (`.live.json`) the previous one left and
+reads no table; two rows time the same commands after another commit to the ruleset, when
+the table must be read. Every command must exit 0; the runner stops otherwise.
 """
 
 from __future__ import annotations
@@ -60,6 +63,9 @@ TARGETS: dict[str, tuple[str, tuple[str, float]]] = {
     "monitor": ("`pool monitor`", ("abs", 0.3)),
     "enforce": ("`pool enforce`", ("abs", 0.3)),
     "clear": ("`pool clear`", ("abs", 0.3)),
+    # the same after another commit to the ruleset: no live record, the table is read
+    "rollback_read": ("`pool rollback` after another commit (the table is read)", ("abs", 0.3)),
+    "apply_noop_read": ("`apply`, nothing to do, after another commit", ("abs", 0.3)),
     "daemon_cold": ("daemon start to table live, cold cache / `nft -f`", ("ratio", 1.3)),
     "daemon_warm": ("daemon start to table live, warm cache / `nft -f`", ("ratio", 1.3)),
 }
@@ -218,6 +224,13 @@ class Runner:
             for action in POOL_COMMANDS:
                 extra = () if action == "clear" else ("--reason", "bench")
                 res.add(size, action, self.ctl(ns, size, "pool", action, POOL, *extra)[0])
+            # someone else's commit (any table) before each: `.live.json` no longer holds
+            self.timed(ns, ["nft", "add", "table", "inet", "bench_other1"])
+            extra = ("--reason", "bench")
+            res.add(size, "rollback_read", self.ctl(ns, size, "pool", "rollback", POOL, *extra)[0])
+            self.timed(ns, ["nft", "add", "table", "inet", "bench_other2"])
+            res.add(size, "apply_noop_read", self.ctl(ns, size, "apply")[0])
+            self.ctl(ns, size, "pool", "clear", POOL)
             res.add(size, "validate", self.ctl(ns, size, "validate")[0])
             self.cold_cache()
             res.add(size, "validate_cold", self.ctl(ns, size, "validate")[0])

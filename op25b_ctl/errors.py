@@ -133,3 +133,7 @@ class NotRecordedError(Op25bError):
     Only a failure *after* the commit gets here: an audit log that cannot be written is
     found before anything is touched (a StateError, exit 1, nothing changed).
     """
+
+
+class DaemonUnavailable(Op25bError):
+    """No daemon took a forwarded command (`cli/thin.py`): it then runs in its own process."""

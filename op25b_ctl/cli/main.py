@@ -10,6 +10,7 @@ our name (nothing applied), 3 the gateway WAS changed but the change could not b
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
@@ -344,7 +345,8 @@ def _metrics_address(text: str) -> tuple[str, int] | None:
 
 
 def cmd_daemon(ctx: Context) -> int:
-    from op25b_ctl.daemon import journal
+    from op25b_ctl.cli import thin
+    from op25b_ctl.daemon import control, journal
     from op25b_ctl.daemon import loop as daemon
 
     args = ctx.args
@@ -364,14 +366,27 @@ def cmd_daemon(ctx: Context) -> int:
             key=args.key,
         )
         fleet.start()  # unknown gateway: exit 2; neither store nor local snapshot: exit 1
-    return daemon.run(
-        args.policy,
-        args.state_dir,
-        interval=args.interval,
-        verify_interval=None if args.verify_interval == 0 else args.verify_interval,
-        metrics_address=args.metrics_address,
-        fleet=fleet,
-    )
+    # one-shot commands for this state directory run in forks of this process (cli/thin.py)
+    server = None
+    if args.command_socket:
+        with contextlib.suppress(StateError):
+            ctx.state.make()
+        server = control.ControlServer(
+            Path(args.state_dir) / thin.SOCKET_NAME, main, policy_dir=args.policy
+        )
+        server.start()
+    try:
+        return daemon.run(
+            args.policy,
+            args.state_dir,
+            interval=args.interval,
+            verify_interval=None if args.verify_interval == 0 else args.verify_interval,
+            metrics_address=args.metrics_address,
+            fleet=fleet,
+        )
+    finally:
+        if server is not None:
+            server.close()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -461,6 +476,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="seconds between full reads of every set element, which catch hand edits of "
         "elements; 0 = only at start, on SIGHUP and after drift or a failure (default: %(default)s)",
+    )
+    p.add_argument(
+        "--no-command-socket",
+        dest="command_socket",
+        action="store_false",
+        help="do not serve one-shot commands for this state directory on STATE_DIR/"
+        ".ctl.sock (they then start from scratch, as without a daemon)",
     )
     p.add_argument(
         "--metrics-address",
