@@ -20,6 +20,7 @@ the table must be read. Every command must exit 0; the runner stops otherwise.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -66,6 +67,11 @@ TARGETS: dict[str, tuple[str, tuple[str, float]]] = {
     # the same after another commit to the ruleset: no live record, the table is read
     "rollback_read": ("`pool rollback` after another commit (the table is read)", ("abs", 0.3)),
     "apply_noop_read": ("`apply`, nothing to do, after another commit", ("abs", 0.3)),
+    # with `op25b-ctl daemon` running on the same state directory: its command socket
+    "status_daemon": ("`status -o json`, daemon running (its command socket)", ("abs", 0.3)),
+    "explain_daemon": ("`explain ...`, daemon running", ("abs", 0.3)),
+    "rollback_daemon": ("`pool rollback`, daemon running", ("abs", 0.3)),
+    "clear_daemon": ("`pool clear`, daemon running", ("abs", 0.3)),
     "daemon_cold": ("daemon start to table live, cold cache / `nft -f`", ("ratio", 1.3)),
     "daemon_warm": ("daemon start to table live, warm cache / `nft -f`", ("ratio", 1.3)),
 }
@@ -157,9 +163,12 @@ class Runner:
         path.write_text(json.loads(cp.stdout)["script"])
         return path
 
-    def daemon(self, ns: str, size: str) -> tuple[float, float]:
+    def daemon(
+        self, ns: str, size: str, then: Callable[[], None] | None = None
+    ) -> tuple[float, float]:
         """Start `op25b-ctl daemon` and wait for its READY=1 (sent after the first pass has
-        made the table live); (seconds to READY, VmHWM MiB), then stop it."""
+        made the table live); (seconds to READY, VmHWM MiB at READY). `then` runs while it
+        still runs (commands through its socket); then it is stopped."""
         sock_path = self.work / "whole-notify.sock"
         sock_path.unlink(missing_ok=True)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -186,6 +195,8 @@ class Runner:
                 for line in status.splitlines()
                 if line.startswith("VmHWM:")
             )
+            if then is not None:
+                then()
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -196,6 +207,21 @@ class Runner:
             sock.close()
             sock_path.unlink(missing_ok=True)
         return seconds, peak
+
+    def through_daemon(self, res: Whole, ns: str, size: str) -> None:
+        """The commands an engineer types while the daemon runs: each goes to its socket
+        (OP25B_DAEMON=require fails the run if one does not)."""
+        env, self.env = self.env, {**self.env, "OP25B_DAEMON": "require"}
+        try:
+            res.add(size, "status_daemon", self.ctl(ns, size, "status", "-o", "json")[0])
+            res.add(size, "explain_daemon", self.ctl(ns, size, *EXPLAIN)[0])
+            extra = ("--reason", "bench")
+            res.add(
+                size, "rollback_daemon", self.ctl(ns, size, "pool", "rollback", POOL, *extra)[0]
+            )
+            res.add(size, "clear_daemon", self.ctl(ns, size, "pool", "clear", POOL)[0])
+        finally:
+            self.env = env
 
     def round(self, res: Whole, size: str, script: Path) -> None:
         """Every command once, in a fresh namespace, baselines first."""
@@ -243,7 +269,9 @@ class Runner:
                 self.fresh_state()
                 if cold:
                     self.cold_cache()
-                seconds, peak = self.daemon(ns, size)
+                # the warm daemon also serves the one-shot commands (cli/thin.py)
+                then = None if cold else functools.partial(self.through_daemon, res, ns, size)
+                seconds, peak = self.daemon(ns, size, then)
                 res.add(size, key, seconds)
                 res.peak_mib.setdefault(f"{size}_{key}", []).append(peak)
             finally:
