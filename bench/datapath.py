@@ -121,6 +121,68 @@ class _Loop:
         return Rate(finished, elapsed, dict(outcomes), cpu_seconds=cpu)
 
 
+class _SynLoop:
+    """One process sending bare SYNs from one source address through a raw socket: what a
+    connect attempt is for the gateway (a SYN in, a reset back) without the client's socket
+    work. The segments are built once, with valid checksums (the gateway's reject and the
+    far host's TCP check them), one per source port."""
+
+    def __init__(self, src: str, dst: str, port: int) -> None:
+        if ":" in dst:
+            raise ValueError("raw SYNs are IPv4 only here")
+        pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, 20)
+        self.segments = []
+        for sport in range(SYN_PORTS[0], SYN_PORTS[1]):
+            # sport, dport, seq, ack, data offset 5 words, SYN, window, checksum, urgent
+            seg = struct.pack("!HHIIBBHHH", sport, port, 1, 0, 5 << 4, 0x02, 65535, 0, 0)
+            self.segments.append(seg[:16] + struct.pack("!H", _checksum(pseudo + seg)) + seg[18:])
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+        self.sock.bind((src, 0))
+        self.dst = (dst, 0)
+
+    def run(self, seconds: float) -> Rate:
+        sendto, dst, segments = self.sock.sendto, self.dst, self.segments
+        sent = failed = i = 0
+        n = len(segments)
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        start = time.monotonic()
+        end = start + seconds
+        try:
+            while time.monotonic() < end:
+                for _ in range(256):  # the clock is read once per 256 SYNs
+                    try:
+                        sendto(segments[i], dst)
+                        sent += 1
+                    except OSError:
+                        failed += 1  # e.g. a full queue; only answered SYNs count
+                    i = i + 1 if i + 1 < n else 0
+            elapsed = time.monotonic() - start
+            after = resource.getrusage(resource.RUSAGE_SELF)
+        finally:
+            self.sock.close()
+        cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        return Rate(sent, elapsed, {"sent": sent, "send_error": failed}, cpu_seconds=cpu)
+
+
+SYN_PORTS = (20000, 60000)  # source ports the raw SYNs cycle through
+
+
+def _checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of an even-length byte string."""
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def tcp_segments_received() -> int:
+    """TCP segments this network namespace received (Tcp InSegs in /proc/net/snmp): the
+    resets that answer the raw SYNs, which no socket takes."""
+    with open("/proc/net/snmp") as fh:
+        rows = [line.split() for line in fh if line.startswith("Tcp:")]
+    return int(dict(zip(rows[0][1:], rows[1][1:], strict=True))["InSegs"])
+
+
 def load_sources(first: str, count: int) -> list[str]:
     """`count` consecutive IPv4 source addresses from `first` on, all in first's /26 (the
     lab's pool prefixes are /26 or wider), one per load process."""
@@ -152,15 +214,20 @@ def _child(
     port: int,
     seconds: float,
     window: int,
+    syn: bool,
 ) -> None:
-    """Get ready (epoll, a bound test socket), say so, wait for the go, run, send the Rate."""
+    """Get ready (sockets, segments), say so, wait for the go, run, send the Rate."""
     for other in inherited:  # the parent's ends, forked along: else no EOF if it gives up
         other.close()
     try:
-        loop = _Loop(src, dst, port, window)
-        probe = socket.socket(loop.family, socket.SOCK_STREAM)
-        probe.bind((src, 0))  # the source address exists here: fail now, not mid-sample
-        probe.close()
+        loop: _Loop | _SynLoop
+        if syn:
+            loop = _SynLoop(src, dst, port)  # binds src: fails now if sub lacks it
+        else:
+            loop = _Loop(src, dst, port, window)
+            probe = socket.socket(loop.family, socket.SOCK_STREAM)
+            probe.bind((src, 0))  # the source address exists here: fail now, not mid-sample
+            probe.close()
         conn.send("ready")
         if conn.recv() != "go":
             return
@@ -173,13 +240,30 @@ def _child(
         conn.close()
 
 
+def syn_rate(srcs: Sequence[str], dst: str, port: int, seconds: float) -> Rate:
+    """Raw SYNs from one process per source address, started together; the rate is the
+    resets that came back to this namespace per second, the outcomes "refused" (answered)
+    and "unanswered"."""
+    before = tcp_segments_received()
+    sent = connect_rates(srcs, dst, port, seconds, syn=True)
+    answered = tcp_segments_received() - before
+    outcomes = {"refused": answered, "unanswered": max(0, sent.attempts - answered)}
+    return replace(sent, attempts=answered, outcomes=outcomes, per_process=())
+
+
 def connect_rates(
-    srcs: Sequence[str], dst: str, port: int, seconds: float, window: int = 32
+    srcs: Sequence[str],
+    dst: str,
+    port: int,
+    seconds: float,
+    window: int = 32,
+    *,
+    syn: bool = False,
 ) -> Rate:
-    """One process per source address (each its own loop of `window` attempts), started
-    together once all are ready; their attempts and outcomes summed, the rate the sum of
-    each process's own rate."""
-    if len(srcs) == 1:
+    """One process per source address (each its own loop of `window` attempts, or of raw
+    SYNs), started together once all are ready; their attempts and outcomes summed, the
+    rate the sum of each process's own rate."""
+    if len(srcs) == 1 and not syn:
         total0, idle0 = _cpu_times()
         rate = connect_rate(srcs[0], dst, port, seconds, window)
         total1, idle1 = _cpu_times()
@@ -192,7 +276,8 @@ def connect_rates(
             parent, child = ctx.Pipe()
             pipes.append(parent)
             proc = ctx.Process(
-                target=_child, args=(child, list(pipes), src, dst, port, seconds, window)
+                target=_child,
+                args=(child, list(pipes), src, dst, port, seconds, window, syn),
             )
             proc.start()
             child.close()

@@ -424,6 +424,10 @@ def main(argv: Iterable[str] | None = None) -> int:
     a.add_argument("--port", type=int, required=True)
     a.add_argument("--seconds", type=float, default=1.5)
     a.add_argument("--window", type=int, default=32)
+    a.add_argument(
+        "--syn", action="store_true",
+        help="raw SYNs instead of connects; counts the resets that come back",
+    )  # fmt: skip
     args = p.parse_args(None if argv is None else list(argv))
 
     out: dict[str, Any]
@@ -455,9 +459,12 @@ def main(argv: Iterable[str] | None = None) -> int:
     elif args.cmd == "metrics":
         out = metrics(args.address)
     else:
-        from bench.datapath import connect_rates
+        from bench.datapath import connect_rates, syn_rate
 
-        rate = connect_rates(args.src, args.dst, args.port, args.seconds, args.window)
+        if args.syn:
+            rate = syn_rate(args.src, args.dst, args.port, args.seconds)
+        else:
+            rate = connect_rates(args.src, args.dst, args.port, args.seconds, args.window)
         out = {
             **asdict(rate),
             "per_second": rate.per_second,

@@ -187,6 +187,8 @@ def _datapath(none: list[float], ours: list[float], classic: list[float]) -> Dat
     rates["none1_25"] = [r / 2 for r in none]
     rates["none_80"] = none
     rates["ours_80"] = [r * 0.99 for r in none]
+    for key in ("none", "ours", "classic"):
+        rates[f"{key}_syn_25"] = [r * 3 for r in rates[f"{key}_25"]]
     cpu = {k: [1e6 / r for r in v] for k, v in rates.items()}
     busy = {k: [1.0 for _ in v] for k, v in rates.items()}
     dp = DataPath(rates=rates, cpu=cpu, busy=busy, processes=2)
