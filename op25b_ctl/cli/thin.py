@@ -26,6 +26,7 @@ from types import FrameType
 from typing import BinaryIO
 
 from op25b_ctl.errors import DaemonUnavailable  # the package's own import: no extra cost
+from op25b_ctl.netns import netns_cookie
 
 ENV = "OP25B_DAEMON"
 SOCKET_NAME = ".ctl.sock"
@@ -37,7 +38,6 @@ DEFAULT_POLICY_DIR = "/etc/op25b"  # as policy.loader.DEFAULT_POLICY_DIR (test_t
 FORWARDED = frozenset(
     {"status", "explain", "pool", "apply", "plan", "rollout", "validate", "audit"}
 )
-_SO_NETNS_COOKIE = 71
 
 
 def _option(argv: Sequence[str], name: str, default: str) -> str:
@@ -62,14 +62,6 @@ def policy_dir(argv: Sequence[str], environ: dict[str, str]) -> str:
     return os.path.abspath(
         _option(argv, "--policy", environ.get("OP25B_POLICY") or DEFAULT_POLICY_DIR)
     )
-
-
-def _cookie() -> int | None:
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            return int(struct.unpack("=Q", s.getsockopt(socket.SOL_SOCKET, _SO_NETNS_COOKIE, 8))[0])
-    except OSError:
-        return None
 
 
 def forward(argv: Sequence[str]) -> int | None:
@@ -108,7 +100,7 @@ def _forward(argv: list[str]) -> int:
                 "argv": argv,
                 "cwd": os.getcwd(),
                 "env": dict(os.environ),
-                "netns": _cookie(),
+                "netns": netns_cookie(),
                 "policy": policy_dir(argv, dict(os.environ)),
             }
         ).encode()

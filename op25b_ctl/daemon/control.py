@@ -41,19 +41,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from op25b_ctl.netns import netns_cookie
+
 log = logging.getLogger(__name__)
 
 MAX_REQUEST = 1 << 20
-_SO_NETNS_COOKIE = 71  # <asm-generic/socket.h>
-
-
-def netns_cookie() -> int | None:
-    """This process's network namespace, as a number the kernel never reuses in one boot."""
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            return int(struct.unpack("=Q", s.getsockopt(socket.SOL_SOCKET, _SO_NETNS_COOKIE, 8))[0])
-    except OSError:
-        return None
 
 
 class ControlServer:

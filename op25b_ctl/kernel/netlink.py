@@ -17,7 +17,6 @@ it before returning.
 
 from __future__ import annotations
 
-import socket
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from pathlib import Path
 from op25b_ctl.errors import KernelError, TableNotFound
 from op25b_ctl.kernel import nlcodec
 from op25b_ctl.kernel.base import Counter, RuleDigests
+from op25b_ctl.netns import netns_cookie
 
 __all__ = [
     "ChainInfo",
@@ -52,7 +52,6 @@ SET_FLAGS = {0x2: "constant", 0x4: "interval", 0x10: "timeout", 0x20: "dynamic"}
 # NF_INET_* hook numbers, named as nft names them (ip, ip6 and inet tables).
 HOOKS = {0: "prerouting", 1: "input", 2: "forward", 3: "output", 4: "postrouting", 5: "ingress"}
 POLICIES = {0: "drop", 1: "accept"}  # NF_DROP, NF_ACCEPT
-_SO_NETNS_COOKIE = 71  # <asm-generic/socket.h>; Python's socket module does not name it
 # Dumps of one generation are retried this often if a commit lands in the middle of them.
 _SKELETON_ATTEMPTS = 3
 
@@ -128,16 +127,14 @@ def ruleset_identity() -> str | None:
 
     Generations restart in every new namespace and after a reboot, so a generation saved on
     disk means something only next to this. The namespace is named by its cookie
-    (SO_NETNS_COOKIE, Linux 5.14), which the kernel never hands out twice in one boot, unlike
-    a namespace's inode number. None where the kernel cannot say.
+    (`netns.netns_cookie`). None where the kernel cannot say.
     """
     try:
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            (cookie,) = struct.unpack("=Q", sock.getsockopt(socket.SOL_SOCKET, _SO_NETNS_COOKIE, 8))
-    except (OSError, struct.error):
+    except OSError:
         return None
-    return f"{boot}:{cookie}" if boot else None
+    cookie = netns_cookie()
+    return f"{boot}:{cookie}" if boot and cookie is not None else None
 
 
 def read_skeleton(table: str, family: str = "inet") -> TableSkeleton | None:
