@@ -373,7 +373,7 @@ def cmd_explain(ctx: Context) -> int:
     if dest is not None and dest.version != addr.version:
         raise OverrideError("--to must be of the same address family as ADDRESS")
     overrides = ctx.source.overrides().values()
-    record = None if ctx.args.at else operate.known_live(ctx.kernel, ctx.state)
+    record, current = (None, False) if ctx.args.at else operate.known_live(ctx.kernel, ctx.state)
     want = from_policy(
         policy,
         when,
@@ -382,7 +382,14 @@ def cmd_explain(ctx: Context) -> int:
         shape_only=bool(ctx.args.at),
         known_sets=(record.sets_key, record.fingerprint) if record is not None else None,
     )
-    known = record.table if record is not None and record.table.spec == want.table.spec else None
+    known = (
+        record.table
+        if record is not None
+        and current
+        and operate.same_declarations(record.table, want.table)
+        and not want.table.elements_known
+        else None
+    )
     source = address_net(addr.version, int(addr))
     pool = policy.pool_of(source)
     exemption = next((e for e in policy.exemptions if _holds([e.prefix], source)), None)

@@ -127,30 +127,32 @@ def converge(
     diffs against that, reads nothing, and builds no sets that are unchanged, as the daemon's
     "known" pass does (docs/performance.md)."""
     ruleset, start, record = _read_record(kernel, state)
+    # sets under the key of the last record are the ones it fingerprinted: no need to build
+    # them to diff (a hollow table), whoever committed since
     want = from_policy(
         policy,
         now,
         overrides,
         known_sets=(record.sets_key, record.fingerprint) if record is not None else None,
     )
-    # A record made under other set declarations (an upgrade that declares a set otherwise)
-    # is not a short cut: replacing a set needs its elements (plan/diff.py).
-    known = (
-        record is not None
-        and record.table.spec == want.table.spec
-        and record.table.sets.keys() == want.table.sets.keys()
-        and all(s.same_shape(want.table.sets[n]) for n, s in record.table.sets.items())
-    )
+    known = False
     live: Table | None
-    if known and not want.table.elements_known:
-        assert record is not None
-        live = record.table  # nobody has committed since: the kernel holds exactly this
-    else:
-        if not want.table.elements_known:  # the record was for another table
-            want = from_policy(policy, now, overrides)
-        known = False
-        # one cheap read (netlink skeleton + elements fingerprint) serves the report and the diff
+    if want.table.elements_known or record is None:
         live = applier.read_live(kernel, want.table, trust_fingerprint=True)
+    elif record.current(ruleset, start) and same_declarations(record.table, want.table):
+        live, known = record.table, True  # nobody has committed since: the kernel holds this
+    else:
+        # one skeleton read; its fingerprint counter vouches for the elements, as with
+        # `read_live(trust_fingerprint=True)`
+        live = kernel.read(want.table.family, want.table.name, elements=False)
+        if (
+            live is None
+            or record.fingerprint not in live.counters
+            or not same_declarations(live, want.table)
+        ):
+            # absent, other elements, or a set declared otherwise (an upgrade): every element
+            want = from_policy(policy, now, overrides)
+            live = applier.read_live(kernel, want.table, trust_fingerprint=True)
     before = live_modes(policy, live)
     tx = applier.apply_to(kernel, live, want.table, dry_run=dry_run)
     if state is not None and not dry_run:
@@ -161,7 +163,7 @@ def converge(
         elif live is not None and not known:
             tx = applier.check_statements(kernel, want.table, reference)
             commits = len(tx.batches) if tx else 0  # one generation per batch
-        _remember_live(kernel, state, ruleset, start, commits, want)
+        _remember_live(kernel, state, ruleset, start, commits, want, record)
     changes: dict[str, tuple[Mode | None, Mode]] = {
         name: (before[name], d.mode)
         for name, d in want.decisions.items()
@@ -170,23 +172,31 @@ def converge(
     return Outcome(want, tx, changes, applied=bool(tx) and not dry_run)
 
 
+def same_declarations(a: Table, b: Table) -> bool:
+    """Same table, same sets, each declared the same (key type, map, flags)."""
+    return (
+        a.spec == b.spec
+        and a.sets.keys() == b.sets.keys()
+        and all(s.same_shape(b.sets[n]) for n, s in a.sets.items())
+    )
+
+
 def _read_record(
     kernel: Kernel, state: StateDir | None
 ) -> tuple[str | None, int | None, LiveRecord | None]:
-    """The ruleset id and generation now, and the live record if it is still current."""
+    """The ruleset id and generation now, and the last live record (current or not)."""
     if state is None:
         return None, None, None
     ruleset = kernel.ruleset_id()
     start = kernel.generation() if ruleset is not None else None
-    if ruleset is None or start is None:
-        return ruleset, start, None
-    return ruleset, start, state.live_record(ruleset, start)
+    return ruleset, start, state.live_record()
 
 
-def known_live(kernel: Kernel, state: StateDir) -> LiveRecord | None:
-    """Our table as our last command left it, if nothing has committed since (for views:
-    `status` and `explain` then read no table shape and build no sets)."""
-    return _read_record(kernel, state)[2]
+def known_live(kernel: Kernel, state: StateDir) -> tuple[LiveRecord | None, bool]:
+    """The last live record, and whether nothing has committed since (for views: `status`
+    and `explain` then read no table shape, and build no sets under the record's key)."""
+    ruleset, start, record = _read_record(kernel, state)
+    return record, record is not None and record.current(ruleset, start)
 
 
 def _remember_live(
@@ -196,19 +206,26 @@ def _remember_live(
     start: int | None,
     commits: int,
     want: Desired,
+    old: LiveRecord | None,
 ) -> None:
-    """Keep `want` as what is live, unless a commit other than ours may have slipped in."""
+    """Keep `want` as what is live; as current only if no commit but ours slipped in."""
     end = kernel.generation() if ruleset is not None else None
-    if ruleset is None or start is None or end is None or end - start != commits:
-        state.forget_live_record()
-        return
+    current = (
+        ruleset is not None and start is not None and end is not None and end - start == commits
+    )
     fingerprints = [c for c in want.table.counters if c.startswith(FINGERPRINT_PREFIX)]
     if not want.sets_key or len(fingerprints) != 1:
         state.forget_live_record()
         return
-    state.save_live_record(
-        ruleset, end, LiveRecord(want.table.hollow(), want.sets_key, fingerprints[0])
+    new = LiveRecord(
+        want.table.hollow(),
+        want.sets_key,
+        fingerprints[0],
+        ruleset if current else None,
+        end if current else None,
     )
+    if new != old:  # a command that changed nothing leaves the file alone
+        state.save_live_record(new)
 
 
 def _record(

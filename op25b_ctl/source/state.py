@@ -79,12 +79,24 @@ def write_atomic(path: Path, text: str) -> None:
 
 @dataclass(frozen=True)
 class LiveRecord:
-    """Our table as our last commit left it: its shape (no elements) and, for its sets, the
-    `ruleset.sets_key` they were built under and their elements fingerprint."""
+    """Our table as our last command left it: its shape (no elements) and, for its sets, the
+    `ruleset.sets_key` they were built under and their elements fingerprint; with the
+    ruleset (boot and namespace) and its generation right after, if no other commit slipped
+    in around ours (else None: the shape is then only history, the sets' key still holds)."""
 
     table: Table
     sets_key: str
     fingerprint: str
+    ruleset: str | None = None
+    generation: int | None = None
+
+    def current(self, ruleset: str | None, generation: int | None) -> bool:
+        """Nothing has committed since: the kernel holds exactly `table`."""
+        return (
+            self.ruleset is not None
+            and self.generation is not None
+            and (self.ruleset, self.generation) == (ruleset, generation)
+        )
 
 
 class StateDir:
@@ -231,28 +243,33 @@ class StateDir:
     def live_file(self) -> Path:
         return self.path / ".live.json"
 
-    def live_record(self, ruleset: str, generation: int) -> LiveRecord | None:
-        """What our last commit (or check) left live, if the kernel's ruleset is still at the
-        generation it had then, in the same boot and namespace; None on any doubt."""
+    def live_record(self) -> LiveRecord | None:
+        """What our last command left live (`LiveRecord.current` says whether the kernel is
+        still at the generation it had then); None on any doubt."""
         try:
             data = self._read_json(self.live_file)
-            if data.get("ruleset") != ruleset or data.get("generation") != generation:
+            if not data:
                 return None
+            ruleset, generation = data.get("ruleset"), data.get("generation")
             return LiveRecord(
-                hollow_from_json(data["table"]), str(data["sets_key"]), str(data["fingerprint"])
+                hollow_from_json(data["table"]),
+                str(data["sets_key"]),
+                str(data["fingerprint"]),
+                ruleset if isinstance(ruleset, str) else None,
+                generation if isinstance(generation, int) else None,
             )
         except (StateError, KeyError, TypeError, ValueError, AttributeError):
             return None  # a cache: unreadable means "read the kernel"
 
-    def save_live_record(self, ruleset: str, generation: int, record: LiveRecord) -> None:
+    def save_live_record(self, record: LiveRecord) -> None:
         """Best effort, like the tick cache: a record not written costs the next command a
         kernel read, never a wrong answer."""
         with contextlib.suppress(StateError):
             self._write_json(
                 self.live_file,
                 {
-                    "ruleset": ruleset,
-                    "generation": generation,
+                    "ruleset": record.ruleset,
+                    "generation": record.generation,
                     "table": hollow_to_json(record.table),
                     "sets_key": record.sets_key,
                     "fingerprint": record.fingerprint,

@@ -442,3 +442,41 @@ def test_changed_sets_are_built_and_diffed_against_a_read(gw: Gw, tmp_path: Path
     assert gw.backend.reads[0] is False  # the skeleton; the new fingerprint differs: elements
     table = gw.backend.tables[("inet", "op25b")]
     assert set(table.sets["exempt_v4"].elements) == {"192.0.2.52/30"}
+
+
+def test_after_another_commit_unchanged_sets_are_not_built_again(
+    gw: Gw, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record's sets key still names the sets: a skeleton read and the fingerprint
+    counter in it are enough, as `read_live(trust_fingerprint=True)` would trust them."""
+    from dataclasses import replace
+
+    from op25b_ctl.plan import ruleset
+
+    assert gw("apply")[0] == 0
+    built: list[object] = []
+    real = ruleset._sets_for
+
+    def spy(*args: Any) -> Any:
+        built.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(ruleset, "_sets_for", spy)
+    ruleset._sets_cache.clear()  # as in a new process
+    gw.backend.gen += 1  # someone else's commit
+    gw.backend.reads.clear()
+    code, _, err = gw("pool", "enforce", E2, "--reason", "test")
+    assert code == 0, err
+    assert gw.backend.reads == [False] and built == []
+    assert gw.live_modes()[E2] == "enforce"
+    # the kernel's fingerprint gone (elements unknown): the sets are built, every element read
+    key = ("inet", "op25b")
+    table = gw.backend.tables[key]
+    gw.backend.tables[key] = replace(
+        table, counters=frozenset(c for c in table.counters if not c.startswith("elements_"))
+    )
+    gw.backend.gen += 1
+    gw.backend.reads.clear()
+    assert gw("apply")[0] == 0
+    assert gw.backend.reads == [False, False, True] and len(built) == 1
+    assert any(c.startswith("elements_") for c in gw.backend.tables[key].counters)
