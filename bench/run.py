@@ -931,10 +931,10 @@ def render_report(
         "the ratios, not the absolute times, are what to compare between machines.",
         "",
         "Run it as root with `make bench` (about 10 minutes on 2 cores; `make bench "
-        "BENCH_ARGS='--runs 3 --no-million'` for a shorter run, `BENCH_ARGS='--only "
-        "datapath'` for the connect rates alone, printed and not written; `python -m "
-        "bench.run --help` for the options). It installs `ipset` and `iptables` from apt if "
-        "they are missing.",
+        "BENCH_ARGS='--runs 3 --no-million'` for a shorter run, `.venv/bin/python -m "
+        "bench.run --only datapath` for the connect rates alone, printed and not written; "
+        "`python -m bench.run --help` for the options). It installs `ipset` and `iptables` "
+        "from apt if they are missing.",
         "",
         f"- date: {started:%Y-%m-%d %H:%M} UTC; whole run {elapsed / 60:.1f} min",
         f"- machine: {mach['cpus']} CPUs ({mach['cpu']}), {mach['memory']}, {mach['os']}, "
@@ -1126,7 +1126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--only", choices=("datapath",),
         help="run only this part and print its figures (writes nothing; `datapath`: the six "
-        "lab gateways' connect rates, about 2 minutes)",
+        "lab gateways' connect rates, about 3 minutes)",
     )  # fmt: skip
     p.add_argument(
         "--list-timeout", type=float, default=LIST_TIMEOUT_S,
