@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from op25b_ctl.cli.main import build_parser, main
-from op25b_ctl.daemon.loop import Daemon, parse_address
+from op25b_ctl.daemon.loop import Daemon, Waker, parse_address
 from op25b_ctl.daemon.metrics import build_registry
 from op25b_ctl.daemon.reconcile import Reconciler
 from op25b_ctl.daemon.sdnotify import Notifier
@@ -190,6 +191,50 @@ def test_signal_handlers_only_set_flags(tmp_path: Path) -> None:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def test_a_stop_signal_during_the_sleep_always_stops(tmp_path: Path) -> None:
+    """SIGTERMs (two, as systemd's and a process group's) sent while the main thread sleeps
+    between passes. The handler used to call threading.Event.set(), which takes the lock the
+    sleeping Event.wait() may hold at that moment: the daemon deadlocked on itself and only
+    SIGKILL ended it (1 run in 3 of the package test)."""
+    kernel = MemoryKernel()
+    rec = Reconciler(kernel, DirectorySource(daemon_policy(tmp_path / "p")), clock=lambda: NOW)
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        for _ in range(20):
+            daemon = Daemon(rec, interval=3600)
+            daemon.install_signal_handlers()
+
+            def kill_twice(d: Daemon = daemon) -> None:
+                while d.passes < 1:
+                    time.sleep(0.001)  # poll: the loop is in its sleep once a pass is done
+                os.kill(os.getpid(), signal.SIGTERM)
+                os.kill(os.getpid(), signal.SIGTERM)
+
+            killer = threading.Thread(target=kill_twice)
+            killer.start()
+            alarm = signal.signal(signal.SIGALRM, signal.default_int_handler)
+            signal.alarm(10)  # a deadlock fails the test instead of hanging it
+            try:
+                assert daemon.serve() == 0
+            finally:
+                signal.alarm(0)
+                signal.signal(signal.SIGALRM, alarm)
+            killer.join(5)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def test_the_waker_is_a_pipe_that_keeps_a_wake_up_until_cleared() -> None:
+    waker = Waker()
+    assert waker.wait(0) is False
+    for _ in range(100_000):  # more than a pipe holds: never blocks the caller
+        waker.set()
+    assert waker.wait(None) is True and waker.wait(0) is True
+    waker.clear()
+    assert waker.wait(0.01) is False
 
 
 @pytest.mark.parametrize(
