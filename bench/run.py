@@ -1155,11 +1155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.monotonic()
     mach = machine()
     sizes_to_run = [s for s in inv.SCALING if not (args.no_million and s.v4 > inv.MAIN.v4)]
-    work = Path(tempfile.mkdtemp(prefix="op25b-bench-"))
-    bench = Bench(
-        work, Namespaces(), args.runs, args.rounds, args.seconds, args.list_timeout,
-        args.load_processes,
-    )  # fmt: skip
+    work, bench = new_bench(args)
     with interrupts_unwind():
         try:
             sizes: dict[int, SizeResult] = {}
@@ -1206,14 +1202,20 @@ def datapath_lines(dp: DataPath) -> list[str]:
     ]
 
 
-def only_datapath(args: argparse.Namespace) -> int:
-    """`--only datapath`: the lab gateways' connect rates, printed, nothing written."""
-    t0 = time.monotonic()
+def new_bench(args: argparse.Namespace) -> tuple[Path, Bench]:
+    """A scratch directory and the runner over it, as the command line asked."""
     work = Path(tempfile.mkdtemp(prefix="op25b-bench-"))
     bench = Bench(
         work, Namespaces(), args.runs, args.rounds, args.seconds, args.list_timeout,
         args.load_processes,
     )  # fmt: skip
+    return work, bench
+
+
+def only_datapath(args: argparse.Namespace) -> int:
+    """`--only datapath`: the lab gateways' connect rates, printed, nothing written."""
+    t0 = time.monotonic()
+    work, bench = new_bench(args)
     with interrupts_unwind():
         try:
             policy_dir = bench.write_policy(inv.synthetic_policy(inv.MAIN), "policy")
