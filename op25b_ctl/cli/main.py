@@ -187,8 +187,7 @@ def cmd_status(ctx: Context) -> int:
     policy = ctx.policy()
     # decisions and chains only: the sets' 110,000 elements are never shown
     want = desired.from_policy(policy, ctx.now, ctx.source.overrides().values(), shape_only=True)
-    record, current = operate.known_live(ctx.kernel, ctx.state)
-    known = record.table if record and current and record.table.spec == want.table.spec else None
+    known = operate.known_table(*operate.known_live(ctx.kernel, ctx.state), want.table)
     decisions = want.decisions
     chains, counters, verdict = _live_view(
         ctx.kernel, want.table, rulerefs.path_in(ctx.state.path), known

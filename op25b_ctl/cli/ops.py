@@ -382,14 +382,7 @@ def cmd_explain(ctx: Context) -> int:
         shape_only=bool(ctx.args.at),
         known_sets=(record.sets_key, record.fingerprint) if record is not None else None,
     )
-    known = (
-        record.table
-        if record is not None
-        and current
-        and operate.same_declarations(record.table, want.table)
-        and not want.table.elements_known
-        else None
-    )
+    known = operate.known_table(record, current, want.table)
     source = address_net(addr.version, int(addr))
     pool = policy.pool_of(source)
     exemption = next((e for e in policy.exemptions if _holds([e.prefix], source)), None)

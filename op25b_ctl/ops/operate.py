@@ -139,8 +139,8 @@ def converge(
     live: Table | None
     if want.table.elements_known or record is None:
         live = applier.read_live(kernel, want.table, trust_fingerprint=True)
-    elif record.current(ruleset, start) and same_declarations(record.table, want.table):
-        live, known = record.table, True  # nobody has committed since: the kernel holds this
+    elif (held := known_table(record, record.current(ruleset, start), want.table)) is not None:
+        live, known = held, True  # nobody has committed since: the kernel holds this
     else:
         # one skeleton read; its fingerprint counter vouches for the elements, as with
         # `read_live(trust_fingerprint=True)`
@@ -197,6 +197,15 @@ def known_live(kernel: Kernel, state: StateDir) -> tuple[LiveRecord | None, bool
     and `explain` then read no table shape, and build no sets under the record's key)."""
     ruleset, start, record = _read_record(kernel, state)
     return record, record is not None and record.current(ruleset, start)
+
+
+def known_table(record: LiveRecord | None, current: bool, want: Table) -> Table | None:
+    """The live table without a read: the record's, if nothing has committed since and it is
+    `want`'s table with the same set declarations (else a set must be replaced, with its
+    elements: plan/diff.py)."""
+    if record is None or not current or not same_declarations(record.table, want):
+        return None
+    return record.table
 
 
 def _remember_live(
