@@ -47,6 +47,24 @@ FILES: dict[str, tuple[type[BaseModel], bool]] = {
 
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
+
+class _PolicyLoader(_Loader):  # type: ignore[valid-type,misc]
+    """The safe loader, except that a timestamp that cannot exist stays a string."""
+
+
+def _timestamp(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> object:
+    """YAML's timestamp, or the scalar's text if it names no real time (month 13,
+    30 February, hour 25, offset +24:00): PyYAML's constructor raises ValueError for those
+    before any check of ours runs, which was a traceback; as text, the model refuses it with
+    file, line, field and why (`model.aware_datetime`), together with every other problem."""
+    try:
+        return yaml.constructor.SafeConstructor.construct_yaml_timestamp(loader, node)
+    except (ValueError, OverflowError):
+        return loader.construct_scalar(node)
+
+
+_PolicyLoader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp)
+
 # Bounds checked on the event stream, before anything is composed or expanded: a 399-byte
 # alias bomb would otherwise expand to gigabytes, and deep nesting recurses in the composer
 # (RecursionError at 1,000 levels, SIGSEGV in libyaml's at 100,000). A policy needs neither:
@@ -118,7 +136,7 @@ class _Doc:
         if refused is not None:
             self.problems.append(Problem(name, "", refused[0], refused[1]))
             return
-        loader = _Loader(text)
+        loader = _PolicyLoader(text)
         try:
             node = loader.get_single_node()
             self.data = loader.construct_document(node) if node is not None else None

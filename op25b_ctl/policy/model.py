@@ -11,10 +11,11 @@ from __future__ import annotations
 import bisect
 import contextlib
 import functools
+import re
 import socket
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Annotated, Any, Literal, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -175,6 +176,32 @@ EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 
 
+# ISO 8601 / YAML timestamp shapes, to say *why* one that parses no further names no time
+_TIME_SHAPE = re.compile(
+    r"(\d{4})-(\d{1,2})-(\d{1,2})"
+    r"(?:(?:[Tt]|[ \t]+)(\d{1,2}):(\d{1,2})(?::(\d{1,2}))?(?:\.\d*)?"
+    r"[ \t]*(?:[Zz]|([-+])(\d{1,2})(?::?(\d{2}))?)?)?"
+)
+
+
+def impossible_time(text: str) -> str | None:
+    """Why `text`, shaped like a time, names none (`month must be in 1..12`, `day is out of
+    range for month`, `UTC offset +24:00 ...`), or None if it is not shaped like one."""
+    m = _TIME_SHAPE.fullmatch(text.strip())
+    if m is None:
+        return None
+    y, mo, d, h, mi, sec, sign, oh, om = m.groups()
+    try:
+        datetime(int(y), int(mo), int(d), int(h or 0), int(mi or 0), int(sec or 0))
+        if sign is not None:
+            timezone(timedelta(hours=int(oh), minutes=int(om or 0)))
+    except ValueError as exc:
+        if sign is not None and "offset" in str(exc):
+            return f"UTC offset {sign}{oh}:{om or '00'} is out of range (-23:59..+23:59)"
+        return str(exc)
+    return None
+
+
 def aware_datetime(value: Any) -> datetime:
     """An ISO 8601 time that carries its UTC offset; a naive time is refused, not guessed.
 
@@ -186,6 +213,9 @@ def aware_datetime(value: Any) -> datetime:
         try:
             parsed = datetime.fromisoformat(value.strip())
         except ValueError:
+            why = impossible_time(value)
+            if why is not None:  # month 13, 30 February, hour 25, offset +24:00
+                raise ValueError(f"{value!r} is not a real time: {why}") from None
             raise ValueError(
                 f"{value!r} is not an ISO 8601 time (e.g. 2011-01-31T00:00:00+09:00)"
             ) from None

@@ -552,7 +552,7 @@ CASES: list[Case] = [
         'at: "2011-13-01T00:00:00+09:00"',
         then(edit(R, "at: 2011-01-17T10:00:00+09:00", 'at: "2011-13-01T00:00:00+09:00"')),
         2,
-        r"rollout\.yaml:\d+: stages\[1\]\.at: .*not an ISO 8601 time",
+        r"rollout\.yaml:\d+: stages\[1\]\.at: .*not a real time: month must be in 1\.\.12",
     ),
     Case(
         "offset +24:00",
@@ -561,6 +561,31 @@ CASES: list[Case] = [
         then(edit(R, "at: 2011-01-17T10:00:00+09:00", 'at: "2011-01-17T10:00:00+24:00"')),
         2,
         r"rollout\.yaml:\d+: stages\[1\]\.at: ",
+    ),
+    # impossible dates written bare: YAML's timestamp constructor raised before our checks
+    *(
+        Case(
+            f"{name} (bare)",
+            "schedule",
+            f"at: {text}",
+            then(edit(R, "at: 2011-01-17T10:00:00+09:00", f"at: {text}")),
+            2,
+            rf"rollout\.yaml:\d+: stages\[1\]\.at: .*not a real time: {why}",
+        )
+        for name, text, why in (
+            ("month 13", "2011-13-17T10:00:00+09:00", r"month must be in 1\.\.12"),
+            ("30 February", "2011-02-30T10:00:00+09:00", "day is out of range for month"),
+            ("hour 25", "2011-01-17T25:00:00+09:00", r"hour must be in 0\.\.23"),
+            ("offset +24:00", "2011-01-17T10:00:00+24:00", r"UTC offset \+24:00 is out of range"),
+        )
+    ),
+    Case(
+        "exemption expiry 30 February",
+        "schedule",
+        "expires: 2011-02-30T23:59:59+09:00",
+        then(edit(E, "expires: 2011-03-31T23:59:59+09:00", "expires: 2011-02-30T23:59:59+09:00")),
+        2,
+        r"exemptions\.yaml:\d+: exemptions\[1\]\.expires: .*not a real time: day is out",
     ),
     Case(
         "date without time",
@@ -669,6 +694,55 @@ CASES: list[Case] = [
         ),
         1,
         r"overrides\.json: malformed override record .*no UTC offset",
+    ),
+    Case(
+        "override set_at month 13",
+        "overrides",
+        "set_at: 2011-13-20T00:00:00+09:00",
+        then(
+            lambda p, s: (s / "overrides.json").write_text(
+                re.sub(
+                    r'"set_at": "\d{4}-\d\d-\d\d',
+                    '"set_at": "2011-13-20',
+                    (s / "overrides.json").read_text(),
+                )
+            ),
+            tick,
+        ),
+        1,
+        r"overrides\.json: malformed override record .*not a real time: month must be",
+    ),
+    Case(
+        "override until offset +24:00",
+        "overrides",
+        "until: ...+24:00",
+        then(
+            lambda p, s: (s / "overrides.json").write_text(
+                re.sub(
+                    r'("until": "[^"]+?)[+-]\d\d:\d\d"',
+                    r'\1+24:00"',
+                    (s / "overrides.json").read_text(),
+                )
+            ),
+            tick,
+        ),
+        1,
+        r"overrides\.json: malformed override record .*UTC offset \+24:00 is out of range",
+    ),
+    Case(
+        ".tick.json impossible dates",
+        "state",
+        ".tick.json with at: month 13, next_change: 30 February (a cache: ignored)",
+        then(
+            state_write(
+                ".tick.json",
+                b'{"format": 1, "at": "2011-13-01T00:00:00+09:00", "next_change": '
+                b'"2011-02-30T00:00:00+09:00", "inputs": "x", "generation": 1, "ruleset": "x"}',
+            ),
+            tick,
+        ),
+        0,
+        r"^$",
     ),
     Case(
         "overrides.json symlink loop",
@@ -793,6 +867,48 @@ CASES: list[Case] = [
         r"at most 500",
     ),
     Case(
+        "--until 30 February",
+        "cli",
+        "--until 2011-02-30T10:00+09:00",
+        pool_cmd("--reason", "INC-7", "--until", "2011-02-30T10:00+09:00"),
+        2,
+        r"'2011-02-30T10:00\+09:00' is not a real time: day is out of range for month",
+    ),
+    Case(
+        "--at hour 25",
+        "cli",
+        "rollout status --at 2011-01-20T25:00+09:00",
+        cmd(
+            "rollout",
+            "status",
+            "--policy",
+            "{P}",
+            "--state-dir",
+            "{S}",
+            "--at",
+            "2011-01-20T25:00+09:00",
+        ),
+        2,
+        r"is not a real time: hour must be in 0\.\.23",
+    ),
+    Case(
+        "--now month 13",
+        "cli",
+        "apply --now 2011-13-20T09:00+09:00",
+        cmd(
+            "apply",
+            "--policy",
+            "{P}",
+            "--state-dir",
+            "{S}",
+            "--now",
+            "2011-13-20T09:00+09:00",
+            now=False,
+        ),
+        2,
+        r"is not a real time: month must be in 1\.\.12",
+    ),
+    Case(
         "--until empty",
         "cli",
         "--until ''",
@@ -830,7 +946,7 @@ CASES: list[Case] = [
         "--until 2011-13-01T00:00+09:00",
         pool_cmd("--reason", "INC-7", "--until", "2011-13-01T00:00+09:00"),
         2,
-        r"not an ISO 8601 time",
+        r"not a real time: month must be in 1\.\.12",
     ),
     Case(
         "--until +24:00",
@@ -838,7 +954,7 @@ CASES: list[Case] = [
         "--until 2011-01-21T00:00+24:00",
         pool_cmd("--reason", "INC-7", "--until", "2011-01-21T00:00+24:00"),
         2,
-        r"not an ISO 8601 time",
+        r"not a real time: UTC offset \+24:00 is out of range",
     ),
     Case(
         "--until without offset",
