@@ -7,10 +7,11 @@ compute the desired state at `now` (through `desired.from_policy`, like every ca
 it with the cheap fingerprint read (a one-pool change is one chain rewrite at any table size),
 then record what happened (state files, audit log). Callers hold the state lock around these.
 
-Audit: every changing sequence checks that the audit trail can be written before it touches
-anything (`Source.check_recordable`), so an unwritable log refuses the change (StateError,
-exit 1, nothing changed). If recording fails after the commit (disk full in between),
-NotRecordedError says what was changed (exit 3).
+Audit: every changing sequence checks that the audit trail can be written, and that the state
+directory's filesystem has room for the record, before it touches anything
+(`Source.check_recordable`, `StateDir.check_space`), so an unwritable log or a full disk
+refuses the change (StateError, exit 1, nothing changed). If recording fails after the
+commit (the disk filled in between), NotRecordedError says what was changed (exit 3).
 
 Ordering for crashes: an override is saved *before* the gateway is changed, so a crash in
 between leaves the intent on disk and the next tick converges to it; if nftables refuses the
@@ -237,6 +238,13 @@ def _remember_live(
         state.save_live_record(new)
 
 
+def _check_recordable(source: Source, state: StateDir) -> None:
+    """Before anything is touched: the audit trail can be written and the state directory's
+    filesystem has room for the record (a full disk refuses the change, exit 1)."""
+    state.check_space()  # first: a refused change leaves not even an empty audit file
+    source.check_recordable()
+
+
 def _record(
     source: Source,
     state: StateDir,
@@ -292,15 +300,23 @@ def tick(
     """Apply whatever is due at `now`; prune expired overrides. Idempotent."""
     overrides = source.overrides()
     if not dry_run:
-        source.check_recordable()
+        _check_recordable(source, state)
     active = {p: o for p, o in overrides.items() if o.active(now)}
     expired = [o for o in overrides.values() if not o.active(now)]
     out = converge(kernel, policy, now, active.values(), dry_run=dry_run, state=state)
     out = Outcome(out.desired, out.tx, out.changes, out.applied, [], expired)
     if dry_run:
         return out
-    for o in expired:
-        source.clear_override(o.pool)
+    try:
+        for o in expired:
+            source.clear_override(o.pool)
+    except StateError as exc:
+        if out.applied:  # the gateway already follows the schedule again: say so, exit 3
+            raise NotRecordedError(
+                f"rollout tick: the gateway WAS changed ({out.summary()}), but clearing the "
+                f"expired override(s) failed: {exc}"
+            ) from None
+        raise
     return _record(source, state, out, now, action="rollout tick", command=command)
 
 
@@ -368,7 +384,7 @@ def apply_all(
 ) -> Outcome:
     """`op25b-ctl apply`: like a tick, but leaves expired overrides in the file for tick."""
     if not dry_run:
-        source.check_recordable()
+        _check_recordable(source, state)
     out = converge(kernel, policy, now, source.overrides().values(), dry_run=dry_run, state=state)
     if dry_run:
         return out
@@ -404,7 +420,7 @@ def set_override(
         new[pool] = Override(pool, action, reason, audit.invoking_user(), now, until)
     if dry_run:
         return converge(kernel, policy, now, new.values(), dry_run=True)
-    source.check_recordable()
+    _check_recordable(source, state)
     if new != old:
         _put(source, pool, new.get(pool))
     try:

@@ -12,6 +12,7 @@ status. Reading skips lines that are not JSON objects and reports them.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -96,12 +97,20 @@ class AuditLog:
     def write(self, entry: Entry) -> None:
         line = json.dumps(entry.to_json(), sort_keys=True, ensure_ascii=False) + "\n"
         fd = self._fd if self._fd is not None else _open(self.path)
+        start = None
         try:
-            data = line.encode()
-            if os.write(fd, data) != len(data):
-                raise OSError(28, "short write (disk full?)")
+            start = os.fstat(fd).st_size  # writers hold the state lock: nobody appends between
+            data = memoryview(line.encode())
+            while data:  # a short write is retried: the next one says why (ENOSPC, EFBIG)
+                written = os.write(fd, data)
+                if written == 0:
+                    raise OSError(28, "short write (disk full?)")
+                data = data[written:]
             os.fsync(fd)
         except OSError as exc:
+            if start is not None:  # never leave half a line (disk full mid-write)
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)
             raise StateError(
                 f"cannot append to audit log {self.path}: {describe_oserror(exc)}"
             ) from None

@@ -54,6 +54,9 @@ from op25b_ctl.policy.overrides import Override
 DEFAULT_STATE_DIR = "/var/lib/op25b"
 FORMAT = 1
 MAX_STATE_BYTES = 16 << 20  # overrides for 1,000 pools are ~300 kB
+# free space a change needs beyond a new copy of its largest state file: an audit line is
+# under 1 kB, the live record and the rule reference some kB at 1,000 pools
+MIN_FREE_BYTES = 256 << 10
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -135,6 +138,36 @@ class StateDir:
         except UnsafeFileError as exc:
             raise StateError(f"state directory refused: {exc}") from None
 
+    def check_space(self) -> None:
+        """Refuse a change *before* it is made when the filesystem of the state directory
+        cannot take what recording it writes (a disk full: every state file is replaced
+        through a new copy, the audit line is appended): StateError, exit 1, nothing
+        changed. The disk can still fill between this check and the record; that is
+        NotRecordedError, exit 3 (the gateway was changed, stderr says how)."""
+        probe = self.path
+        while not probe.exists() and probe.parent != probe:
+            probe = probe.parent
+        try:
+            st = os.statvfs(probe)
+        except OSError:
+            return  # the writes themselves will say what is wrong
+        if st.f_blocks == 0:
+            return  # a filesystem that reports no size (no limit to check)
+        root = os.geteuid() == 0  # root may use the blocks and inodes reserved for it
+        free = (st.f_bfree if root else st.f_bavail) * st.f_frsize
+        inodes = st.f_ffree if root else st.f_favail
+        largest = 0
+        for path in (self.overrides_file, self.rollout_file, self.live_file):
+            with contextlib.suppress(OSError):
+                largest = max(largest, path.stat().st_size)
+        need = largest + MIN_FREE_BYTES
+        if free < need or (st.f_files > 0 and inodes == 0):
+            what = "no free inodes" if free >= need else f"{free} bytes free, {need} needed"
+            raise StateError(
+                f"no space left on the filesystem of state directory {self.path} ({what} "
+                "to record a change); nothing changed: free space there and run it again"
+            )
+
     def make(self) -> None:
         """Create the directory (and missing parents) safely, then check it is ours."""
         try:
@@ -174,8 +207,10 @@ class StateDir:
                 else json.dumps({"format": FORMAT, **data}, indent=2, sort_keys=True)
             )
             write_atomic(path, text + "\n")
-        except OSError as exc:
-            raise StateError(f"cannot write {path}: {exc}") from None
+        except OSError as exc:  # write_atomic removed its temp file: the old file stands
+            raise StateError(
+                f"cannot write {path}: {describe_oserror(exc)} (the file is unchanged)"
+            ) from None
 
     # ------------------------------------------------------------------ overrides
 
@@ -310,8 +345,9 @@ class StateDir:
                             "changed nothing; try again (or --lock-timeout SECONDS)"
                         ) from None
                     time.sleep(0.05)  # poll the lock; flock has no timed wait
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()}: {what}\n".encode(), 0)
+            with contextlib.suppress(OSError):  # who holds it: a courtesy, even on a full disk
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"pid {os.getpid()}: {what}\n".encode(), 0)
             yield
         finally:
             os.close(fd)  # releases the flock

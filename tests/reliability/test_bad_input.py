@@ -17,6 +17,7 @@ import re
 import secrets
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ SECTION = "bad input"
 pytestmark = pytest.mark.root
 
 CTL = str(REPO / ".venv" / "bin" / "op25b-ctl")
+FULLFS = str(Path(__file__).with_name("fullfs.py"))
 NOW = "2011-01-20T09:00+09:00"  # enforce-east-1 done, west not yet: a table with all modes
 POOL = "flets-east-dyn-1"
 STATIC = "static-biz"
@@ -43,12 +45,13 @@ Setup = Callable[[Path, Path], list[str]]  # (policy dir, state dir) -> op25b-ct
 @dataclass(frozen=True)
 class Case:
     name: str
-    kind: str  # policy | schedule | overrides | state | cli
+    kind: str  # policy | schedule | overrides | state | disk | cli
     done: str  # what was done, for the report
     setup: Setup
     exit: int
     error: str  # regex that stderr must match
     as_nobody: bool = False
+    disk: str = ""  # space | inodes | cache: the state directory on a full filesystem (fullfs.py)
 
 
 def write(name: str, text: str | bytes) -> Callable[[Path, Path], None]:
@@ -825,6 +828,82 @@ CASES: list[Case] = [
         0,
         r"^$",
     ),
+    # ------------------------------------------------------------------ a full disk
+    # the state directory on a full tmpfs (a real ENOSPC): refused before anything changes
+    Case(
+        "disk full: pool enforce",
+        "disk",
+        "pool enforce flets-east-dyn-2",
+        pool_cmd("--reason", "INC-7", pool="flets-east-dyn-2"),
+        1,
+        r"no space left on the filesystem of state directory .*/state \(0 bytes free.*"
+        r"nothing changed",
+        disk="space",
+    ),
+    Case(
+        "disk full: pool clear",
+        "disk",
+        "pool clear flets-east-dyn-1 (an active override)",
+        pool_cmd(action="clear"),
+        1,
+        r"no space left on the filesystem of state directory .*nothing changed",
+        disk="space",
+    ),
+    Case(
+        "disk full: rollout tick",
+        "disk",
+        "rollout tick with the west stage due",
+        cmd(
+            "rollout",
+            "tick",
+            "--policy",
+            "{P}",
+            "--state-dir",
+            "{S}",
+            "--now",
+            "2011-01-25T09:00+09:00",
+            now=False,
+        ),
+        1,
+        r"no space left on the filesystem of state directory .*nothing changed",
+        disk="space",
+    ),
+    Case(
+        "disk full: apply",
+        "disk",
+        "apply",
+        apply_,
+        1,
+        r"no space left on the filesystem of state directory .*nothing changed",
+        disk="space",
+    ),
+    Case(
+        "no inodes left: pool enforce",
+        "disk",
+        "pool enforce flets-east-dyn-2, every inode of the filesystem taken",
+        pool_cmd("--reason", "INC-7", pool="flets-east-dyn-2"),
+        1,
+        r"state directory .* \(no free inodes to record a change\); nothing changed",
+        disk="inodes",
+    ),
+    Case(
+        "disk full: status and audit read",
+        "disk",
+        "status (reads only)",
+        cmd("status", "--policy", "{P}", "--state-dir", "{S}"),
+        0,
+        r"^$",
+        disk="space",
+    ),
+    Case(
+        "disk full: policy cache",
+        "disk",
+        "validate with the policy cache on the full filesystem (a cache: not written)",
+        cmd("validate", "--policy", "{P}", "--state-dir", "{S}", now=False),
+        0,
+        r"^$",
+        disk="cache",
+    ),
     # ------------------------------------------------------------------ CLI arguments
     Case(
         "--reason with newline",
@@ -1249,7 +1328,11 @@ def test_bad_input(case: Case, base: Base, tmp_path: Path, record: Recorder) -> 
     before_policy = tree_digest(policy)
     outside = sorted(tmp_path.glob("precious-*"))
     t0 = time.monotonic()
-    cp = in_ns(base.ns, [CTL, *argv], user=NOBODY if case.as_nobody else None)
+    command = [CTL, *argv]
+    if case.disk:  # a private mount namespace of its own: a full tmpfs over the state dir
+        command = ["unshare", "--mount", "--propagation", "private", sys.executable, FULLFS]
+        command += [case.disk, str(state), "--", CTL, *argv]
+    cp = in_ns(base.ns, command, user=NOBODY if case.as_nobody else None)
     elapsed = time.monotonic() - t0
     after_rules = ruleset(base.ns)
     first = next((line for line in cp.stderr.splitlines() if line.strip()), "")
