@@ -13,7 +13,7 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from op25b_ctl.cli.context import Context
+from op25b_ctl.cli.context import EXIT_NOT_ALL_OK, Context
 from op25b_ctl.errors import ConcurrentPublish, Op25bError, OverrideError, StoreUsageError
 from op25b_ctl.policy.loader import parse_policy, read_policy_files
 from op25b_ctl.policy.model import Policy, parse_net
@@ -473,7 +473,7 @@ def cmd_fleet_status(ctx: Context) -> int:
         else f"{sum(r['state'] != 'ok' for r in rows)} gateway(s) need attention"
     )
     ctx.emit(data, text)
-    return EXIT_OK
+    return EXIT_OK if ok else EXIT_NOT_ALL_OK  # scripts and monitoring: "not all ok"
 
 
 def _show(value: Any) -> str:
@@ -492,7 +492,8 @@ def add_store_options(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("OP25B_STORE") or None,
         metavar="URL",
         help="fleet store etcd://HOST:PORT[,HOST:PORT...]/PREFIX (etcds:// for TLS; "
-        "default: $OP25B_STORE). Without it op25b-ctl works from --policy DIR alone",
+        "default: $OP25B_STORE). Without it op25b-ctl works from --policy DIR alone. The "
+        "commands with --store need no --state-dir (only `daemon --store` uses one)",
     )
     parser.add_argument(
         "--cacert",
@@ -565,6 +566,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         help="gateway, group, revision applied, lag, pools by mode, blocked, last seen, errors",
         description="One line per gateway: listed in gateways.yaml or reporting. Gateways "
-        "that lag, report errors, have stopped reporting or are missing are marked with '!'.",
+        "that lag, report errors, have stopped reporting or are missing are marked with '!'. "
+        "Reads the store only (no --state-dir needed). Exit status: 0 every gateway ok, 4 "
+        "the store answered but at least one gateway is not ok (LAGGING, ERROR, STALE, "
+        "MISSING) or none is listed or reporting, 1 the store is unreachable, 2 usage. "
+        "The -o json fields are described in docs/fleet.md.",
     )
     p.set_defaults(func=cmd_fleet_status)

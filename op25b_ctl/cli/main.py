@@ -405,7 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=Path(os.environ.get("OP25B_STATE_DIR", DEFAULT_STATE_DIR)),
         metavar="DIR",
-        help="overrides, audit log and lock (default: $OP25B_STATE_DIR or %(default)s)",
+        help="overrides, audit log and lock (default: $OP25B_STATE_DIR or %(default)s); not "
+        "used by the --store commands (publish, pool/exempt/audit/fleet status --store), "
+        "only by `daemon --store` (its local snapshot, lock and command socket)",
     )
     common.add_argument(
         "--now",

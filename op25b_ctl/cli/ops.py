@@ -472,8 +472,10 @@ def _fleet_scope(p: argparse.ArgumentParser) -> None:
         type=seconds_or_zero,
         default=0.0,
         metavar="SECONDS",
-        help="with --store: wait until every gateway reached reports it applied (exit 1 if "
-        "some did not within SECONDS)",
+        help="with --store: wait until every gateway the change reaches reports it applied "
+        "(exit 1 if some did not within SECONDS). Only gateways that carry the pool in "
+        "gateways.yaml count (narrowed by --gateway/--group); the others enforce nothing "
+        "of it and are not waited for",
     )
 
 
@@ -495,7 +497,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         description="Override one pool's mode at once, ahead of the rollout schedule, until "
         "it expires or is cleared. Only that pool's chain is rewritten; other pools and "
         "their counters are untouched. --until takes an ISO 8601 time with UTC offset "
-        "(2011-01-31T18:00+09:00) or a duration (90m, 4h, 2d).",
+        "(2011-01-31T18:00+09:00) or a duration (90m, 4h, 2d). With --store the override "
+        "is one key in the fleet store for every gateway carrying the pool (--gateway/"
+        "--group narrow it); that needs no --state-dir, nothing local is read or written.",
     )
     pool_sub = pool.add_subparsers(dest="pool_action", required=True, metavar="ACTION")
     for action, help in (

@@ -231,18 +231,40 @@ def test_status_on_a_lease_and_fleet_status(
         lease,
     )
     code, out, _ = ctl(capsys, "fleet", "status", "--store", etcd.store_url, "-o", "json")
-    assert code == 0
+    assert code == 4  # the store answered, but not every gateway is ok: scripts can tell
     rows = {r["gateway"]: r for r in json.loads(out)["gateways"]}
     assert rows["bras-east-1"]["state"] == "ok" and rows["bras-east-1"]["blocked_packets"] == 7
     assert rows["bras-east-2"]["state"] == rows["bras-west-1"]["state"] == "MISSING"
     code, out, _ = ctl(capsys, "fleet", "status", "--store", etcd.store_url)
+    assert code == 4
     assert "\n!bras-west-1 " in out and "\nbras-east-1 " in out and "need attention" in out
+    # every listed gateway reporting, in sync: exit 0
+    others = store.grant(30)
+    for name, group in (("bras-east-2", "east"), ("bras-west-1", "west")):
+        store.put_status(
+            name,
+            {
+                "gateway": name,
+                "group": group,
+                "policy_revision": 1,
+                "store_revision": store.config_revision(),
+                "pools": {"enforce": 1},
+                "blocked_packets": 0,
+                "reported_at": datetime.now(UTC).isoformat(),
+                "connected": True,
+            },
+            others,
+        )
+    code, out, _ = ctl(capsys, "fleet", "status", "--store", etcd.store_url, "-o", "json")
+    assert code == 0 and json.loads(out)["ok"] is True, out
+    store.revoke(others)
     # a new publish the gateway has not applied: it lags by one revision
     set_mode(policy, EAST1, "monitor")
     assert ctl(capsys, "publish", "--policy", str(policy), "--store", etcd.store_url)[0] == 0
     code, out, _ = ctl(capsys, "fleet", "status", "--store", etcd.store_url, "-o", "json")
     rows = {r["gateway"]: r for r in json.loads(out)["gateways"]}
     assert rows["bras-east-1"]["state"] == "LAGGING" and rows["bras-east-1"]["lag"] == 1
+    assert code == 4
     # its lease revoked (a dead gateway's lease expires the same way): missing
     store.revoke(lease)
     assert "bras-east-1" not in store.statuses()
@@ -332,3 +354,25 @@ def test_fleet_exemptions_are_checked_and_audited(
     assert store.snapshot().exemptions(store.keys) == []
     actions = [e["action"] for e in store.audit()]
     assert actions == ["publish", "exempt add", "exempt remove"]
+
+
+def test_store_commands_need_no_state_dir(
+    etcd: EtcdServer, policy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The engineers' --store commands work on the store alone (as docs/fleet.md and --help
+    say): a --state-dir that could not even be created is never touched."""
+    nowhere = tmp_path / "not-a-dir"
+    nowhere.write_text("a file: no state directory can be made here\n")
+    state = ["--state-dir", str(nowhere / "state"), "--store", etcd.store_url]
+    for argv in (
+        ["publish", "--policy", str(policy)],
+        ["pool", "rollback", EAST1, "--reason", "INC-1", "--until", "1h"],
+        ["exempt", "list"],
+        ["audit"],
+        ["pool", "clear", EAST1, "--reason", "INC-1 done"],
+    ):
+        code, _, err = ctl(capsys, *argv, *state)
+        assert code == 0, (argv, err)
+    code, _, err = ctl(capsys, "fleet", "status", *state)
+    assert code == 4, err  # nobody reports: not all ok, but it ran
+    assert nowhere.read_text() == "a file: no state directory can be made here\n"
