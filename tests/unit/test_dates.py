@@ -133,3 +133,25 @@ def test_impossible_date_in_the_tick_cache_means_a_full_tick(tmp_path: Path) -> 
         )
     )
     assert not tick_is_idle(state, "d", datetime(2011, 1, 20, tzinfo=UTC), 7, "r")
+
+
+def test_impossible_dates_from_the_fleet_store_are_logged_and_left_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fleet override or exemption (keys in the store, kept in the local snapshot) with an
+    impossible date is ignored with a log line; the gateway keeps the rest."""
+    from op25b_ctl.source.etcd import Scope
+    from op25b_ctl.source.fleet import gateway_overrides, with_fleet_exemptions
+
+    record = json.loads(_override("2011-01-20T00:00:00+09:00", "2011-02-30T00:00:00+09:00"))
+    bad = record["overrides"]["flets-east-dyn-1"]
+    good = {**bad, "pool": "flets-east-dyn-2", "until": None}
+    got = gateway_overrides([(Scope(), bad), (Scope(), good)], "gw", None)
+    assert list(got) == ["flets-east-dyn-2"]
+    policy = load_policy(example_policy(tmp_path))
+    merged = with_fleet_exemptions(
+        policy,
+        [{"prefix": "192.0.2.64/30", "ticket": "T-1", "expires": "2011-13-01T00:00:00+09:00"}],
+    )
+    assert merged.exemptions == policy.exemptions
+    assert "not a real time" in caplog.text
