@@ -207,10 +207,8 @@ class StateDir:
                 else json.dumps({"format": FORMAT, **data}, indent=2, sort_keys=True)
             )
             write_atomic(path, text + "\n")
-        except OSError as exc:  # write_atomic removed its temp file: the old file stands
-            raise StateError(
-                f"cannot write {path}: {describe_oserror(exc)} (the file is unchanged)"
-            ) from None
+        except OSError as exc:  # a failed write_atomic removed its temp file: no half file
+            raise StateError(f"cannot write {path}: {describe_oserror(exc)}") from None
 
     # ------------------------------------------------------------------ overrides
 

@@ -191,3 +191,33 @@ def test_every_writer_on_a_full_disk(tmp_path: Path, record: Recorder) -> None:
     assert results["policy cache"] == "ok", results
     assert not left, left
     assert intact, contents
+
+
+def test_an_idle_tick_on_a_full_disk(ns: str, tmp_path: Path, record: Recorder) -> None:
+    """A tick with nothing due and nothing to record (its idle cache holds) needs no space:
+    cron stays silent; the first tick with work to do refuses (the corpus, `disk full:
+    rollout tick`)."""
+    policy, state = tmp_path / "policy", tmp_path / "state"
+    shutil.copytree(EXAMPLE, policy)
+    base = ["--policy", str(policy), "--state-dir", str(state), "--now", NOW]
+    for command in ("apply", "rollout"):
+        argv = [CTL, command, *(["tick"] if command == "rollout" else []), *base]
+        cp = in_ns(ns, argv)
+        assert cp.returncode == 0, cp.stderr
+    assert (state / ".tick.json").is_file()
+    before = {p.name: p.read_bytes() for p in state.iterdir() if p.name != ".lock"}
+    cp = in_ns(
+        ns,
+        ["unshare", "--mount", "--propagation", "private", sys.executable, FULLFS, "space"]
+        + [str(state), "--", CTL, "rollout", "tick", *base],
+    )
+    after = {p.name: p.read_bytes() for p in state.iterdir() if p.name != ".lock"}
+    record(
+        "idle tick on a full disk",
+        done="state directory on a full tmpfs; `rollout tick` with nothing due (idle cache)",
+        expected="exit 0, silent, state unchanged",
+        observed=f"exit {cp.returncode}; {(cp.stderr.strip() or '(silent)')[:120]}; state "
+        f"{'unchanged' if after == before else 'CHANGED'}",
+    )
+    assert cp.returncode == 0 and not cp.stdout and not cp.stderr, cp.stderr
+    assert after == before
