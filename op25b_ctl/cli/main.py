@@ -335,7 +335,7 @@ def _table_name(text: str) -> str:
 
 
 def _metrics_address(text: str) -> tuple[str, int] | None:
-    from op25b_ctl.daemon.loop import parse_address
+    from op25b_ctl.daemon.exporter import parse_address
 
     try:
         return parse_address(text)

@@ -30,7 +30,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from op25b_ctl.daemon import DEFAULT_INTERVAL, DEFAULT_VERIFY_INTERVAL, journal
+from op25b_ctl.daemon import DEFAULT_INTERVAL, DEFAULT_VERIFY_INTERVAL, exporter, journal
 from op25b_ctl.daemon.metrics import Metrics, build_registry
 from op25b_ctl.daemon.reconcile import Reconciler
 from op25b_ctl.daemon.sdnotify import Notifier
@@ -46,21 +46,6 @@ log = logging.getLogger("op25b_ctl.daemon")
 
 MAX_LOGGED_CHANGES = 20  # lines of a transaction written to the log per pass
 MIN_SLEEP = 0.01
-
-
-def parse_address(text: str) -> tuple[str, int] | None:
-    """`HOST:PORT`, `[V6]:PORT` or `:PORT` (all addresses) -> (host, port); `off` -> None."""
-    text = text.strip()
-    if text.lower() in ("", "off", "none"):
-        return None
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"metrics address {text!r}: expected HOST:PORT, [IPV6]:PORT or off")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError(f"metrics address {text!r}: write an IPv6 address as [ADDR]:PORT")
-    return host or "0.0.0.0", int(port)
 
 
 @dataclass
@@ -313,17 +298,9 @@ class Daemon:
 
 
 def start_metrics_server(address: tuple[str, int], registry: Any) -> Callable[[], None]:
-    """Serve /metrics on address in a background thread; returns the shutdown function."""
-    from prometheus_client import start_http_server
-
-    server, thread = start_http_server(address[1], addr=address[0], registry=registry)
-
-    def shutdown() -> None:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-
-    return shutdown
+    """Serve /metrics on address in a background thread; returns the shutdown function.
+    No name lookup on the way (`exporter`): a resolver must never hold up the loop."""
+    return exporter.serve(address, registry)
 
 
 class MetricsServer:

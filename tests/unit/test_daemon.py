@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import socket
@@ -11,14 +12,17 @@ from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from op25b_ctl.cli.main import build_parser, main
-from op25b_ctl.daemon.loop import Daemon, Waker, parse_address
+from op25b_ctl.daemon.exporter import parse_address
+from op25b_ctl.daemon.loop import Daemon, Waker
 from op25b_ctl.daemon.metrics import build_registry
 from op25b_ctl.daemon.reconcile import Reconciler
 from op25b_ctl.daemon.sdnotify import Notifier
+from op25b_ctl.daemon.view import View
 from op25b_ctl.kernel.memory import MemoryKernel
 from op25b_ctl.plan import desired
 from op25b_ctl.plan.desired import Desired
@@ -250,10 +254,52 @@ def test_parse_address(text: str, want: tuple[str, int] | None) -> None:
     assert parse_address(text) == want
 
 
-@pytest.mark.parametrize("text", ["9625", "::1:9625", "host:0", "host:port"])
+@pytest.mark.parametrize(
+    "text",
+    ["9625", "::1:9625", "host:0", "host:port", "gw1.example.net:9625", "[192.0.2.1]:9625"],
+)
 def test_parse_address_refuses(text: str) -> None:
     with pytest.raises(ValueError, match="metrics address"):
         parse_address(text)
+
+
+def test_parse_address_takes_localhost_without_a_lookup() -> None:
+    assert parse_address("localhost:9625") == ("127.0.0.1", 9625)
+    assert parse_address("[2001:db8::0:1]:9625") == ("2001:db8::1", 9625)
+
+
+def test_the_metrics_endpoint_binds_and_serves_without_any_name_lookup(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """http.server's server_bind calls getfqdn (reverse DNS): with an unreachable resolver
+    that held the daemon's loop for ~10 s after its start-up sync (issue 17)."""
+    import urllib.request
+
+    from op25b_ctl.daemon import exporter
+
+    real_getaddrinfo = socket.getaddrinfo
+
+    def no_lookup(*args: object, **kwargs: object) -> object:
+        raise AssertionError(f"name lookup {args}")
+
+    def numeric_only(host: str, *args: Any, **kwargs: Any) -> Any:
+        ipaddress.ip_address(host)  # a name here would be a resolver query
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    registry, _ = build_registry(lambda: View())
+    for name in ("getfqdn", "gethostbyaddr", "gethostbyname", "gethostbyname_ex", "getnameinfo"):
+        monkeypatch.setattr(socket, name, no_lookup)
+    monkeypatch.setattr(socket, "getaddrinfo", numeric_only)
+    stop = exporter.serve(("127.0.0.1", port), registry)
+    try:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    finally:
+        stop()
+    assert b"op25b_build_info" in body
 
 
 def test_daemon_cli_options(
