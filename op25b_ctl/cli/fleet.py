@@ -376,6 +376,9 @@ def fleet_rows(
             problems.append(str(st["last_error"]))
         if not st.get("connected", True):
             problems.append("store unreachable (enforcing its local snapshot)")
+        starting = st.get("watching") is False  # absent: a gateway older than the field
+        if starting:
+            problems.append("watch on the store not open yet: changes wait until it is")
         seen = _age(st.get("reported_at"), now)
         if seen is not None and seen > STALE_AFTER:
             problems.append(f"no report for {seen:.0f}s")
@@ -386,6 +389,8 @@ def fleet_rows(
             if st.get("last_error")
             else "LAGGING"
             if lag or behind
+            else "STARTING"
+            if starting
             else "STALE"
             if problems
             else "ok"

@@ -601,13 +601,18 @@ class EtcdStore:
     # -- watch
 
     def watch(
-        self, start_revision: int, *, on_open: Callable[[Callable[[], None]], None] | None = None
+        self,
+        start_revision: int,
+        *,
+        on_open: Callable[[Callable[[], None]], None] | None = None,
+        on_created: Callable[[], None] | None = None,
     ) -> Iterator[list[Event]]:
         """Batches of changes under P/config/ from `start_revision` on, until the stream ends
         (StoreUnavailable) or the revision was compacted (Compacted).
 
         `on_open` receives a function that closes the stream from another thread (used when
-        the keepalive finds the store gone while the stream is silent).
+        the keepalive finds the store gone while the stream is silent). `on_created` is
+        called when etcd confirms the watch exists: from then on no change is missed.
         """
         payload = {
             "create_request": {
@@ -621,7 +626,7 @@ class EtcdStore:
         if on_open is not None:
             on_open(lambda: _interrupt(response))
         try:
-            yield from _watch_batches(response, self.config.url)
+            yield from _watch_batches(response, self.config.url, on_created)
         finally:
             response.close()
 
@@ -653,7 +658,9 @@ class EtcdStore:
         raise StoreUnavailable(f"etcd store {self.config.url} unreachable: {'; '.join(errors)}")
 
 
-def _watch_batches(response: requests.Response, url: str) -> Iterator[list[Event]]:
+def _watch_batches(
+    response: requests.Response, url: str, on_created: Callable[[], None] | None = None
+) -> Iterator[list[Event]]:
     """Parse etcd's gateway watch stream: one JSON object per line."""
     import requests
 
@@ -683,6 +690,8 @@ def _watch_batches(response: requests.Response, url: str) -> Iterator[list[Event
                 for ev in result.get("events", [])
             ]
             header_rev = int(result.get("header", {}).get("revision", 0))
+            if result.get("created") and on_created is not None:
+                on_created()
             if events:
                 yield events
             elif header_rev and not result.get("created"):

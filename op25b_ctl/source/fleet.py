@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import ipaddress
 import json
 import logging
 import threading
@@ -163,8 +164,11 @@ class FleetSource:
         self._lease: int | None = None
         self._last_status: dict[str, Any] | None = None
         self._last_put = 0.0
+        self._put_lock = threading.Lock()  # status puts from the loop and the two threads
         # what the metrics and the status report read (replaced whole, read without locks)
         self.connected = False
+        # the watch is established (etcd confirmed it): every later change reaches the daemon
+        self.watching = False
         self.last_sync: float | None = None  # monotonic time the store last confirmed us
         self.resyncs = 0
         self.reconnects = 0
@@ -232,7 +236,9 @@ class FleetSource:
         self._threads.append(thread)
 
     def stop(self) -> None:
-        """Stop following; the status key is left to expire with its lease."""
+        """Stop following, and revoke the status lease: the key goes with it, so nobody
+        reads `ok` from a daemon that no longer applies anything (a killed one's key
+        expires with its lease instead)."""
         self._stop.set()
         closer = self._close_stream
         if closer is not None:
@@ -242,6 +248,13 @@ class FleetSource:
             self._cond.notify_all()
         for thread in self._threads:
             thread.join(timeout=5)
+        with self._put_lock:
+            lease, self._lease = self._lease, None
+            if lease is not None and self.connected:
+                try:
+                    self.store.revoke(lease)
+                except StoreError as exc:
+                    log.warning("status key left to expire with its lease: %s", exc)
 
     # ---------------------------------------------------------------- the Source protocol
 
@@ -379,7 +392,9 @@ class FleetSource:
         while not self._stop.is_set():
             start_from = self._require().revision + 1
             try:
-                for batch in self.store.watch(start_from, on_open=self._opened):
+                for batch in self.store.watch(
+                    start_from, on_open=self._opened, on_created=self._watch_created
+                ):
                     if not self.connected:
                         log.info("store reachable again: watching from revision %d", start_from)
                     self.connected = True
@@ -407,6 +422,7 @@ class FleetSource:
                 self._lost(exc)
             finally:
                 self._close_stream = None
+                self.watching = False
             if self._stop.wait(delay):
                 break
             delay = min(delay * 2, BACKOFF_MAX)
@@ -419,6 +435,12 @@ class FleetSource:
         self.connected = True
         self.last_sync = self.monotonic()
 
+    def _watch_created(self) -> None:
+        """etcd confirmed the watch: the status may say so (`watching`), put it again."""
+        self.watching = True
+        log.info("following the store's changes from revision %d", self.revision() or 0)
+        self._put_status()
+
     def _lost(self, exc: BaseException) -> None:
         if self._stop.is_set():
             return  # our own stop() closed the stream
@@ -429,6 +451,7 @@ class FleetSource:
                 self.revision(),
             )
         self.connected = False
+        self.watching = False
         self.last_store_error = str(exc)
         self._lease = None
 
@@ -450,21 +473,24 @@ class FleetSource:
             self._put_status()
 
     def _put_status(self) -> None:
-        status = self._last_status
-        if status is None or not self.connected:
-            return
-        try:
-            if self._lease is None:
-                self._lease = self.store.grant(LEASE_TTL)
-            body = {
-                **status,
-                "connected": True,
-                "reported_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            }
-            self.store.put_status(self.gateway, body, self._lease)
-            self._last_put = self.monotonic()
-        except StoreError as exc:
-            self._broken(exc)
+        """Put the last status (one put at a time: `watching` read and written together)."""
+        with self._put_lock:
+            status = self._last_status
+            if status is None or not self.connected:
+                return
+            try:
+                if self._lease is None:
+                    self._lease = self.store.grant(LEASE_TTL)
+                body = {
+                    **status,
+                    "connected": True,
+                    "watching": self.watching,
+                    "reported_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                }
+                self.store.put_status(self.gateway, body, self._lease)
+                self._last_put = self.monotonic()
+            except StoreError as exc:
+                self._broken(exc)
 
     def _keepalive(self) -> None:
         """The status thread: keep the lease alive, heartbeat the status, and notice a dead
@@ -490,6 +516,14 @@ class FleetSource:
                 closer()
 
 
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def _without_time(status: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in status.items() if k not in ("reported_at", "last_pass")}
 
@@ -508,6 +542,13 @@ def open_source(
     if not gateway:
         raise StoreUsageError("--store needs --gateway NAME (this gateway's name in gateways.yaml)")
     config = parse_store_url(store_url, cacert=cacert, cert=cert, key=key)
+    for host, _ in config.endpoints:
+        if not _is_address(host):
+            log.warning(
+                "store endpoint %s is a name: every connection asks the resolver first (an "
+                "unreachable one delays it by its timeout); give its address",
+                host,
+            )
     return FleetSource(EtcdStore(config), gateway, state_dir)
 
 

@@ -93,6 +93,24 @@ def test_watch_wakes_the_daemon_and_keeps_a_local_snapshot(
     assert any("/config/overrides/" in k for k in snap["values"])
 
 
+def test_the_status_says_watching_only_once_etcd_confirmed_the_watch(
+    store: EtcdStore, sources: Callable[[str], FleetSource]
+) -> None:
+    """`fleet status` shows ok only for a gateway that follows the store now (issue 17)."""
+    src = sources("bras-east-1")
+    src.start(watch=False)
+    src.report({"policy_revision": 1, "in_sync": True})
+    assert store.statuses()["bras-east-1"]["watching"] is False  # synced, not yet following
+    src.follow()
+    wait_for("watching", lambda: store.statuses()["bras-east-1"].get("watching") is True)
+    assert src.watching
+    since = src.revision()
+    store.set_override(EAST1, Scope(), rollback(EAST1), None)
+    assert src.wait(since, 5.0)
+    src.stop()  # a stopped daemon applies nothing: its key goes (no `ok` for 15 s)
+    assert "bras-east-1" not in store.statuses()
+
+
 def test_store_down_then_back(
     etcd: EtcdServer, store: EtcdStore, sources: Callable[[str], FleetSource], tmp_path: Path
 ) -> None:
@@ -102,6 +120,7 @@ def test_store_down_then_back(
     wait_for("status key", lambda: "bras-east-1" in store.statuses())
     etcd.kill()
     wait_for("disconnected", lambda: not src.connected, deadline=15)
+    assert not src.watching
     assert EAST1 in [p.name for p in src.load().policy.pools]  # still answers from memory
     # a second daemon starting now enforces the local snapshot
     again = FleetSource(

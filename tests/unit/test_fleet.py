@@ -187,6 +187,29 @@ def test_fleet_rows_mark_laggards_and_missing(tmp_path: Path) -> None:
     }
 
 
+def test_ok_needs_the_gateways_watch_open(tmp_path: Path) -> None:
+    """A gateway that applied the start-up sync but whose watch etcd has not confirmed yet
+    is STARTING, not ok: a change made now waits until the watch is open (issue 17)."""
+    policy = load_policy(fleet_policy(tmp_path / "p"))
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    applied = {"policy_revision": 5, "store_revision": 40, "reported_at": now.isoformat()}
+    rows = fleet_rows(
+        Published(5, "d", {}),
+        policy,
+        {
+            "bras-east-1": {**applied, "watching": True},
+            "bras-east-2": {**applied, "watching": False},
+            "bras-west-1": {**applied, "watching": False, "last_error": "nft refused"},
+        },
+        40,
+        now,
+    )
+    state = {r["gateway"]: r["state"] for r in rows}
+    assert state == {"bras-east-1": "ok", "bras-east-2": "STARTING", "bras-west-1": "ERROR"}
+    starting = next(r for r in rows if r["gateway"] == "bras-east-2")
+    assert starting["problems"] == ["watch on the store not open yet: changes wait until it is"]
+
+
 def test_policy_cache_keeps_gateways_and_stage_groups(tmp_path: Path) -> None:
     from op25b_ctl.policy import cache
 
