@@ -67,6 +67,10 @@ class Waker:
         weakref.finalize(self, os.close, self._read)
         weakref.finalize(self, os.close, self._write)
 
+    @property
+    def write_fd(self) -> int:
+        return self._write
+
     def set(self) -> None:
         with contextlib.suppress(BlockingIOError):  # full: it is awake anyway
             os.write(self._write, b"\0")
@@ -138,6 +142,10 @@ class Daemon:
         signal.signal(signal.SIGTERM, on_stop)
         signal.signal(signal.SIGINT, on_stop)
         signal.signal(signal.SIGHUP, on_hup)
+        # A process-directed signal may land in any thread (metrics, fleet watch, command
+        # socket): Python runs the handler only once the main thread runs again, which its
+        # sleep in select() would not do before the timeout. The wakeup fd wakes it now.
+        signal.set_wakeup_fd(self._wake.write_fd, warn_on_full_buffer=False)
 
     # -- the loop
 

@@ -193,6 +193,7 @@ def test_signal_handlers_only_set_flags(tmp_path: Path) -> None:
         assert daemon.serve() == 0 and daemon.passes == 0  # asked to stop before any pass
         assert kernel.applied == []
     finally:
+        signal.set_wakeup_fd(-1)
         for s, h in old.items():
             signal.signal(s, h)
 
@@ -227,6 +228,7 @@ def test_a_stop_signal_during_the_sleep_always_stops(tmp_path: Path) -> None:
                 signal.signal(signal.SIGALRM, alarm)
             killer.join(5)
     finally:
+        signal.set_wakeup_fd(-1)
         for s, h in old.items():
             signal.signal(s, h)
 
