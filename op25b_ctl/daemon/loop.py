@@ -376,7 +376,8 @@ def run(
         sample_every_pass=metrics_address is not None or fleet is not None,
         rule_reference=rulerefs.path_in(state_dir),
     )
-    registry, metrics = build_registry(lambda: reconciler.view)
+    # scrapes read the counters from the kernel themselves (cached 1 s): never a pass old
+    registry, metrics = build_registry(lambda: reconciler.view, reconciler.kernel.counters)
     notifier = Notifier()
     server = (
         MetricsServer(metrics_address, registry, metrics) if metrics_address is not None else None

@@ -2,14 +2,20 @@
 
 Two halves, one registry (passed in, never prometheus_client's global default):
 
-* `PoolCollector.collect()` runs at scrape time and reads only the reconciler's last `View`
-  (never the kernel, never the reconciler itself). Per-pool packet/byte counters are the
-  kernel's own named counters as the last pass sampled them, so they never go backwards when
-  the daemon restarts or re-applies, and never run ahead of what a drift repair restores. Each
-  counter's reference count tells the pool's *live* mode (its blocked_ counter used by a rule
-  = enforced in the kernel) independently of what the controller believes.
+* `PoolCollector.collect()` runs at scrape time. It reads the reconciler's last `View` (the
+  desired state, its health, the counters' continuity offsets; never the reconciler itself)
+  and our table's counters from the kernel *now*, through `LiveCounters` (netlink, cached
+  for at most 1 s, never backwards: daemon/livecounters.py). Without a kernel reader (unit
+  tests, `build_registry(view)`) the counters are the last pass's sample. Each counter's
+  reference count tells the pool's *live* mode (its blocked_ counter used by a rule =
+  enforced in the kernel) independently of what the controller believes.
 * `Metrics.observe(result)` counts reconcile passes (process-local, reset on restart as usual
   for a process's own counters).
+
+The collector is a list of sections, each a function from one `Scrape` (what this scrape
+sees: the view and the counters) to metric families; a new group of metrics is a new
+section (`PoolCollector.sections.append`, or `build_registry(..., sections=...)`), computed
+from the same `Scrape` without reading anything twice.
 
 Metric names follow the Prometheus conventions (base units, `_total` counters, `_info`
 gauges with a constant 1); the list is in docs/daemon.md.
@@ -17,7 +23,8 @@ gauges with a constant 1); the list is in docs/daemon.md.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 
 from prometheus_client import (
     CollectorRegistry,
@@ -26,11 +33,18 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from op25b_ctl import __version__
+from op25b_ctl.daemon.livecounters import LiveCounters, ReadCounters
 from op25b_ctl.daemon.view import READS, ReconcileResult, View
+from op25b_ctl.kernel import base as kernel
 from op25b_ctl.plan.desired import Desired
 from op25b_ctl.plan.ruleset import (
     EXEMPT_V4,
@@ -64,19 +78,75 @@ def exemptions_in_force(want: Desired) -> dict[str, int]:
     return counts
 
 
+@dataclass(frozen=True)
+class Scrape:
+    """What one scrape sees: the last pass's view and our table's counters."""
+
+    view: View
+    # None: the kernel could not be read (now, or by the last pass without a live reader)
+    table_present: bool | None
+    counters: Mapping[str, kernel.Counter]  # continuous: kernel + offset, never backwards
+    live: bool  # the counters were read at this scrape (at most LiveCounters.max_age old)
+
+    @property
+    def desired(self) -> Desired | None:
+        return self.view.desired
+
+
+Section = Callable[[Scrape], Iterable[Metric]]
+
+
 class PoolCollector(Collector):
-    """Turns the reconciler's last published `View` into metrics at scrape time."""
+    """Turns the reconciler's last `View` and the kernel's counters into metrics at scrape
+    time, section by section."""
 
-    def __init__(self, view: Callable[[], View]) -> None:
+    def __init__(
+        self,
+        view: Callable[[], View],
+        live: LiveCounters | None = None,
+        sections: Iterable[Section] = (),
+    ) -> None:
         self.view = view
+        self.live = live
         self._exemptions: tuple[object, dict[str, int]] = (None, {})
+        self.sections: list[Section] = [self.health, self.policy, self.kernel, *sections]
 
-    def describe(self) -> Iterable[object]:
+    def describe(self) -> Iterable[Metric]:
         return []  # collect() depends on the view; do not let register() call it
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | InfoMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
+        scrape = self.scrape()
+        for section in self.sections:
+            yield from section(scrape)
+
+    def scrape(self) -> Scrape:
+        """The view, and the counters: read now (cached <= 1 s), else the last pass's."""
         view = self.view()
         want = view.desired
+        present, counters, live = view.table_present, view.counters, False
+        if want is not None and self.live is not None:
+            reading = self.live.read(want.table.family, want.table.name)
+            if reading.present is not None:
+                present, counters, live = reading.present, reading.counters, True
+            else:
+                present = None  # unreadable now: say so (op25b_kernel_read_ok 0)
+        if want is not None and self.live is not None and counters:
+            counters = self.live.shown(
+                counters, view.offsets, want.table.counters, view.counters if live else None
+            )
+        elif view.offsets:
+            counters = {
+                name: kernel.Counter(c.packets + o.packets, c.bytes + o.bytes, c.refs)
+                if (o := view.offsets.get(name)) is not None
+                else c
+                for name, c in counters.items()
+            }
+        return Scrape(view, present, counters, live)
+
+    # ---------------------------------------------------------------- sections
+
+    def health(self, scrape: Scrape) -> Iterator[Metric]:
+        view = scrape.view
         valid = GaugeMetricFamily(
             f"{NAMESPACE}_policy_valid",
             "1 if the policy files as they are now are valid; 0 while a bad change is refused "
@@ -105,14 +175,11 @@ class PoolCollector(Collector):
             )
             g.add_metric([], view.generation)
             yield g
+
+    def policy(self, scrape: Scrape) -> Iterator[Metric]:
+        want = scrape.desired
         if want is None:
             return
-        yield from self._policy(want, view.digest)
-        yield from self._kernel(want, view)
-
-    def _policy(
-        self, want: Desired, digest: str | None
-    ) -> Iterator[GaugeMetricFamily | InfoMetricFamily]:
         policy = want.policy
         info = InfoMetricFamily(
             f"{NAMESPACE}_policy", "The policy in force: its digest (sha256 of the files), table"
@@ -120,7 +187,7 @@ class PoolCollector(Collector):
         info.add_metric(
             [],
             {
-                "digest": digest or "",
+                "digest": scrape.view.digest or "",
                 "table": f"{want.table.family} {want.table.name}",
                 "action": policy.gateway.action,
             },
@@ -181,27 +248,28 @@ class PoolCollector(Collector):
             )
         yield from (mode, prefixes, exempt, pool_info)
 
-    def _kernel(
-        self, want: Desired, view: View
-    ) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    def kernel(self, scrape: Scrape) -> Iterator[Metric]:
+        want = scrape.desired
+        if want is None:
+            return
         present = GaugeMetricFamily(
             f"{NAMESPACE}_table_present",
             "1 if our nftables table exists in the kernel (0: nothing is blocked)",
         )
         read_ok = GaugeMetricFamily(
             f"{NAMESPACE}_kernel_read_ok",
-            "1 if the last reconcile pass could read the kernel's counters",
+            "1 if the kernel's counters could be read (at this scrape; at most 1 s ago)",
         )
-        if view.table_present is None:
+        if scrape.table_present is None:
             read_ok.add_metric([], 0)
             yield read_ok
             return
         read_ok.add_metric([], 1)
-        present.add_metric([], 1 if view.table_present else 0)
+        present.add_metric([], 1 if scrape.table_present else 0)
         yield from (present, read_ok)
-        if not view.table_present:
+        if not scrape.table_present:
             return
-        counters = view.counters
+        counters = scrape.counters
 
         def family(name: str, doc: str) -> CounterMetricFamily:
             return CounterMetricFamily(f"{NAMESPACE}_{name}", doc, labels=["pool"])
@@ -350,10 +418,22 @@ class Metrics:
             self.drift.inc()
 
 
-def build_registry(view: Callable[[], View]) -> tuple[CollectorRegistry, Metrics]:
-    """A fresh registry holding both halves: the view's metrics and the passes' counts."""
+def build_registry(
+    view: Callable[[], View],
+    counters: ReadCounters | LiveCounters | None = None,
+    sections: Iterable[Section] = (),
+) -> tuple[CollectorRegistry, Metrics]:
+    """A fresh registry holding both halves: the view's metrics and the passes' counts.
+
+    `counters` reads our table's counters at scrape time (`Kernel.counters`; cached 1 s);
+    without it, scrapes show the last pass's sample."""
     disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` series: clutter
     registry = CollectorRegistry(auto_describe=False)
     metrics = Metrics(registry)
-    registry.register(PoolCollector(view))
+    live = (
+        counters
+        if isinstance(counters, LiveCounters) or counters is None
+        else LiveCounters(counters)
+    )
+    registry.register(PoolCollector(view, live, sections))
     return registry, metrics

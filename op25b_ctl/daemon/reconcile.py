@@ -37,10 +37,12 @@ the daemon exactly as in `rollout tick` (docs/rollout.md).
 
 Counter continuity is the reconciler's: it samples our table's counters on every pass that
 reads the kernel, so before any commit that could recreate them, and a counter someone else
-deleted comes back where it was last seen instead of at 0 (`carry_counters`). With
-`sample_every_pass` (the daemon, when it serves metrics) every pass samples them, and the
-`View` it publishes is all the metrics collector reads: what Prometheus is shown never runs
-ahead of what a repair restores.
+deleted comes back where it was last seen instead of at 0 (`carry_counters`). A counter
+found below its last sample was reset or recreated empty by someone else: what it had
+counted becomes its offset (`View.offsets`), which the metrics add to the kernel's value.
+With `sample_every_pass` (the daemon, when it serves metrics) every pass samples them. The
+collector reads the kernel's counters itself at scrape time (daemon/livecounters.py) and
+takes only the offsets and the desired state from the `View`: it feeds nothing back.
 
 I/O lives behind two injected seams, the Kernel and the Source, plus the clocks.
 """
@@ -139,6 +141,7 @@ class Reconciler:
         self._verify = False
         # counter continuity: every counter of ours last seen live, and the last sample
         self._seen: dict[str, Counter] = {}
+        self._offsets: dict[str, Counter] = {}  # counted before someone reset the counter
         self._sample: tuple[bool | None, Mapping[str, Counter]] = (None, {})
         self._generation: int | None = None
         self.view = View()
@@ -411,6 +414,21 @@ class Reconciler:
             log.debug("counters not sampled: %s", exc)
             self._sample = (None, {})
             return
+        for name, value in values.items():
+            last = self._seen.get(name)
+            if last is not None and (value.packets < last.packets or value.bytes < last.bytes):
+                before = self._offsets.get(name, Counter(0, 0))
+                self._offsets[name] = Counter(
+                    before.packets + last.packets, before.bytes + last.bytes
+                )
+                log.warning(
+                    "counter %s went back from %d to %d packets (reset or recreated by someone "
+                    "else): the metrics continue from %d",
+                    name,
+                    last.packets,
+                    value.packets,
+                    before.packets + last.packets + value.packets,
+                )
         self._sample = (True, values)
         self._seen.update(values)  # merged: a counter deleted alone keeps its last value
 
@@ -418,11 +436,15 @@ class Reconciler:
         """After our own commit: counters we deleted ended their count; the others live on."""
         if any(isinstance(op, DeleteTable) for op in tx.ops):
             self._seen.clear()
+            self._offsets.clear()
         for op in tx.ops:
             if isinstance(op, DeleteCounter):
                 self._seen.pop(op.name, None)
+                self._offsets.pop(op.name, None)
         for name in [n for n in self._seen if n not in table.counters]:
             del self._seen[name]
+        for name in [n for n in self._offsets if n not in table.counters]:
+            del self._offsets[name]
 
     def _ref(self) -> dict[str, str]:
         if self._reference is None:
@@ -495,6 +517,7 @@ class Reconciler:
             generation=self._generation,
             table_present=present,
             counters=counters,
+            offsets=dict(self._offsets),
         )
         result = ReconcileResult(
             changed=bool(tx),

@@ -55,3 +55,6 @@ class View:
     table_present: bool | None = None  # None: the kernel could not be read
     # our table's named counters as last sampled (empty while the table is absent)
     counters: Mapping[str, Counter] = field(default_factory=dict)
+    # continuity: what each counter had counted before someone reset it or recreated it
+    # empty; what is shown is the kernel's value plus this (daemon/livecounters.py)
+    offsets: Mapping[str, Counter] = field(default_factory=dict)

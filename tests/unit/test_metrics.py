@@ -1,15 +1,20 @@
-"""The exporter: per-pool kernel counters as the last pass sampled them, live modes, health."""
+"""The exporter: per-pool kernel counters (read at scrape time, or as the last pass sampled
+them), never backwards; live modes, health."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 
-from op25b_ctl.daemon.metrics import Metrics, build_registry, exemptions_in_force
+from op25b_ctl.daemon.livecounters import LiveCounters
+from op25b_ctl.daemon.metrics import Metrics, Scrape, build_registry, exemptions_in_force
 from op25b_ctl.daemon.reconcile import Reconciler
+from op25b_ctl.kernel.base import Counter
 from op25b_ctl.kernel.memory import MemoryKernel
 from op25b_ctl.plan.desired import Desired
 from op25b_ctl.plan.ruleset import desired_table
@@ -198,3 +203,138 @@ def test_exemptions_in_force_are_counted_per_pool_from_the_desired_table(
     )
     counts = exemptions_in_force(Desired(policy=policy, decisions={}, table=table))
     assert counts == {EAST1: 2, EAST2: 0, WEST1: 1, "static-biz": 0}
+
+
+# --------------------------------------------------------------------------- scrape-time reads
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def live(kernel: MemoryKernel, clock: Clock) -> LiveCounters:
+    return LiveCounters(kernel.counters, clock=clock)
+
+
+@pytest.fixture
+def fresh(rec: Reconciler, live: LiveCounters) -> CollectorRegistry:
+    registry, _ = build_registry(lambda: rec.view, live)
+    return registry
+
+
+def test_a_scrape_shows_the_kernels_counters_now_not_the_last_pass(
+    rec: Reconciler, kernel: MemoryKernel, fresh: CollectorRegistry, clock: Clock
+) -> None:
+    """With --interval 30 the kernel held 6 blocked packets while the metric read 0 for 30 s
+    (issue 17): a scrape reads the kernel, no pass needed."""
+    rec.run_once()
+    kernel.values[f"blocked_{EAST1}"] = (6, 360)
+    kernel.values["relayed"] = (2, 120)
+    clock.now += 1.0
+    assert value(fresh, "op25b_pool_blocked_packets_total", pool=EAST1) == 6
+    assert value(fresh, "op25b_pool_blocked_bytes_total", pool=EAST1) == 360
+    assert value(fresh, "op25b_relayed_packets_total") == 2
+    assert value(fresh, "op25b_kernel_read_ok") == 1
+
+
+def test_scrapes_within_a_second_share_one_kernel_read(
+    rec: Reconciler,
+    kernel: MemoryKernel,
+    fresh: CollectorRegistry,
+    live: LiveCounters,
+    clock: Clock,
+) -> None:
+    rec.run_once()
+    for _ in range(5):  # five scrapers at once
+        generate_latest(fresh)
+    assert live.reads == 1
+    kernel.values[f"blocked_{EAST1}"] = (4, 240)
+    clock.now += 0.5
+    assert value(fresh, "op25b_pool_blocked_packets_total", pool=EAST1) == 0  # 0.5 s old
+    clock.now += 0.5
+    assert value(fresh, "op25b_pool_blocked_packets_total", pool=EAST1) == 4  # 1 s: read again
+    assert live.reads == 2
+
+
+def test_a_repair_never_takes_a_scraped_counter_back(
+    rec: Reconciler, kernel: MemoryKernel, fresh: CollectorRegistry, clock: Clock
+) -> None:
+    """The pass sampled 7; a scrape then showed 9; the table is deleted and the repair can
+    only restore the 7 it saw: the scrape after it still shows 9, then counts on from there."""
+    rec.run_once()
+    kernel.values[f"blocked_{EAST1}"] = (7, 420)
+    rec.run_once()
+    kernel.values[f"blocked_{EAST1}"] = (9, 540)
+    clock.now += 1
+    assert value(fresh, "op25b_pool_blocked_packets_total", pool=EAST1) == 9
+    kernel.edit("inet", "op25b", None)
+    clock.now += 1
+    assert value(fresh, "op25b_table_present") == 0
+    assert value(fresh, "op25b_pool_blocked_packets_total", pool=EAST1) is None
+    assert rec.run_once().drift_repaired
+    assert kernel.values[f"blocked_{EAST1}"] == (7, 420)  # the reconciler's carry
+    clock.now += 1
+    assert value(fresh, "op25b_pool_blocked_packets_total", pool=EAST1) == 9
+    kernel.values[f"blocked_{EAST1}"] = (12, 720)
+    clock.now += 1
+    assert value(fresh, "op25b_pool_blocked_packets_total", pool=EAST1) == 12
+
+
+def test_a_counter_reset_by_someone_else_continues_from_the_offset(
+    rec: Reconciler, kernel: MemoryKernel, fresh: CollectorRegistry, clock: Clock
+) -> None:
+    """`nft reset counters`: the kernel goes back to 0; the next pass makes what it had
+    counted the counter's offset (View.offsets), and the metric goes on from there."""
+    rec.run_once()
+    kernel.values[f"blocked_{EAST1}"] = (9, 540)
+    rec.run_once()
+    kernel.values[f"blocked_{EAST1}"] = (0, 0)  # reset
+    clock.now += 1
+    assert value(fresh, "op25b_pool_blocked_packets_total", pool=EAST1) == 9  # not back
+    kernel.values[f"blocked_{EAST1}"] = (2, 120)
+    rec.run_once()
+    assert rec.view.offsets[f"blocked_{EAST1}"].packets == 9
+    clock.now += 1
+    assert value(fresh, "op25b_pool_blocked_packets_total", pool=EAST1) == 11
+    assert value(fresh, "op25b_pool_blocked_bytes_total", pool=EAST1) == 660
+
+
+def test_an_unreadable_kernel_at_scrape_time_says_so(
+    rec: Reconciler, kernel: MemoryKernel, clock: Clock
+) -> None:
+    def broken(family: str, name: str) -> dict[str, Counter]:
+        raise OSError("netlink refused")
+
+    registry, _ = build_registry(lambda: rec.view, LiveCounters(broken, clock=clock))
+    rec.run_once()
+    assert value(registry, "op25b_kernel_read_ok") == 0
+    assert value(registry, "op25b_table_in_sync") == 1
+
+
+def test_a_new_section_sees_the_same_scrape(
+    rec: Reconciler, kernel: MemoryKernel, live: LiveCounters, clock: Clock
+) -> None:
+    """Other groups of metrics are sections over the same Scrape: no second kernel read."""
+
+    def blocked_sum(scrape: Scrape) -> Iterator[GaugeMetricFamily]:
+        g = GaugeMetricFamily("op25b_test_blocked_sum", "sum")
+        g.add_metric([], sum(c.packets for n, c in scrape.counters.items() if "blocked" in n))
+        yield g
+
+    registry, _ = build_registry(lambda: rec.view, live, sections=[blocked_sum])
+    rec.run_once()
+    kernel.values[f"blocked_{EAST1}"] = (3, 180)
+    kernel.values[f"blocked_{WEST1}"] = (4, 240)
+    clock.now += 1
+    assert value(registry, "op25b_test_blocked_sum") == 7
+    assert live.reads == 1
