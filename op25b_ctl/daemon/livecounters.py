@@ -66,12 +66,14 @@ class LiveCounters:
         self.clock = clock
         self.reads = 0  # kernel reads done (the cache's effect, for tests and the bench)
         self._lock = threading.Lock()
-        self._cached: tuple[tuple[str, str], Reading] | None = None
+        self._cached: tuple[tuple[str, str, object], Reading] | None = None
         self._floor: dict[str, Counter] = {}
 
-    def read(self, family: str, name: str) -> Reading:
-        """The table's counters, read now unless a read younger than `max_age` exists."""
-        key = (family, name)
+    def read(self, family: str, name: str, epoch: object = None) -> Reading:
+        """The table's counters, read now unless a read younger than `max_age` exists for
+        the same `epoch` (the ruleset generation the last pass saw: a read from before a
+        commit of the pass's is never shown after the pass says it committed)."""
+        key = (family, name, epoch)
         with self._lock:
             now = self.clock()
             cached = self._cached

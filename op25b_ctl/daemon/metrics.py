@@ -125,7 +125,7 @@ class PoolCollector(Collector):
         want = view.desired
         present, counters, live = view.table_present, view.counters, False
         if want is not None and self.live is not None:
-            reading = self.live.read(want.table.family, want.table.name)
+            reading = self.live.read(want.table.family, want.table.name, view.generation)
             if reading.present is not None:
                 present, counters, live = reading.present, reading.counters, True
             else:

@@ -333,6 +333,26 @@ def test_counters_continue_across_restart_and_reapply(lab: Lab, gw: Gateway) -> 
     assert gw.sample("op25b_drift_repairs_total") == 0
 
 
+def test_a_scrape_right_after_traffic_shows_the_kernels_counters(lab: Lab, gw: Gateway) -> None:
+    """With --interval 30 the metric used to read what the last pass sampled, 0 for 30 s
+    while the kernel held 6 (issue 17): a scrape reads the kernel (cached at most 1 s)."""
+    gw.start("--interval", "30")
+    assert gw.sample("op25b_pool_blocked_packets_total", pool=EAST1) == 0
+    assert smtp_attempts(lab, DYN_A.v4, FOREIGN_MX.v4, 6) == ["refused"] * 6
+    sent = time.monotonic()
+    listing = gw.nft("list", "counter", "inet", "op25b", f"blocked_{EAST1}")
+    assert "packets 6 " in listing, listing  # the kernel's count
+    wait_for(
+        "the scrape shows the kernel's 6",
+        lambda: gw.sample("op25b_pool_blocked_packets_total", pool=EAST1) == 6,
+        deadline=10,
+    )
+    shown = time.monotonic() - sent
+    # the cache's 1 s, plus a scrape's own time (a Python process in gw) on a busy machine
+    assert shown < 2.0, f"shown after {shown:.2f} s"
+    assert gw.sample("op25b_reconcile_runs_total", read="fast") == 0  # no pass in between
+
+
 def test_invalid_policy_is_refused_and_last_good_stays_enforced(lab: Lab, gw: Gateway) -> None:
     gw.start()
     set_mode(gw.policy, EAST1, "enforced")

@@ -338,3 +338,20 @@ def test_a_new_section_sees_the_same_scrape(
     clock.now += 1
     assert value(registry, "op25b_test_blocked_sum") == 7
     assert live.reads == 1
+
+
+def test_a_pass_that_committed_is_never_followed_by_an_older_read(
+    rec: Reconciler,
+    kernel: MemoryKernel,
+    fresh: CollectorRegistry,
+    live: LiveCounters,
+    policy_dir: Path,
+) -> None:
+    """Within the cache's second, a pass that commits (new ruleset generation) makes the
+    next scrape read again: the kernel mode shown is never older than the pass's counters."""
+    rec.run_once()
+    assert value(fresh, "op25b_pool_kernel_mode", pool=EAST2, mode="monitor") == 1
+    set_mode(policy_dir, EAST2, "enforce")
+    assert rec.run_once().changed
+    assert value(fresh, "op25b_pool_kernel_mode", pool=EAST2, mode="enforce") == 1  # same second
+    assert live.reads == 2
