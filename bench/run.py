@@ -634,9 +634,25 @@ def context_rows(m: SizeResult, dp: DataPath) -> list[tuple[str, str, str]]:
         ("ruleset generation id (NFT_MSG_GETGEN)", fmt(median(m.warm["generation"]), "s"),
          f"{median(m.warm['generation']) / m.med('ours'):.5f}x of a full apply"),
         ("what the no-change pass measured", m.warm["reconcile_what"], "-"),
+        *scrape_rows(m),
         *datapath_context_rows(dp),
     ]  # fmt: skip
     return rows
+
+
+def scrape_rows(m: SizeResult) -> list[tuple[str, str, str]]:
+    """A whole /metrics scrape (collector + exposition), counters read at scrape time."""
+    whole = m.warm.get("scrape_whole") or {}
+    if not whole:
+        return []
+    live, cached = median(whole["live"]), median(whole["cached"])
+    return [
+        ("whole metrics scrape, counters read from the kernel (`LiveCounters`, first scraper "
+         "in a second): collector + exposition text", fmt(live, "s"),
+         f"{live / m.wmed('scrape'):.1f}x the counter dump alone"),
+        ("same, within the cache's second (further scrapers)", fmt(cached, "s"),
+         f"{cached / live:.2f}x of the first"),
+    ]  # fmt: skip
 
 
 def load_rows(dp: DataPath) -> list[tuple[str, str, str]]:

@@ -153,12 +153,40 @@ def _expect_rewrite(tx: Transaction, what: str) -> None:
         raise SystemExit(f"{what} was not a one-chain rewrite: {kinds}")
 
 
+def whole_scrapes(rec: Reconciler, backend: NftKernel, runs: int) -> dict[str, list[float]]:
+    """A whole metrics scrape as Prometheus gets it (collector + exposition text): "live"
+    reads the counters from the kernel every time (the cache disabled, what one scraper a
+    second costs), "cached" within the cache's second (what further scrapers cost)."""
+    from prometheus_client import generate_latest
+
+    from op25b_ctl.daemon.livecounters import LiveCounters
+    from op25b_ctl.daemon.metrics import build_registry
+
+    out: dict[str, list[float]] = {}
+    for what, max_age in (("live", 0.0), ("cached", 3600.0)):
+        live = LiveCounters(backend.counters, max_age=max_age)
+        registry, _ = build_registry(lambda: rec.view, live)
+        body = generate_latest(registry)  # warm-up (and the cache's one read)
+        if b"op25b_pool_blocked_packets_total{" not in body:
+            raise SystemExit("the scrape shows no per-pool counters")
+        times = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            generate_latest(registry)
+            times.append(time.perf_counter() - t)
+        out[what] = times
+        if max_age and live.reads != 1:
+            raise SystemExit(f"cached scrapes read the kernel {live.reads} times")
+    return out
+
+
 def no_change_passes(
     backend: NftKernel,
     desired: Table,
     policy_dir: Path | None,
     state_dir: Path | None,
     runs: int,
+    scrapes: dict[str, list[float]] | None = None,
 ) -> tuple[str, list[float]]:
     """The daemon's no-change pass, timed `runs` times after a warm-up pass.
 
@@ -184,6 +212,8 @@ def no_change_passes(
             times.append(time.perf_counter() - t)
             if result.read != "fast" or result.changed or not result.ok:
                 raise SystemExit(f"no-change pass was not fast: {result}")
+        if scrapes is not None:
+            scrapes.update(whole_scrapes(rec, backend, runs))
         return 'Reconciler.run_once() (read == "fast")', times
 
     def core() -> None:
@@ -326,7 +356,8 @@ def warm(
             list_cut = True
             break
 
-    what, passes = no_change_passes(backend, desired, policy_dir, state_dir, runs)
+    whole: dict[str, list[float]] = {}
+    what, passes = no_change_passes(backend, desired, policy_dir, state_dir, runs, whole)
     recompute: list[float] = []
     if policy_dir is not None and state_dir is not None:
         recompute = override_passes(backend, policy_dir, state_dir, pool, max(2, runs // 3))
@@ -336,6 +367,7 @@ def warm(
         "change_parts": parts,
         "walk": walk,
         "scrape": scrapes,
+        "scrape_whole": whole,  # {"live": [...], "cached": [...]} with a policy directory
         "nft_list_counters": nft_lists,
         "nft_list_cut": list_timeout if list_cut else None,
         "reconcile": passes,

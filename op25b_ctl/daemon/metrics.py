@@ -109,6 +109,7 @@ class PoolCollector(Collector):
         self.view = view
         self.live = live
         self._exemptions: tuple[object, dict[str, int]] = (None, {})
+        self._policy_families: tuple[tuple[Desired, str | None], list[Metric]] | None = None
         self.sections: list[Section] = [self.health, self.policy, self.kernel, *sections]
 
     def describe(self) -> Iterable[Metric]:
@@ -176,10 +177,19 @@ class PoolCollector(Collector):
             g.add_metric([], view.generation)
             yield g
 
-    def policy(self, scrape: Scrape) -> Iterator[Metric]:
+    def policy(self, scrape: Scrape) -> Iterable[Metric]:
+        """The desired state's metrics: built once per desired state and digest (8 ms at
+        1,000 pools), then reused by every scrape until a pass publishes another."""
         want = scrape.desired
         if want is None:
-            return
+            return ()
+        key = (want, scrape.view.digest)
+        cached = self._policy_families
+        if cached is None or cached[0][0] is not want or cached[0][1] != key[1]:
+            cached = self._policy_families = (key, list(self._policy(want, key[1])))
+        return cached[1]
+
+    def _policy(self, want: Desired, digest: str | None) -> Iterator[Metric]:
         policy = want.policy
         info = InfoMetricFamily(
             f"{NAMESPACE}_policy", "The policy in force: its digest (sha256 of the files), table"
@@ -187,7 +197,7 @@ class PoolCollector(Collector):
         info.add_metric(
             [],
             {
-                "digest": scrape.view.digest or "",
+                "digest": digest or "",
                 "table": f"{want.table.family} {want.table.name}",
                 "action": policy.gateway.action,
             },
