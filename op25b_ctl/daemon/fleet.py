@@ -63,7 +63,9 @@ class FleetReporter:
                 pools[decision.mode] = pools.get(decision.mode, 0) + 1
             for name in want.decisions:
                 counter = view.counters.get(blocked_counter(name))
+                offset = view.offsets.get(blocked_counter(name))  # counted before a reset
                 blocked += counter.packets if counter is not None else 0
+                blocked += offset.packets if offset is not None else 0
             table_id = id(want.table)
             if self._digest is None or self._digest[0] != table_id:
                 self._digest = (table_id, ruleset_digest(want.table))
