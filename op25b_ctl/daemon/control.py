@@ -211,6 +211,7 @@ def _child(
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.set_wakeup_fd(-1)  # the daemon loop's waker: closed below, its number reused
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
         keep = conn.fileno()
