@@ -42,7 +42,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from op25b_ctl import __version__
-from op25b_ctl.daemon.livecounters import LiveCounters, ReadCounters
+from op25b_ctl.daemon.livecounters import LiveCounters, ReadCounters, shifted
 from op25b_ctl.daemon.view import READS, ReconcileResult, View
 from op25b_ctl.kernel import base as kernel
 from op25b_ctl.plan.desired import Desired
@@ -135,13 +135,8 @@ class PoolCollector(Collector):
             counters = self.live.shown(
                 counters, view.offsets, want.table.counters, view.counters if live else None
             )
-        elif view.offsets:
-            counters = {
-                name: kernel.Counter(c.packets + o.packets, c.bytes + o.bytes, c.refs)
-                if (o := view.offsets.get(name)) is not None
-                else c
-                for name, c in counters.items()
-            }
+        elif view.offsets:  # the pass's sample: already never behind what was shown
+            counters = {n: shifted(c, view.offsets.get(n)) for n, c in counters.items()}
         return Scrape(view, present, counters, live)
 
     # ---------------------------------------------------------------- sections
