@@ -489,9 +489,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-address",
         type=_metrics_address,
         default=DEFAULT_METRICS_ADDRESS,
-        metavar="HOST:PORT",
-        help="serve Prometheus metrics on http://HOST:PORT/metrics; [IPV6]:PORT, :PORT for "
-        "all addresses, or off (default: %(default)s)",
+        metavar="ADDR:PORT",
+        help="serve Prometheus metrics on http://ADDR:PORT/metrics (an IP address, or "
+        "localhost: no name lookup at start); [IPV6]:PORT, :PORT for all addresses, or off "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--gateway",
