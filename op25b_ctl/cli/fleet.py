@@ -409,6 +409,7 @@ def fleet_rows(
                 "last_seen_seconds": seen,
                 "last_error": st.get("last_error"),
                 "connected": st.get("connected", True),
+                "watching": st.get("watching"),
                 "digest": st.get("ruleset_digest"),
                 "problems": problems,
             }
@@ -573,8 +574,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         description="One line per gateway: listed in gateways.yaml or reporting. Gateways "
         "that lag, report errors, have stopped reporting or are missing are marked with '!'. "
         "Reads the store only (no --state-dir needed). Exit status: 0 every gateway ok, 4 "
-        "the store answered but at least one gateway is not ok (LAGGING, ERROR, STALE, "
-        "MISSING) or none is listed or reporting, 1 the store is unreachable, 2 usage. "
+        "the store answered but at least one gateway is not ok (LAGGING, ERROR, STARTING, "
+        "STALE, MISSING) or none is listed or reporting, 1 the store is unreachable, 2 usage. "
         "The -o json fields are described in docs/fleet.md.",
     )
     p.set_defaults(func=cmd_fleet_status)
