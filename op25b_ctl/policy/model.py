@@ -29,6 +29,7 @@ from pydantic import (
     StringConstraints,
 )
 
+from op25b_ctl.policy.discovery import Discovery
 from op25b_ctl.policy.poolindex import PoolIndex
 
 Mode = Literal["off", "monitor", "enforce"]
@@ -278,6 +279,8 @@ class Gateway(_Strict):
     priority: int = Field(default=0, ge=-400, le=400)
     action: Action = "drop"
     subscriber_interfaces: list[InterfaceName] = []
+    # what the gateway serves, read from its kernel and compared with the pools (discover)
+    discovery: Discovery | None = None
 
 
 class Pool(_Strict):
@@ -342,6 +345,7 @@ class FleetGateway(_Strict):
     description: str = ""
     pools: list[Name] = []
     tags: list[Name] = []
+    discovery: Discovery | None = None  # replaces gateway.yaml's for this gateway
 
 
 class GatewaysFile(_Strict):
@@ -407,6 +411,11 @@ class Policy:
         """The spans from the prefixes themselves (parses every one)."""
         return PoolIndex.build((*item[0][:3], int(item[1][1])) for item in self._pool_index._spans)
 
+    @property
+    def pool_spans(self) -> PoolIndex:
+        """Every pool prefix as packed integer spans -> pool index (discovery's comparison)."""
+        return self._pool_spans
+
     def pool_of(self, net: Net) -> Pool | None:
         """The pool holding `net` (an address or a prefix), the one answer to "which pool is
         this?" for every caller; pools never overlap, so there is at most one."""
@@ -455,8 +464,11 @@ class Policy:
             for s in self.stages
             if not s.groups or (gw.group is not None and gw.group in s.groups)
         )
+        gateway = self.gateway
+        if gw.discovery is not None:
+            gateway = gateway.model_copy(update={"discovery": gw.discovery})
         return Policy(
-            gateway=self.gateway,
+            gateway=gateway,
             pools=pools,
             relays=self.relays,
             stages=stages,
@@ -604,6 +616,7 @@ def check_policy(policy: Policy) -> list[Finding]:
     for path, other, text, other_text in _overlaps(relay_items):
         found.append(Finding("relays.yaml", path, f"{text} overlaps {other_text} at {_fmt(other)}"))
     found += _check_gateways(policy)
+    found += _check_discovery(policy)
     found += _check_rollout(policy)
     found += _check_exemptions(policy, index)
     return found
@@ -651,6 +664,23 @@ def _check_gateways(policy: Policy) -> list[Finding]:
                 )
             )
     return found
+
+
+def _check_discovery(policy: Policy) -> list[Finding]:
+    """The discovery sections' own whole-section checks (policy/discovery.py)."""
+    sections: list[tuple[str, Path, Discovery | None]] = [
+        ("gateway.yaml", ("gateway", "discovery"), policy.gateway.discovery)
+    ]
+    sections += [
+        ("gateways.yaml", ("gateways", i, "discovery"), gw.discovery)
+        for i, gw in enumerate(policy.gateways)
+    ]
+    return [
+        Finding(file, (*where, *path), message)
+        for file, where, section in sections
+        if section is not None
+        for path, message in section.problems()
+    ]
 
 
 def _check_rollout(policy: Policy) -> list[Finding]:

@@ -74,6 +74,18 @@ class PoolIndex:
             return pools[k]
         return None
 
+    def overlapping(self, version: int, first: int, last: int) -> list[tuple[int, int, int]]:
+        """(first, last, pool index) of every span sharing an address with first..last, in
+        address order: what a served prefix wider than a pool's prefix is compared with."""
+        firsts, lasts, pools = self._v4 if version == 4 else self._v6
+        k = max(bisect.bisect_right(firsts, first) - 1, 0)
+        out = []
+        while k < len(firsts) and firsts[k] <= last:
+            if lasts[k] >= first:
+                out.append((firsts[k], lasts[k], pools[k]))
+            k += 1
+        return out
+
     def to_json(self) -> dict[str, str]:
         (f4, l4, p4), (f6, l6, p6) = self._v4, self._v6
         parts = {
@@ -129,6 +141,9 @@ class DeferredPoolIndex(PoolIndex):
 
     def pool_at(self, version: int, first: int, last: int) -> int | None:
         return self._unpacked().pool_at(version, first, last)
+
+    def overlapping(self, version: int, first: int, last: int) -> list[tuple[int, int, int]]:
+        return self._unpacked().overlapping(version, first, last)
 
     def to_json(self) -> dict[str, str]:
         return self._unpacked().to_json()
