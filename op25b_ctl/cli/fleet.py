@@ -384,9 +384,14 @@ def fleet_rows(
             problems.append(f"no report for {seen:.0f}s")
         if name not in groups and policy is not None:
             problems.append("not in gateways.yaml")
+        holes = _holes(st)
+        if holes:
+            problems.append(holes)
         state = (
             "ERROR"
             if st.get("last_error")
+            else "HOLE"
+            if holes
             else "LAGGING"
             if lag or behind
             else "STARTING"
@@ -411,10 +416,23 @@ def fleet_rows(
                 "connected": st.get("connected", True),
                 "watching": st.get("watching"),
                 "digest": st.get("ruleset_digest"),
+                "discovery": st.get("discovery"),
                 "problems": problems,
             }
         )
     return rows
+
+
+def _holes(status: dict[str, Any]) -> str | None:
+    """The discovery report's hole, as a problem, or None (op25b-ctl discover, there)."""
+    found = status.get("discovery")
+    if not isinstance(found, dict) or not found.get("uncovered_prefixes"):
+        return None
+    shown = [str(p) for p in found.get("uncovered") or []][:3]
+    n = int(found["uncovered_prefixes"])
+    return f"HOLE: {n} served prefix(es) in no pool" + (
+        f" ({', '.join(shown)}{', ...' if n > len(shown) else ''})" if shown else ""
+    )
 
 
 def _age(at: Any, now: datetime) -> float | None:

@@ -16,6 +16,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from op25b_ctl.daemon.discovery import DiscoveryWatcher
 from op25b_ctl.daemon.reconcile import Reconciler
 from op25b_ctl.daemon.view import ReconcileResult
 from op25b_ctl.plan.ruleset import blocked_counter
@@ -39,9 +40,15 @@ def ruleset_digest(table: Table) -> str:
 class FleetReporter:
     """Turns each pass into the gateway's status and the applied-revision bookkeeping."""
 
-    def __init__(self, reconciler: Reconciler, source: FleetSource) -> None:
+    def __init__(
+        self,
+        reconciler: Reconciler,
+        source: FleetSource,
+        discovery: DiscoveryWatcher | None = None,
+    ) -> None:
         self.reconciler = reconciler
         self.source = source
+        self.discovery = discovery  # the hole alarm: its answer goes into the status
         self.applied_store_revision: int | None = None
         self.applied_policy_revision: int | None = None
         self._digest: tuple[int, str] | None = None  # (id of the table, its digest)
@@ -84,6 +91,9 @@ class FleetReporter:
             "last_error": error,
             "last_pass": datetime.now(UTC).isoformat(timespec="seconds"),
         }
+        holes = self.discovery.report() if self.discovery is not None else None
+        if holes is not None:
+            status["discovery"] = holes
         self.source.report(status)
 
 

@@ -31,6 +31,7 @@ from types import FrameType
 from typing import Any
 
 from op25b_ctl.daemon import DEFAULT_INTERVAL, DEFAULT_VERIFY_INTERVAL, exporter, journal
+from op25b_ctl.daemon.discovery import DiscoveryCollector, DiscoveryWatcher
 from op25b_ctl.daemon.metrics import Metrics, build_registry
 from op25b_ctl.daemon.reconcile import Reconciler
 from op25b_ctl.daemon.sdnotify import Notifier
@@ -378,6 +379,11 @@ def run(
     )
     # scrapes read the counters from the kernel themselves (cached 1 s): never a pass old
     registry, metrics = build_registry(lambda: reconciler.view, reconciler.kernel.counters)
+    # the hole alarm: its own thread, reading the policy the passes enforce (discovery.py)
+    watcher = DiscoveryWatcher(
+        lambda: reconciler.view.desired.policy if reconciler.view.desired else None
+    )
+    registry.register(DiscoveryCollector(watcher))
     notifier = Notifier()
     server = (
         MetricsServer(metrics_address, registry, metrics) if metrics_address is not None else None
@@ -386,7 +392,7 @@ def run(
     if fleet is not None:
         from op25b_ctl.daemon.fleet import FleetCollector, FleetReporter
 
-        reporter = FleetReporter(reconciler, fleet)
+        reporter = FleetReporter(reconciler, fleet, discovery=watcher)
         registry.register(FleetCollector(reporter))
     daemon = Daemon(
         reconciler,
@@ -409,9 +415,11 @@ def run(
         interval,
         f"{verify_interval:.0f} s" if verify_interval else "never",
     )
+    watcher.start()
     try:
         return daemon.serve()
     finally:
+        watcher.stop()
         if server is not None:
             server.stop()
         if fleet is not None:

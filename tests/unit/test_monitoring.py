@@ -17,6 +17,7 @@ import pytest
 import yaml
 from prometheus_client import generate_latest
 
+from op25b_ctl.daemon.discovery import DiscoveryCollector, DiscoveryWatcher
 from op25b_ctl.daemon.fleet import FleetCollector, FleetReporter
 from op25b_ctl.daemon.metrics import build_registry
 from op25b_ctl.daemon.reconcile import Reconciler
@@ -25,6 +26,7 @@ from op25b_ctl.source.directory import DirectorySource
 from op25b_ctl.source.etcd import EtcdStore, parse_store_url
 from op25b_ctl.source.fleet import FleetSource
 from tests.daemonpolicy import daemon_policy
+from tests.discoverytools import with_discovery, fake_events, served
 from tests.policytools import REPO
 
 RULES = REPO / "monitoring" / "prometheus" / "op25b-rules.yml"
@@ -57,6 +59,14 @@ def exposition(tmp: Path) -> str:
     for name in kernel.tables[("inet", "op25b")].counters:
         kernel.values[name] = (3, 180)
     metrics.observe(rec.run_once(), now=1.0e9 + 5)
+    # the hole alarm, with one hole found (daemon/discovery.py; no kernel read)
+    assert rec.view.desired is not None
+    policy = with_discovery(rec.view.desired.policy)
+    watcher = DiscoveryWatcher(
+        lambda: policy, read=lambda _: [served("203.0.113.9/32")], events=fake_events
+    )
+    watcher.step()
+    registry.register(DiscoveryCollector(watcher))
     return generate_latest(registry).decode()
 
 
