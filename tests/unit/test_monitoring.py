@@ -26,7 +26,7 @@ from op25b_ctl.source.directory import DirectorySource
 from op25b_ctl.source.etcd import EtcdStore, parse_store_url
 from op25b_ctl.source.fleet import FleetSource
 from tests.daemonpolicy import daemon_policy
-from tests.discoverytools import with_discovery, fake_events, served
+from tests.discoverytools import fake_events, served, with_discovery
 from tests.policytools import REPO
 
 RULES = REPO / "monitoring" / "prometheus" / "op25b-rules.yml"
