@@ -198,16 +198,17 @@ class DiscoveryWatcher:
                 self._events = self.make_events(section)
             except Op25bError as exc:  # checks still run on the periodic interval
                 log.error("discovery: %s; re-checking every %.0f s only", exc, section.interval)
-            self._mark(now=self.monotonic())
+            self._mark(self.monotonic(), at_once=True)
         elif old is None or policy is None or old.pools != policy.pools:
-            self._mark(now=self.monotonic())
+            self._mark(self.monotonic(), at_once=True)
 
-    def _mark(self, now: float) -> None:
-        """Something changed: check after the debounce (the first time: at once)."""
+    def _mark(self, now: float, *, at_once: bool = False) -> None:
+        """Something changed: check after the debounce, or at once (a new policy, the
+        first check)."""
         if self._dirty_since is None:
             self._dirty_since = now
         self._last_event = now
-        if self._last_check is None:
+        if at_once or self._last_check is None:
             self._last_event = now - self.quiet
 
     def _drain(self) -> None:
