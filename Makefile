@@ -45,6 +45,7 @@ bench: setup
 	@if [ "$$(id -u)" -ne 0 ]; then echo "make bench: needs root (network namespaces, nftables)" >&2; exit 1; fi
 	$(PY) -m bench.run $(BENCH_ARGS)
 	$(PY) -m bench.fleet
+	$(PY) -m bench.discovery --write
 
 # Not part of `make test` as a whole (its slow cases take minutes): root; runs
 # tests/reliability/ with the slow cases and writes docs/reliability.md. The fast corpus and

@@ -2,6 +2,7 @@
 
     python -m bench.run [--runs N] [--rounds N] [--no-million] [--output docs/benchmarks.md]
     python -m bench.run --only datapath [--rounds N] [--load-processes N]   # prints only
+    python -m bench.run --only discovery [--whole-rounds N]                  # prints only
 
 Needs root (namespaces, nftables, ipset, iptables-legacy). Builds everything in throw-away
 namespaces (`op25bb-<id>-<n>` for cold applies, lab namespaces `op25b-<id>-sub|gw|out` for
@@ -1140,9 +1141,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="connect-rate load processes per sample (default: one per CPU, %(default)s)",
     )  # fmt: skip
     p.add_argument(
-        "--only", choices=("datapath",),
+        "--only", choices=("datapath", "discovery"),
         help="run only this part and print its figures (writes nothing; `datapath`: the six "
-        "lab gateways' connect rates, about 3 minutes)",
+        "lab gateways' connect rates, about 3 minutes; `discovery`: `discover` at 100,000 "
+        "routes and the daemon's pass with discovery on and off, about 1 minute)",
     )  # fmt: skip
     p.add_argument(
         "--list-timeout", type=float, default=LIST_TIMEOUT_S,
@@ -1167,6 +1169,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ensure_tools()
     if args.only == "datapath":
         return only_datapath(args)
+    if args.only == "discovery":
+        from bench import discovery
+
+        print(plain(discovery.run(max(3, args.whole_rounds))))
+        return 0
     started = datetime.now(UTC)
     t0 = time.monotonic()
     mach = machine()

@@ -19,6 +19,7 @@ from op25b_ctl.cli.context import EXIT_OK, Context
 from op25b_ctl.errors import PolicyError, Problem
 from op25b_ctl.plan.coverage import Coverage, Served, compare, suggest
 from op25b_ctl.policy.discovery import Discovery
+from op25b_ctl.policy.model import Policy
 
 EXIT_HOLE = 4  # a served prefix is in no pool: TCP/25 from it is never blocked
 MAX_LISTED = 50  # text output: holes and static hits listed before "... and N more"
@@ -60,8 +61,8 @@ def coverage_data(cov: Coverage) -> dict[str, Any]:
     }
 
 
-def _section(ctx: Context) -> Discovery:
-    policy = ctx.policy()
+def _section(ctx: Context) -> tuple[Policy, Discovery]:
+    policy = ctx.policy()  # once: at 110,000 prefixes even the cached policy costs 0.1 s
     section = policy.gateway.discovery
     if section is None:
         raise PolicyError(
@@ -74,12 +75,11 @@ def _section(ctx: Context) -> Discovery:
                 )
             ]
         )
-    return section
+    return policy, section
 
 
 def cmd_discover(ctx: Context, read: Callable[[Discovery], list[Served]] | None = None) -> int:
-    section = _section(ctx)
-    policy = ctx.policy()
+    policy, section = _section(ctx)
     if read is None:
         from op25b_ctl.kernel.discovery import read_served
 

@@ -65,10 +65,13 @@ _HDR = struct.Struct("=IHHII")
 _RTMSG = struct.Struct("=BBBBBBBBI")
 _IFADDRMSG = struct.Struct("=BBBBI")
 _NLA = struct.Struct("=HH")
+_U32 = struct.Struct("=I")
 _RECV = 1 << 20
 
 
-def _attrs(buf: memoryview, offset: int, end: int) -> Iterator[tuple[int, memoryview]]:
+def _attrs(
+    buf: bytes | memoryview, offset: int, end: int
+) -> Iterator[tuple[int, bytes | memoryview]]:
     while offset + 4 <= end:
         length, kind = _NLA.unpack_from(buf, offset)
         if length < 4:
@@ -77,7 +80,7 @@ def _attrs(buf: memoryview, offset: int, end: int) -> Iterator[tuple[int, memory
         offset += (length + 3) & ~3
 
 
-def _dump(msg_type: int, body: bytes, what: str) -> Iterator[tuple[int, memoryview, int, int]]:
+def _dump(msg_type: int, body: bytes, what: str) -> Iterator[tuple[int, bytes, int, int]]:
     """One strict-checked dump on a fresh socket: (message type, buffer, start of the
     payload, end of the message) per reply. ENOENT (no such table) is an empty answer."""
     try:
@@ -92,7 +95,7 @@ def _dump(msg_type: int, body: bytes, what: str) -> Iterator[tuple[int, memoryvi
                 _HDR.pack(16 + len(body), msg_type, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + body
             )
             while True:
-                buf = memoryview(sock.recv(_RECV))
+                buf = sock.recv(_RECV)
                 offset = 0
                 while offset + 16 <= len(buf):
                     length, kind, _, _, _ = _HDR.unpack_from(buf, offset)
@@ -184,61 +187,84 @@ def _route_requests(source: RouteSource) -> Iterator[tuple[int, int, int, int]]:
 
 def read_routes(source: RouteSource, names: _Names | None = None) -> list[Served]:
     """The routes one source selects, as served prefixes (one kernel-filtered dump per
-    family, table, protocol and type)."""
+    family, table, protocol and type). The attribute walk is inlined: at 100,000 routes
+    every call per message shows (docs/discovery.md)."""
     names = names or _Names()
     match = _matcher(source.interfaces) if source.interfaces else None
     out: list[Served] = []
+    unpack_rtmsg, unpack_nla, unpack_u32 = _RTMSG.unpack_from, _NLA.unpack_from, _U32.unpack_from
+    rtmsg_size = _RTMSG.size
     for family, table, proto, rtype in _route_requests(source):
         version, bits = FAMILIES[family]
+        nbytes = bits // 8
         body = _RTMSG.pack(family, 0, 0, 0, RT_TABLE_UNSPEC, proto, 0, rtype, 0)
         body += _NLA.pack(8, RTA_TABLE) + struct.pack("=I", table)
         what = f"routes of table {table_name(table)}"
-        label = f"{table_name(table)} proto {proto_name(proto) if proto else 'any'}"
+        kind_name = "route" if rtype == ROUTE_TYPES["unicast"] else TYPE_NAMES[rtype]
+        origins: dict[tuple[int, int], str | None] = {}  # (protocol, first oif) -> origin
         for kind, buf, start, end in _dump(RTM_GETROUTE, body, what):
             if kind != RTM_NEWROUTE:
                 continue
-            fam, dst_len, _, _, rtm_table, rtm_proto, _, rtm_type, _ = _RTMSG.unpack_from(
-                buf, start
-            )
+            fam, dst_len, _, _, got_table, rtm_proto, _, rtm_type, _ = unpack_rtmsg(buf, start)
             if fam != family or rtm_type != rtype or (proto and rtm_proto != proto):
                 continue
-            dst: memoryview | None = None
-            oifs: list[int] = []
-            got_table = rtm_table
-            for a, value in _attrs(buf, start + _RTMSG.size, end):
+            dst = None
+            oif = -1
+            multipath = None
+            at = start + rtmsg_size
+            while at + 4 <= end:
+                length, a = unpack_nla(buf, at)
+                if length < 4:
+                    break
+                a &= 0x3FFF
                 if a == RTA_DST:
-                    dst = value
+                    dst = buf[at + 4 : at + 4 + nbytes]
                 elif a == RTA_TABLE:
-                    (got_table,) = struct.unpack_from("=I", value)
+                    (got_table,) = unpack_u32(buf, at + 4)
                 elif a == RTA_OIF:
-                    oifs.append(struct.unpack_from("=i", value)[0])
-                elif a == RTA_MULTIPATH:  # rtnexthop: len, flags, hops, ifindex
-                    at = 0
-                    while at + 8 <= len(value):
-                        nh_len, _, _, index = struct.unpack_from("=HBBi", value, at)
-                        oifs.append(index)
-                        at += max((nh_len + 3) & ~3, 8)
+                    (oif,) = unpack_u32(buf, at + 4)
+                elif a == RTA_MULTIPATH:
+                    multipath = buf[at + 4 : at + length]
+                at += (length + 3) & ~3
             if got_table != table:
                 continue
-            dev = ""
-            if oifs:
-                dev_names = [names(i) for i in oifs]
-                if match is not None and not any(match(n) for n in dev_names):
-                    continue
-                dev = f" dev {dev_names[0]}"
-            elif match is not None:
-                continue
-            net = _net(version, bits, dst if dst is not None else b"\0" * (bits // 8), dst_len)
-            what_kind = "route" if rtype == ROUTE_TYPES["unicast"] else TYPE_NAMES[rtype]
-            out.append(
-                Served(
-                    net,
-                    f"{what_kind} {table_name(table)} proto {proto_name(rtm_proto)}{dev}"
-                    if proto == 0
-                    else f"{what_kind} {label}{dev}",
-                )
-            )
+            key = (rtm_proto, oif)
+            origin = origins.get(key, "")
+            if origin == "" or multipath is not None:
+                origin = _route_origin(kind_name, table, rtm_proto, oif, multipath, names, match)
+                if multipath is None:
+                    origins[key] = origin
+            if origin is None:
+                continue  # not out of the interfaces asked for
+            value = int.from_bytes(dst) if dst is not None else 0
+            host = (1 << (bits - dst_len)) - 1
+            first = value & ~host
+            out.append(Served(Net(version, first, first | host, dst_len), origin))
     return out
+
+
+def _route_origin(
+    kind_name: str,
+    table: int,
+    proto: int,
+    oif: int,
+    multipath: bytes | None,
+    names: _Names,
+    match: Callable[[str | None], bool] | None,
+) -> str | None:
+    """How a route is shown ("route main proto 100 dev eth1"), or None if an interface
+    restriction leaves it out (a multipath route counts if any next hop matches)."""
+    oifs = [oif] if oif >= 0 else []
+    at = 0
+    while multipath is not None and at + 8 <= len(multipath):  # rtnexthop: len flags hops ifindex
+        nh_len, _, _, index = struct.unpack_from("=HBBi", multipath, at)
+        oifs.append(index)
+        at += max((nh_len + 3) & ~3, 8)
+    dev_names = [names(i) for i in oifs]
+    if match is not None and not any(match(n) for n in dev_names):
+        return None
+    dev = f" dev {dev_names[0]}" if dev_names and dev_names[0] else ""
+    return f"{kind_name} {table_name(table)} proto {proto_name(proto)}{dev}"
 
 
 def read_served(section: Discovery) -> list[Served]:

@@ -74,6 +74,12 @@ class PoolIndex:
             return pools[k]
         return None
 
+    def spans(self, version: int) -> tuple[list[int], list[int], list[int]]:
+        """One family's spans as plain lists (firsts, lasts, pool indexes): for a caller
+        making 100,000 lookups, where decoding a 16-byte key per bisect step shows."""
+        firsts, lasts, pools = self._v4 if version == 4 else self._v6
+        return list(firsts), list(lasts), list(pools)
+
     def overlapping(self, version: int, first: int, last: int) -> list[tuple[int, int, int]]:
         """(first, last, pool index) of every span sharing an address with first..last, in
         address order: what a served prefix wider than a pool's prefix is compared with."""
@@ -144,6 +150,9 @@ class DeferredPoolIndex(PoolIndex):
 
     def overlapping(self, version: int, first: int, last: int) -> list[tuple[int, int, int]]:
         return self._unpacked().overlapping(version, first, last)
+
+    def spans(self, version: int) -> tuple[list[int], list[int], list[int]]:
+        return self._unpacked().spans(version)
 
     def to_json(self) -> dict[str, str]:
         return self._unpacked().to_json()
