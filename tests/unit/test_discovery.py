@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -434,3 +435,72 @@ def test_discover_without_a_section_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(PolicyError) as exc:
         run_discover(tmp_path, [], policy=policy)
     assert "no discovery section" in str(exc.value)
+
+
+# ----------------------------------------------------------------------------- the fleet
+
+
+def test_fleet_status_marks_a_gateway_with_a_hole(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from op25b_ctl.cli.fleet import fleet_rows
+    from op25b_ctl.source.etcd import Published
+    from tests.fleetpolicy import fleet_policy
+
+    policy = load_policy(fleet_policy(tmp_path / "p"))
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    ok = {"policy_revision": 5, "store_revision": 40, "reported_at": now.isoformat()}
+    found: dict[str, Any] = {
+        "uncovered_prefixes": 5,
+        "uncovered": ["203.0.113.9/32", "203.0.113.64/26", "2001:db8:9::/56"],
+        "unserved_pools": 0,
+        "error": None,
+    }
+    hole = {**ok, "discovery": found}
+    clean = {**ok, "discovery": {**found, "uncovered_prefixes": 0, "uncovered": []}}
+    rows = fleet_rows(
+        Published(5, "d", {}),
+        policy,
+        {"bras-east-1": hole, "bras-east-2": clean, "bras-west-1": ok},
+        40,
+        now,
+    )
+    by = {r["gateway"]: r for r in rows}
+    assert {g: r["state"] for g, r in by.items()} == {
+        "bras-east-1": "HOLE",
+        "bras-east-2": "ok",
+        "bras-west-1": "ok",
+    }
+    assert by["bras-east-1"]["problems"] == [
+        "HOLE: 5 served prefix(es) in no pool (203.0.113.9/32, 203.0.113.64/26, 2001:db8:9::/56, ...)"
+    ]
+    assert by["bras-east-1"]["discovery"]["uncovered_prefixes"] == 5
+
+
+def test_the_fleet_report_carries_the_watchers_answer(tmp_path: Path, policy: Policy) -> None:
+    from op25b_ctl.daemon.fleet import FleetReporter
+    from op25b_ctl.daemon.reconcile import Reconciler
+    from op25b_ctl.kernel.memory import MemoryKernel
+    from op25b_ctl.source.directory import DirectorySource
+    from op25b_ctl.source.etcd import EtcdStore, parse_store_url
+    from op25b_ctl.source.fleet import FleetSource
+
+    source = FleetSource(EtcdStore(parse_store_url("etcd://127.0.0.1:9/op25b")), "gw1", tmp_path)
+    sent: list[dict[str, Any]] = []
+    source.report = lambda status: sent.append(dict(status))  # type: ignore[method-assign]
+    rec = Reconciler(MemoryKernel(), DirectorySource(example_policy(tmp_path / "policy")))
+    w, _, _, _ = watcher_with(policy, [served("203.0.113.9/32")])
+    w.step()
+    reporter = FleetReporter(rec, source, discovery=w)
+    reporter.after_pass(rec.run_once())
+    assert sent[-1]["discovery"]["uncovered"] == ["203.0.113.9/32"]
+    assert "discovery" not in _report_without(rec, source)
+
+
+def _report_without(rec: Any, source: Any) -> dict[str, Any]:
+    from op25b_ctl.daemon.fleet import FleetReporter
+
+    sent: list[dict[str, Any]] = []
+    source.report = lambda status: sent.append(dict(status))
+    FleetReporter(rec, source).after_pass(rec.run_once())
+    return sent[-1]
