@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -213,3 +214,110 @@ def test_a_storm_of_10000_route_events_ends_with_the_right_answer(lab: Lab, gw: 
     assert code == EXIT_HOLE
     assert [u["prefix"] for u in out["uncovered"]] == [str(n) for n in expect]
     gw.stop()
+
+
+# --------------------------------------------------------------------------- the fleet
+
+
+def test_fleet_status_marks_the_gateway_with_a_hole(tmp_path: Path) -> None:
+    """Two gateways of a real etcd fleet; each judges its sessions against the pools it
+    carries: a flets-east-dyn-2 session on bras-west-1 (which does not carry it) is a hole
+    there, and `fleet status` says so until gateways.yaml gives bras-west-1 that pool."""
+    import yaml
+
+    from op25b_lab.fleet import FleetLab
+    from tests.e2e.conftest import lab_unavailable
+    from tests.fleetpolicy import fleet_policy
+
+    reason = lab_unavailable()
+    if reason:
+        pytest.skip(reason)
+    names = ["bras-east-1", "bras-west-1"]
+    policy = fleet_policy(tmp_path / "policy")
+    gateway = policy / "gateway.yaml"
+    gateway.write_text(gateway.read_text() + DISCOVERY)
+    with FleetLab(names) as fleet:
+        for name, session in (("bras-east-1", "192.0.2.70"), ("bras-west-1", "192.0.2.70")):
+            lab = fleet.labs[name]
+            ip(lab, "link add ppp5 type ifb", "link set ppp5 up")
+            ip(lab, f"addr add 192.0.2.254 peer {session}/32 dev ppp5")  # flets-east-dyn-2
+        assert fleet.publish(policy)["revision"] == 1
+        for name in names:
+            fleet.start(name)
+        fleet.wait_applied(names, policy_revision=1)
+
+        def rows() -> dict[str, dict[str, Any]]:
+            out = json.loads(fleet.ctl("fleet", "status", "-o", "json").stdout)
+            return {r["gateway"]: r for r in out["gateways"]}
+
+        def states() -> dict[str, str]:
+            return {n: r["state"] for n, r in rows().items() if n in names}
+
+        want = {"bras-east-1": "ok", "bras-west-1": "HOLE"}
+        assert wait_for("fleet status to show the hole", lambda: states() == want, 30)
+        west = rows()["bras-west-1"]
+        assert west["discovery"]["uncovered"] == ["192.0.2.70/32"]
+        assert "HOLE: 1 served prefix(es) in no pool (192.0.2.70/32)" in west["problems"]
+        text = fleet.ctl("fleet", "status").stdout
+        assert "!bras-west-1" in text and "HOLE" in text
+
+        # bras-west-1 now carries flets-east-dyn-2: published, the hole closes there too
+        data = yaml.safe_load((policy / "gateways.yaml").read_text())
+        for gw in data["gateways"]:
+            if gw["name"] == "bras-west-1":
+                gw["pools"].append("flets-east-dyn-2")
+        (policy / "gateways.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+        assert fleet.publish(policy)["revision"] == 2
+        fleet.wait_applied(names, policy_revision=2)
+        ok = {"bras-east-1": "ok", "bras-west-1": "ok"}
+        assert wait_for("the hole to close in the fleet", lambda: states() == ok, 30)
+
+
+OVERFLOW = """
+import json, subprocess, sys
+from op25b_ctl.kernel.discovery import RouteEvents, read_served
+from op25b_ctl.policy.discovery import Discovery
+
+section = Discovery.model_validate({"routes": [{"protocols": [100], "interfaces": ["sess0"]}]})
+events = RouteEvents(section, rcvbuf=4096)  # small on purpose: a storm overflows it
+subprocess.run(["ip", "-6", "-batch", sys.argv[1]], check=True)
+first = events.drain()
+subprocess.run(["ip", "-6", "route", "add", "2001:db8:4100::1/128", "dev", "sess0", "proto", "100"], check=True)
+second = events.drain()
+other = subprocess.run(["ip", "-6", "route", "add", "2001:db8:4100::2/128", "dev", "sess0"], check=True)
+third = events.drain()
+print(json.dumps({
+    "first": [first.messages, first.overflowed],
+    "second": [second.messages, second.overflowed],
+    "third": [third.messages, third.overflowed],
+    "served": len(read_served(section)),
+}))
+"""
+
+
+def test_an_overflowing_watch_says_so_and_keeps_working(netns: str, tmp_path: Path) -> None:
+    """The kernel's ENOBUFS on the event socket, for real: reported as an overflow (the
+    daemon then reads everything again), and the same socket goes on delivering."""
+    subprocess.run(["ip", "-n", netns, "link", "add", "sess0", "type", "ifb"], check=True)
+    subprocess.run(["ip", "-n", netns, "link", "set", "sess0", "up"], check=True)
+    base = int(ipaddress.IPv6Address("2001:db8:4000::"))
+    batch = tmp_path / "routes.batch"
+    batch.write_text(
+        "".join(
+            f"route add {ipaddress.IPv6Address(base + i)}/128 dev sess0 proto 100\n"
+            for i in range(3000)
+        )
+    )
+    cp = subprocess.run(
+        ["ip", "netns", "exec", netns, PYTHON, "-c", OVERFLOW, str(batch)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert cp.returncode == 0, cp.stderr
+    out = json.loads(cp.stdout)
+    assert out["first"][1] is True  # 3,000 events into an 8 KiB queue: lost, and said so
+    assert out["second"] == [1, False]  # the watch goes on: one relevant route event
+    assert out["third"] == [0, False]  # a proto boot route no source reads: not counted
+    assert out["served"] == 3001  # and the full read sees every route
