@@ -10,13 +10,14 @@ inside static pools, and the pools nothing here serves. Exit 0 without a hole, 4
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from op25b_ctl.cli.context import EXIT_OK, Context
-from op25b_ctl.errors import PolicyError, Problem
+from op25b_ctl.errors import PolicyError, Problem, StoreUsageError
 from op25b_ctl.plan.coverage import Coverage, Served, compare, suggest
 from op25b_ctl.policy.discovery import Discovery
 from op25b_ctl.policy.model import Policy
@@ -61,8 +62,30 @@ def coverage_data(cov: Coverage) -> dict[str, Any]:
     }
 
 
+def _policy(ctx: Context) -> Policy:
+    """The policy directory's, or with --store the published policy as --gateway enforces it
+    (its pools only, its own discovery section if gateways.yaml gives one)."""
+    if not ctx.args.store:
+        if ctx.args.gateway:
+            raise StoreUsageError("--gateway goes with --store (a gateway of the fleet)")
+        return ctx.policy()
+    from op25b_ctl.cli.fleet import published_policy, store_of
+
+    if not ctx.args.gateway:
+        raise StoreUsageError("with --store, say which gateway this is: --gateway NAME")
+    store = store_of(ctx)
+    try:
+        _, fleet = published_policy(store)
+    finally:
+        store.close()
+    try:
+        return fleet.for_gateway(ctx.args.gateway)
+    except KeyError as exc:
+        raise StoreUsageError(str(exc.args[0])) from None
+
+
 def _section(ctx: Context) -> tuple[Policy, Discovery]:
-    policy = ctx.policy()  # once: at 110,000 prefixes even the cached policy costs 0.1 s
+    policy = _policy(ctx)  # once: at 110,000 prefixes even the cached policy costs 0.1 s
     section = policy.gateway.discovery
     if section is None:
         raise PolicyError(
@@ -148,5 +171,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "--suggest",
         action="store_true",
         help="print the holes as YAML to paste into pools.yaml (the policy is not changed)",
+    )
+    p.add_argument(
+        "--gateway",
+        default=os.environ.get("OP25B_GATEWAY") or None,
+        metavar="NAME",
+        help="with --store: this gateway's name in the published gateways.yaml; its pools "
+        "and discovery section are compared (default: $OP25B_GATEWAY)",
     )
     p.set_defaults(func=cmd_discover)

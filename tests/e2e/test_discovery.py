@@ -260,6 +260,13 @@ def test_fleet_status_marks_the_gateway_with_a_hole(tmp_path: Path) -> None:
         assert "HOLE: 1 served prefix(es) in no pool (192.0.2.70/32)" in west["problems"]
         text = fleet.ctl("fleet", "status").stdout
         assert "!bras-west-1" in text and "HOLE" in text
+        # and on each gateway, `discover` against the published policy says the same
+        for name, code in (("bras-east-1", 0), ("bras-west-1", EXIT_HOLE)):
+            lab = fleet.labs[name]
+            argv = [CTL, "discover", "--store", fleet.store_url, "--gateway", name, "-o", "json"]
+            cp = lab.run(lab.ns_gw, [*argv, "--state-dir", str(tmp_path / name)], check=False)
+            assert cp.returncode == code, cp.stderr
+        assert json.loads(cp.stdout)["uncovered"][0]["prefix"] == "192.0.2.70/32"
 
         # bras-west-1 now carries flets-east-dyn-2: published, the hole closes there too
         data = yaml.safe_load((policy / "gateways.yaml").read_text())

@@ -504,3 +504,10 @@ def _report_without(rec: Any, source: Any) -> dict[str, Any]:
     source.report = lambda status: sent.append(dict(status))
     FleetReporter(rec, source).after_pass(rec.run_once())
     return sent[-1]
+
+
+def test_discover_gateway_without_store_is_a_usage_error(tmp_path: Path) -> None:
+    from op25b_ctl.errors import StoreUsageError
+
+    with pytest.raises(StoreUsageError, match="--gateway goes with --store"):
+        run_discover(tmp_path, [], "--gateway", "bras-1")
