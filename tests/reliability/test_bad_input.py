@@ -1199,6 +1199,41 @@ CASES: list[Case] = [
         2,
         r"invalid choice: 'yaml'",
     ),
+    # ------------------------------------------------------------------ discovery (docs/discovery.md)
+    Case(
+        "discovery: proto boot alone",
+        "policy",
+        "discovery.routes: [{protocols: [boot]}] (ip route add's default)",
+        then(edit(G, 'interfaces: ["ppp*"]', "routes: [{protocols: [boot]}]")),
+        2,
+        r"gateway\.yaml:\d+: gateway\.discovery\.routes\[0\]: proto boot in the main table",
+    ),
+    Case(
+        "discovery: unknown protocol name",
+        "policy",
+        "discovery.routes: [{protocols: [bootx], interfaces: [ipoe*]}]",
+        then(
+            edit(G, 'interfaces: ["ppp*"]', "routes: [{protocols: [bootx], interfaces: [ipoe*]}]")
+        ),
+        2,
+        r"gateway\.yaml:\d+: gateway\.discovery\.routes\[0\]\.protocols\[0\]: unknown route protocol name",
+    ),
+    Case(
+        "discovery: every interface",
+        "policy",
+        "discovery.interfaces: ['*']",
+        then(edit(G, 'interfaces: ["ppp*"]', "interfaces: ['*']")),
+        2,
+        r"gateway\.yaml:\d+: gateway\.discovery\.interfaces\[0\]: '\*' matches every interface",
+    ),
+    Case(
+        "discover --gateway without --store",
+        "cli",
+        "discover --gateway bras-1",
+        cmd("discover", "--gateway", "bras-1", "--policy", "{P}", "--state-dir", "{S}", now=False),
+        2,
+        r"--gateway goes with --store",
+    ),
 ]
 
 
