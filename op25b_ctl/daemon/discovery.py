@@ -9,7 +9,8 @@ no comparison in a pass). It reads the policy the reconciler enforces (`policy()
 
 Debouncing: a check runs once events have been quiet for `quiet` seconds, or `max_delay`
 after the first unhandled one while a storm goes on, so 10,000 session routes coming and
-going cost a few reads, not 10,000. Discovery never changes the table: it reads and reports
+going cost a few reads, not 10,000. Events that arrive while a check reads are queued on
+the socket and start the next one, so a dump that raced with changes is corrected. Discovery never changes the table: it reads and reports
 (`op25b_discovery_*` metrics, the fleet status, the log).
 """
 
