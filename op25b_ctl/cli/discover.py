@@ -166,7 +166,15 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "compare what this gateway serves (sessions, routes, aggregates in its kernel) with "
         f"the pools: exit {EXIT_HOLE} if a served prefix is in no pool; never changes anything"
     )
-    p = sub.add_parser("discover", parents=[common], help=help, description=help)
+    p = sub.add_parser(
+        "discover",
+        parents=[common],
+        help=help,
+        description=help,
+        epilog=f"Exit status: 0 no hole, {EXIT_HOLE} a hole (a served prefix in no pool), 2 no "
+        "discovery section, an invalid policy or bad usage, 1 the kernel could not be read. "
+        "See docs/discovery.md.",
+    )
     p.add_argument(
         "--suggest",
         action="store_true",
