@@ -25,6 +25,7 @@ from op25b_ctl.source.state import StateDir
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 EXIT_NOT_RECORDED = 3  # the gateway was changed, but the audit/state record failed after it
 EXIT_NOT_ALL_OK = 4  # `fleet status`: it worked, but not every gateway is ok (for scripts)
+EXIT_HOLE = 5  # `discover`: it worked, and a served prefix is in no pool (TCP/25 not blocked)
 EXIT_BUSY = 75  # EX_TEMPFAIL: the state lock was held; cron's next run will retry
 
 

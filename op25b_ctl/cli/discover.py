@@ -2,7 +2,7 @@
 
 Reads what the policy's `discovery:` section names from the running kernel (never writes,
 never touches the table), compares it with the pools and prints holes, the served addresses
-inside static pools, and the pools nothing here serves. Exit 0 without a hole, 4 with one
+inside static pools, and the pools nothing here serves. Exit 0 without a hole, 5 with one
 (so cron or a check can alarm on it), 2 for a policy without a discovery section.
 `--suggest` prints the YAML to paste into pools.yaml; the policy is never changed.
 """
@@ -16,13 +16,12 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from op25b_ctl.cli.context import EXIT_OK, Context
+from op25b_ctl.cli.context import EXIT_HOLE, EXIT_OK, Context
 from op25b_ctl.errors import PolicyError, Problem, StoreUsageError
 from op25b_ctl.plan.coverage import Coverage, Served, compare, suggest
 from op25b_ctl.policy.discovery import Discovery
 from op25b_ctl.policy.model import Policy
 
-EXIT_HOLE = 4  # a served prefix is in no pool: TCP/25 from it is never blocked
 MAX_LISTED = 50  # text output: holes and static hits listed before "... and N more"
 
 

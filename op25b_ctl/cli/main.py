@@ -4,7 +4,9 @@ Exit status: 0 success (for `plan`, whether or not changes are pending), 1 nftab
 runtime failure (live ruleset unchanged), 2 invalid policy, usage, or a foreign table under
 our name (nothing applied), 3 the gateway WAS changed but the change could not be recorded
 (audit log or state file write failed after the commit; stderr says what changed),
-4 `discover` found a hole (a served prefix in no pool), 75 (EX_TEMPFAIL) another op25b-ctl command held the state lock (nothing changed; retry).
+4 `fleet status` ran but not every gateway is ok, 5 `discover` found a hole (a served prefix in
+no pool), 75 (EX_TEMPFAIL) another op25b-ctl command held the state lock (nothing changed;
+retry).
 """
 
 from __future__ import annotations
@@ -429,7 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 ok, 1 nftables/runtime failure (nothing changed), "
         "2 invalid policy, usage or a foreign table under our name (nothing applied), "
         "3 changed but not recorded (audit/state write failed after the commit), "
-        "4 discover found a hole (a served prefix in no pool), 75 state lock busy (retry).",
+        "4 fleet status: not every gateway is ok, 5 discover found a hole (a served prefix "
+        "in no pool), 75 state lock busy (retry).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

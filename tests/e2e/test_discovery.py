@@ -35,7 +35,7 @@ DISCOVERY = """
       - protocols: [static]
         types: [blackhole]
 """
-EXIT_HOLE = 4
+EXIT_HOLE = 5  # cli/context.py
 DEADLINE = 10.0  # "within a few seconds", with slack for a loaded 2-core machine
 STORM = 5_000  # routes added, then all but KEPT removed: 2 * STORM - KEPT events
 
@@ -247,7 +247,9 @@ def test_fleet_status_marks_the_gateway_with_a_hole(tmp_path: Path) -> None:
         fleet.wait_applied(names, policy_revision=1)
 
         def rows() -> dict[str, dict[str, Any]]:
-            out = json.loads(fleet.ctl("fleet", "status", "-o", "json").stdout)
+            cp = fleet.ctl("fleet", "status", "-o", "json", check=False)
+            assert cp.returncode in (0, 4), cp.stderr  # 4: not all ok (bras-east-2 is absent)
+            out = json.loads(cp.stdout)
             return {r["gateway"]: r for r in out["gateways"]}
 
         def states() -> dict[str, str]:
@@ -258,7 +260,7 @@ def test_fleet_status_marks_the_gateway_with_a_hole(tmp_path: Path) -> None:
         west = rows()["bras-west-1"]
         assert west["discovery"]["uncovered"] == ["192.0.2.70/32"]
         assert "HOLE: 1 served prefix(es) in no pool (192.0.2.70/32)" in west["problems"]
-        text = fleet.ctl("fleet", "status").stdout
+        text = fleet.ctl("fleet", "status", check=False).stdout
         assert "!bras-west-1" in text and "HOLE" in text
         # and on each gateway, `discover` against the published policy says the same
         for name, code in (("bras-east-1", 0), ("bras-west-1", EXIT_HOLE)):

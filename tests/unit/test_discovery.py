@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from op25b_ctl.cli.context import Context
-from op25b_ctl.cli.discover import EXIT_HOLE, cmd_discover
+from op25b_ctl.cli.context import EXIT_HOLE, Context
+from op25b_ctl.cli.discover import cmd_discover
 from op25b_ctl.cli.main import build_parser
 from op25b_ctl.daemon.discovery import DiscoveryWatcher
 from op25b_ctl.errors import PolicyError
@@ -406,7 +406,7 @@ def run_discover(
 def test_discover_exit_status_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _ = run_discover(tmp_path, [served("203.0.113.9/32", "ppp1 peer")], "-o", "json")
     out = json.loads(capsys.readouterr().out)
-    assert code == EXIT_HOLE == 4
+    assert code == EXIT_HOLE == 5
     assert out["uncovered"] == [
         {"prefix": "203.0.113.9/32", "addresses": 1, "served_items": 1, "seen_as": ["ppp1 peer"]}
     ]
