@@ -18,6 +18,7 @@ Everything runs in the calling process's network namespace. Nothing here writes.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import os
@@ -89,7 +90,8 @@ def _dump(msg_type: int, body: bytes, what: str) -> Iterator[tuple[int, bytes, i
         raise KernelError(f"cannot open a routing netlink socket: {e}") from e
     with sock:
         try:
-            sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
+            with contextlib.suppress(OSError):  # before Linux 4.20: unfiltered, checked here
+                sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
             sock.bind((0, 0))
             sock.sendall(
                 _HDR.pack(16 + len(body), msg_type, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + body
