@@ -134,8 +134,8 @@ class RouteSource(_Strict):
 
     def ambiguity(self) -> str | None:
         """Why this source cannot tell subscribers from other routes, or None."""
-        if self.interfaces or any(t != RT_TABLES["main"] for t in self.tables):
-            return None
+        if self.interfaces or RT_TABLES["main"] not in self.tables:
+            return None  # the main table with another beside it is still the main table
         if "unicast" not in self.types:
             return None  # aggregates (blackhole & co.) are put there on purpose
         if not self.protocols:

@@ -78,6 +78,7 @@ def test_the_examples_commented_sources_are_valid_when_uncommented() -> None:
         ("    routes: [{protocols: [3]}]\n", "proto boot in the main table alone"),
         ("    routes: [{protocols: [kernel]}]\n", "proto kernel in the main table"),
         ("    routes: [{}]\n", "any protocol includes boot and kernel"),
+        ("    routes: [{protocols: [boot], tables: [main, 100]}]\n", "proto boot in the main"),
         ("    routes: [{protocols: [bootx]}]\n", "unknown route protocol name 'bootx'"),
         ("    routes: [{protocols: [256]}]\n", "route protocol 256 is outside 0..255"),
         ("    routes: [{protocols: ['100']}]\n", "unknown route protocol name '100'"),
