@@ -27,11 +27,11 @@ from op25b_ctl.kernel.nft import NftKernel
 from op25b_ctl.ops import applier
 from op25b_ctl.plan.desired import from_policy
 from op25b_ctl.plan.diff import diff
-from op25b_ctl.plan.ruleset import pool_chain, pool_rules
+from op25b_ctl.plan.ruleset import Tracking, offender_set, pool_chain, pool_rules
 from op25b_ctl.plan.table import Chain, Table
 from op25b_ctl.plan.transaction import AddRule, DeleteTable, FlushChain, Transaction
 from op25b_ctl.policy.loader import load_policy
-from op25b_ctl.policy.model import Mode
+from op25b_ctl.policy.model import Mode, Offenders
 from op25b_ctl.policy.overrides import Override
 from op25b_ctl.source import rulerefs
 from op25b_ctl.source.directory import DirectorySource
@@ -90,11 +90,21 @@ def cold_apply(desired: Table, variant: str) -> dict[str, Any]:
     return {"seconds": seconds, "ops": len(tx.ops)}
 
 
-def with_pool_mode(table: Table, pool: str, mode: Mode, action: str) -> Table:
+_DEFAULTS = Offenders()
+DEFAULT_TRACKING = Tracking(_DEFAULTS.size, _DEFAULTS.retention, _DEFAULTS.subscriber_prefix_v6)
+
+
+def with_pool_mode(
+    table: Table, pool: str, mode: Mode, action: str, tracking: Tracking | None = None
+) -> Table:
     """`table` with one pool's chain holding another mode: exactly what ruleset.desired_table
-    returns for the changed policy (elements, counters and fingerprint are unchanged)."""
+    returns for the changed policy (elements, counters and fingerprint are unchanged).
+    `tracking` defaults to the inventory's (gateway defaults) when the table has the pool's
+    offender sets."""
+    if tracking is None and offender_set(pool, 4) in table.sets:
+        tracking = DEFAULT_TRACKING
     chains = dict(table.chains)
-    chains[pool_chain(pool)] = Chain(pool_chain(pool), pool_rules(pool, mode, action))
+    chains[pool_chain(pool)] = Chain(pool_chain(pool), pool_rules(pool, mode, action, tracking))
     return replace(table, chains=chains)
 
 

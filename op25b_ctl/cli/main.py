@@ -62,6 +62,7 @@ from op25b_ctl.plan.ruleset import (
     mode_of_rules,
     monitored_counter,
     pool_chain,
+    tracking_of,
 )
 from op25b_ctl.plan.table import Table
 from op25b_ctl.plan.transaction import Transaction
@@ -209,7 +210,11 @@ def cmd_status(ctx: Context) -> int:
         live_mode: str | None = None
         chain = pool_chain(pool.name)
         if chains is not None and pool.dynamic and chain in chains:
-            live_mode = mode_of_rules(pool.name, chains[chain], policy.gateway.action) or "unknown"
+            tracking = tracking_of(policy, pool.name)
+            live_mode = (
+                mode_of_rules(pool.name, chains[chain], policy.gateway.action, tracking)
+                or "unknown"
+            )
         elif chains is not None and not pool.dynamic:
             live_mode = "off"
         v4, v6 = split_families(pool.prefixes)

@@ -79,16 +79,21 @@ class SetInfo:
     key_type: int = 0  # nft's datatype number (7 ipv4_addr, 8 ipv6_addr; concatenations packed)
     key_len: int = 0  # bytes
     data_type: int | None = None  # maps: NFT_DATA_VERDICT or a datatype number
+    size: int = 0  # NFTA_SET_DESC_SIZE; 0: none declared
+    timeout_ms: int = 0  # NFTA_SET_TIMEOUT
+    expressions: tuple[str, ...] = ()  # per-element expressions' names (NFTA_SET_EXPR[ESSIONS])
 
     @property
-    def declaration(self) -> tuple[str, bool, frozenset[str]]:
-        """(key type, verdict map, flags) as `plan.table.NamedSet` spells them."""
+    def declaration(self) -> tuple[str, bool, frozenset[str], int, int, bool]:
+        """(key type, verdict map, flags, size, timeout in s, per-element counter) as
+        `plan.table.NamedSet` spells them (another expression list: counter False)."""
         key = KEY_TYPES.get(self.key_type) or f"type-{self.key_type}/{self.key_len}"
         verdict = self.data_type == NFT_DATA_VERDICT
         if self.is_map and not verdict:
             key += f" : type-{self.data_type}"
         flags = frozenset(n for bit, n in SET_FLAGS.items() if self.flags & bit)
-        return key, self.is_map, flags
+        timeout = self.timeout_ms // 1000 if self.timeout_ms % 1000 == 0 else -self.timeout_ms
+        return key, self.is_map, flags, self.size, timeout, self.expressions == ("counter",)
 
 
 @dataclass(frozen=True)
@@ -171,6 +176,9 @@ _CHAIN_TABLE, _CHAIN_NAME, _CHAIN_HOOK, _CHAIN_POLICY = 1, 3, 4, 5
 _HOOK_HOOKNUM, _HOOK_PRIORITY = 1, 2
 _RULE_TABLE, _RULE_CHAIN, _RULE_HANDLE, _RULE_USERDATA = 1, 2, 3, 7
 _SET_TABLE, _SET_NAME, _SET_FLAGS, _SET_KEY_TYPE, _SET_KEY_LEN, _SET_DATA_TYPE = 1, 2, 3, 4, 5, 6
+_SET_DESC, _SET_TIMEOUT, _SET_EXPR, _SET_EXPRESSIONS = 9, 11, 17, 18
+_SET_DESC_SIZE = 1
+_EXPR_NAME = 1
 _GEN_ID = 1
 NFT_MSG_GETTABLE, NFT_MSG_GETCHAIN, NFT_MSG_GETRULE, NFT_MSG_GETSET = 1, 4, 7, 10
 NFT_MSG_GETGEN = 16
@@ -256,6 +264,9 @@ def _skeleton(table: str, family: str) -> TableSkeleton | None:
                     key_type=_be32(s.get(_SET_KEY_TYPE)),
                     key_len=_be32(s.get(_SET_KEY_LEN)),
                     data_type=None if data is None else _be32(data),
+                    size=_be32(dict(nlcodec.attrs(s.get(_SET_DESC, b""))).get(_SET_DESC_SIZE)),
+                    timeout_ms=_be64(s.get(_SET_TIMEOUT)),
+                    expressions=_set_expressions(s),
                 )
             )
     return TableSkeleton(
@@ -278,6 +289,17 @@ def _chain_info(msg: dict[int, bytes]) -> ChainInfo:
         hook=HOOKS.get(hooknum, str(hooknum)),
         priority=int(struct.unpack("!i", hook.get(_HOOK_PRIORITY, bytes(4)))[0]),
         policy=None if policy is None else POLICIES.get(_be32(policy), str(_be32(policy))),
+    )
+
+
+def _set_expressions(msg: dict[int, bytes]) -> tuple[str, ...]:
+    """The names of a set's per-element expressions: one travels as NFTA_SET_EXPR, several
+    as NFTA_SET_EXPRESSIONS (a list of them)."""
+    if _SET_EXPR in msg:
+        return (_text(dict(nlcodec.attrs(msg[_SET_EXPR])).get(_EXPR_NAME)),)
+    return tuple(
+        _text(dict(nlcodec.attrs(e)).get(_EXPR_NAME))
+        for _, e in nlcodec.attrs(msg.get(_SET_EXPRESSIONS, b""))
     )
 
 

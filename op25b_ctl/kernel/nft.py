@@ -61,8 +61,10 @@ def _skeleton_table(family: str, name: str) -> Table | None:
     }
     sets = {}
     for s in skeleton.sets:
-        key, is_map, flags = s.declaration
-        sets[s.name] = NamedSet(s.name, key, is_map, flags=flags)
+        key, is_map, flags, size, timeout, counter = s.declaration
+        sets[s.name] = NamedSet(
+            s.name, key, is_map, flags=flags, size=size, timeout=timeout, counter=counter
+        )
     return Table(family, name, chains, sets, skeleton.counters, elements_known=False)
 
 

@@ -34,6 +34,7 @@ from op25b_ctl.plan.ruleset import (
     FINGERPRINT_PREFIX,
     mode_of_rules,
     pool_chain,
+    tracking_of,
 )
 from op25b_ctl.plan.table import Table
 from op25b_ctl.plan.transaction import Transaction
@@ -95,7 +96,12 @@ def live_modes(policy: Policy, live: Table | None) -> dict[str, Mode | None]:
             continue
         chain = live.chains.get(pool_chain(pool.name)) if live else None
         out[pool.name] = (
-            mode_of_rules(pool.name, tuple(r.id for r in chain.rules), policy.gateway.action)
+            mode_of_rules(
+                pool.name,
+                tuple(r.id for r in chain.rules),
+                policy.gateway.action,
+                tracking_of(policy, pool.name),
+            )
             if chain is not None
             else None
         )

@@ -44,7 +44,7 @@ import re
 from dataclasses import replace
 from itertools import count
 
-from op25b_ctl.plan.ruleset import FINGERPRINT_PREFIX
+from op25b_ctl.plan.ruleset import FINGERPRINT_PREFIX, offender_pool, pool_chain
 from op25b_ctl.plan.table import Chain, NamedSet, Rule, Table
 from op25b_ctl.plan.transaction import (
     AddChain,
@@ -90,15 +90,21 @@ def steps_to(live: Table | None, desired: Table) -> list[Table]:
     batch, and no step's rules use a set that step declares while the live table has rules."""
     if live is None or not any(c.rules for c in live.chains.values()):
         return [desired]
+    # Dynamic sets (offenders) are exempt: the kernel fills them, a rule that meets one empty
+    # loses nothing, and the rules using them carry no verdict. They are declared, re-declared
+    # (size, timeout) and deleted in the one batch with their rules.
     reshaped = sorted(
-        n for n, s in desired.sets.items() if n in live.sets and not live.sets[n].same_shape(s)
+        n
+        for n, s in desired.sets.items()
+        if n in live.sets and not live.sets[n].same_shape(s) and not s.dynamic
     )
     staged = {n: staging_name(n, live, desired) for n in reshaped}
     stage = _renamed(desired, staged)  # the desired table with rules on the staged sets
     declare = {
         n: s
         for n, s in stage.sets.items()
-        if n not in live.sets or n in staged.values() or not live.sets[n].same_shape(s)
+        if not s.dynamic
+        and (n not in live.sets or n in staged.values() or not live.sets[n].same_shape(s))
     }
     if not declare:
         return [desired]
@@ -176,6 +182,7 @@ def one_batch(live: Table | None, desired: Table) -> Transaction:
         for name, s in desired.sets.items()
         if name in cur.sets
         and name not in recreate_sets
+        and not s.dynamic  # the kernel's data: never flushed, never refilled
         and not (cur.sets[name].elements is s.elements or cur.sets[name].elements == s.elements)
     }
     new_sets = [s for n, s in desired.sets.items() if n not in cur.sets or n in recreate_sets]
@@ -208,10 +215,15 @@ def one_batch(live: Table | None, desired: Table) -> Transaction:
         if n not in desired.sets and cur.sets[n].elements
     ]
 
-    # Rules referencing a set we recreate, or in chains we rewrite or delete, go first.
+    # Rules referencing a set we recreate or delete, or in chains we rewrite or delete, go
+    # first. Only its pool's chain uses an offender set; any other set: every chain.
     flush = {c.name for c in rewrite} | set(gone_chains) | rehook
-    if recreate_sets or any(n not in desired.sets for n in cur.sets):
-        flush |= {n for n in cur.chains if cur.chains[n].rules}
+    for name in recreate_sets | {n for n in cur.sets if n not in desired.sets}:
+        pool = offender_pool(name) if cur.sets[name].dynamic else None
+        if pool is not None:
+            flush.add(pool_chain(pool))
+        else:
+            flush |= {n for n in cur.chains if cur.chains[n].rules}
     flush_ops: list[Op] = [
         FlushChain(n) for n in sorted(flush) if cur.chains.get(n) and cur.chains[n].rules
     ]

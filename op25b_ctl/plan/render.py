@@ -59,6 +59,12 @@ def render_op(spec: str, op: Op) -> Iterable[str]:
             listed = ", ".join(_element(k, v) for k, v in s.elements.items())
             inline = f" elements = {{ {listed} }};" if listed else ""
             flags = f" flags {', '.join(sorted(s.flags))};" if s.flags else ""
+            if s.timeout:
+                flags += f" timeout {s.timeout}s;"
+            if s.size:
+                flags += f" size {s.size};"
+            if s.counter:
+                flags += " counter;"
             yield f"add {kind} {spec} {s.name} {{ type {key};{flags}{inline} }}"
         case DeleteSet(set=s):
             yield f"delete {'map' if s.verdict_map else 'set'} {spec} {s.name}"

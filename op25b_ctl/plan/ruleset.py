@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from op25b_ctl.plan.table import Chain, Hook, NamedSet, Rule, Table
-from op25b_ctl.policy.model import Mode, Policy, split_families
+from op25b_ctl.policy.model import Mode, Policy, Pool, split_families
 
 FAMILY = "inet"
 BASE_CHAIN = "gate"
@@ -65,22 +66,112 @@ def elements_fingerprint(sets: Iterable[NamedSet]) -> str:
     return FINGERPRINT_PREFIX + h.hexdigest()[:16]
 
 
-def pool_rules(pool: str, mode: Mode, action: str) -> tuple[Rule, ...]:
-    """The whole of a pool's chain for one mode; the only thing a mode change rewrites."""
+OFFENDERS_PREFIX = "offenders_"
+_OFFENDER_SUFFIXES = ("_v4", "_v6")
+
+
+def offender_set(pool: str, version: int) -> str:
+    """The dynamic set of pool `pool`'s TCP/25 sources of IP version 4 or 6."""
+    return f"{OFFENDERS_PREFIX}{pool}_v{version}"
+
+
+def offender_pool(set_name: str) -> str | None:
+    """`offender_set` back: the pool whose set this is, None if it is no offender set."""
+    if set_name.startswith(OFFENDERS_PREFIX) and set_name.endswith(_OFFENDER_SUFFIXES):
+        return set_name[len(OFFENDERS_PREFIX) : -3] or None
+    return None
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """How a pool's offenders are recorded: the sets' size and timeout, the IPv6 key width."""
+
+    size: int
+    timeout: int  # seconds after the last attempt
+    prefix_v6: int
+
+
+def tracking_of(policy: Policy, pool: str) -> Tracking | None:
+    """A dynamic pool's offender tracking; None if the gateway does not track (or no such
+    dynamic pool)."""
+    try:
+        return _tracking(policy, policy.pool(pool))
+    except KeyError:
+        return None
+
+
+def _tracking(policy: Policy, pool: Pool) -> Tracking | None:
+    cfg = policy.gateway.offenders
+    if not cfg.track or not pool.dynamic:
+        return None
+    v6 = (
+        cfg.subscriber_prefix_v6 if pool.subscriber_prefix_v6 is None else pool.subscriber_prefix_v6
+    )
+    return Tracking(cfg.size, cfg.retention, v6)
+
+
+@functools.cache
+def v6_mask(bits: int) -> str:
+    """The netmask of an IPv6 prefix length as nft accepts it in a set key (`ffff:ffff::`)."""
+    return str(ipaddress.IPv6Address(((1 << bits) - 1) << (128 - bits)))
+
+
+def offender_sets(pool: str, tracking: Tracking) -> tuple[NamedSet, NamedSet]:
+    """A pool's two offender sets, declared in full: `flags dynamic` is written out, because
+    nft 1.0.6 fails to reload a set whose dynamic flag it inferred (EEXIST)."""
+    return tuple(  # type: ignore[return-value]
+        NamedSet(
+            offender_set(pool, version),
+            key,
+            flags=frozenset({"dynamic", "timeout"}),
+            size=tracking.size,
+            timeout=tracking.timeout,
+            counter=True,
+        )
+        for version, key in ((4, "ipv4_addr"), (6, "ipv6_addr"))
+    )
+
+
+def tracking_rules(pool: str, tracking: Tracking) -> tuple[Rule, ...]:
+    """Record each SYN's source (v4 address, v6 subscriber prefix); the set counts it.
+
+    No verdict here, ever: when a set is full the kernel ends the rule at its `update`
+    (NFT_BREAK), so a verdict in the same rule would silently stop for new sources."""
+    syn = "tcp flags & (syn | ack) == syn"
+    v6 = "ip6 saddr" if tracking.prefix_v6 == 128 else f"ip6 saddr & {v6_mask(tracking.prefix_v6)}"
+    return (
+        Rule.of(f"{syn} update @{offender_set(pool, 4)} {{ ip saddr }}"),
+        Rule.of(f"{syn} update @{offender_set(pool, 6)} {{ {v6} }}"),
+    )
+
+
+def pool_rules(
+    pool: str, mode: Mode, action: str, tracking: Tracking | None = None
+) -> tuple[Rule, ...]:
+    """The whole of a pool's chain for one mode; the only thing a mode change rewrites.
+
+    With `tracking`, monitor and enforce first record the source (`tracking_rules`); the
+    count and the verdict stay rules of their own."""
+    track = tracking_rules(pool, tracking) if tracking is not None and mode != "off" else ()
     if mode == "monitor":
         # Count connection attempts (the SYN), not every packet of the session: that is what
         # enforcement would have blocked, comparable with the blocked counter in drop mode.
-        return (Rule.of(f"tcp flags & (syn | ack) == syn counter name {monitored_counter(pool)}"),)
+        return (
+            *track,
+            Rule.of(f"tcp flags & (syn | ack) == syn counter name {monitored_counter(pool)}"),
+        )
     if mode == "enforce":
         verdict = "reject with tcp reset" if action == "reject" else "drop"
-        return (Rule.of(f"counter name {blocked_counter(pool)} {verdict}"),)
+        return (*track, Rule.of(f"counter name {blocked_counter(pool)} {verdict}"))
     return ()
 
 
-def mode_of_rules(pool: str, rule_ids: tuple[str, ...], action: str) -> Mode | None:
+def mode_of_rules(
+    pool: str, rule_ids: tuple[str, ...], action: str, tracking: Tracking | None = None
+) -> Mode | None:
     """Read a pool's mode back from its live chain; None if the chain matches no mode."""
     for mode in ("off", "monitor", "enforce"):
-        if tuple(r.id for r in pool_rules(pool, mode, action)) == rule_ids:
+        if tuple(r.id for r in pool_rules(pool, mode, action, tracking)) == rule_ids:
             return mode
     return None
 
@@ -134,7 +225,8 @@ def _sets_for(policy: Policy, exemptions: tuple[str, ...]) -> _Sets:
         POOLS_V6: map_v6,
     }
     sets = [replace(s, elements=elements[s.name]) for s in _DECLARED]
-    built = _Sets({s.name: s for s in sets}, elements_fingerprint(sets))
+    # the offender sets' elements are the kernel's: not in the fingerprint, never compared
+    built = _Sets({s.name: s for s in (*sets, *_offender_sets(policy))}, elements_fingerprint(sets))
     _sets_cache[:] = [(policy, exemptions, built)]
     return built
 
@@ -183,7 +275,8 @@ def desired_table(
     for pool in policy.pools:
         if pool.dynamic:
             chain = pool_chain(pool.name)
-            rules = pool_rules(pool.name, modes.get(pool.name, "off"), gw.action)
+            tracking = _tracking(policy, pool)
+            rules = pool_rules(pool.name, modes.get(pool.name, "off"), gw.action, tracking)
             chains[chain] = Chain(chain, rules)
             counters |= {blocked_counter(pool.name), monitored_counter(pool.name)}
 
@@ -213,7 +306,24 @@ def desired_table(
 def _hollow_sets(policy: Policy, fingerprint: str) -> _Sets:
     """The sets' declarations alone (the same names and types `_sets_for` declares)."""
     assert fingerprint == "" or fingerprint.startswith(FINGERPRINT_PREFIX)
-    return _Sets({s.name: s for s in _DECLARED}, fingerprint)
+    return _Sets({s.name: s for s in (*_DECLARED, *_offender_sets(policy))}, fingerprint)
+
+
+def _offender_sets(policy: Policy) -> list[NamedSet]:
+    """Every dynamic pool's offender sets, whatever its mode: a mode change (a rollback too)
+    then rewrites one chain and keeps the pool's list; the timeout still forgets it."""
+    if _offenders_cache and _offenders_cache[0][0] is policy:
+        return _offenders_cache[0][1]
+    out: list[NamedSet] = []
+    for pool in policy.pools:
+        tracking = _tracking(policy, pool)
+        if tracking is not None:
+            out += offender_sets(pool.name, tracking)
+    _offenders_cache[:] = [(policy, out)]
+    return out
+
+
+_offenders_cache: list[tuple[Policy, list[NamedSet]]] = []
 
 
 _DISPATCH_RULES = tuple(

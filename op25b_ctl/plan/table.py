@@ -79,12 +79,29 @@ class NamedSet:
     # prefix -> jump target chain (maps) or None (plain sets); prefixes are canonical CIDR text
     elements: Mapping[str, str | None] = field(default_factory=dict)
     flags: frozenset[str] = INTERVAL
+    # A dynamic set (flags dynamic, timeout) is filled by the packet path: `size` elements at
+    # most, each forgotten `timeout` seconds after its last update, each with its own counter.
+    # Its elements are the kernel's data, never ours: never read into a Table, never diffed.
+    size: int = 0
+    timeout: int = 0
+    counter: bool = False
+
+    @property
+    def dynamic(self) -> bool:
+        return "dynamic" in self.flags
 
     def same_shape(self, other: NamedSet) -> bool:
-        return (self.key_type, self.verdict_map, self.flags) == (
-            other.key_type,
-            other.verdict_map,
-            other.flags,
+        return self.declaration == other.declaration
+
+    @property
+    def declaration(self) -> tuple[str, bool, frozenset[str], int, int, bool]:
+        return (
+            self.key_type,
+            self.verdict_map,
+            self.flags,
+            self.size,
+            self.timeout,
+            self.counter,
         )
 
 
@@ -125,7 +142,10 @@ def hollow_to_json(table: Table) -> dict[str, Any]:
             }
             for c in t.chains.values()
         },
-        "sets": {s.name: [s.key_type, s.verdict_map, sorted(s.flags)] for s in t.sets.values()},
+        "sets": {
+            s.name: [s.key_type, s.verdict_map, sorted(s.flags), s.size, s.timeout, s.counter]
+            for s in t.sets.values()
+        },
         "counters": sorted(t.counters),
     }
 
@@ -141,11 +161,26 @@ def hollow_from_json(data: Any) -> Table:
             Hook(str(hook[0]), int(hook[1]), str(hook[2]), str(hook[3])) if hook else None,
         )
     sets: dict[str, NamedSet] = {}
-    for name, (key_type, verdict_map, flags) in data["sets"].items():
-        if not isinstance(key_type, str) or not isinstance(verdict_map, bool):
+    for name, declared in data["sets"].items():
+        # three fields before dynamic sets existed: such a record has none
+        key_type, verdict_map, flags, size, timeout, counter = [*declared, 0, 0, False][:6]
+        if (
+            not isinstance(key_type, str)
+            or not isinstance(verdict_map, bool)
+            or not isinstance(counter, bool)
+            or type(size) is not int
+            or type(timeout) is not int
+            or len(declared) not in (3, 6)
+        ):
             raise ValueError(f"set {name}: bad declaration")
         sets[str(name)] = NamedSet(
-            str(name), key_type, verdict_map, flags=frozenset(str(f) for f in flags)
+            str(name),
+            key_type,
+            verdict_map,
+            flags=frozenset(str(f) for f in flags),
+            size=size,
+            timeout=timeout,
+            counter=counter,
         )
     return Table(
         str(data["family"]),

@@ -26,6 +26,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     StringConstraints,
 )
 
@@ -272,6 +273,43 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+_RETENTION_RE = re.compile(r"^([1-9][0-9]{0,7})([smhd])$")
+_RETENTION_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# A source is kept at most this long after its last attempt: privacy, and the notice period.
+MAX_RETENTION = 90 * 86400
+MIN_RETENTION = 60
+
+
+def _retention(value: Any) -> int:
+    """`7d`, `36h`, `90m` -> seconds; a bare number is refused (seconds or days?)."""
+    if isinstance(value, str) and (m := _RETENTION_RE.match(value.strip())):
+        seconds = int(m.group(1)) * _RETENTION_UNIT[m.group(2)]
+    else:
+        raise ValueError(f"{value!r} is not a duration like 7d, 36h or 90m")
+    if not MIN_RETENTION <= seconds <= MAX_RETENTION:
+        raise ValueError(f"{value!r} is outside 1m..90d")
+    return seconds
+
+
+# serialised as `<seconds>s`, which validates back to the same value (the policy cache)
+Retention = Annotated[
+    int, BeforeValidator(_retention), PlainSerializer(lambda v: f"{v}s", return_type=str)
+]
+
+
+class Offenders(_Strict):
+    """Who still tries TCP/25 in monitor and enforce pools: a kernel set per pool and family.
+
+    `size` bounds each set (the kernel adds no source beyond it, and enforcement goes on);
+    `retention` forgets a source that long after its last attempt; IPv6 sources are counted
+    per subscriber prefix (`subscriber_prefix_v6`, a pool may set its own)."""
+
+    track: bool = True
+    size: int = Field(default=65536, ge=16, le=1048576)
+    retention: Retention = 7 * 86400
+    subscriber_prefix_v6: int = Field(default=64, ge=32, le=128)
+
+
 class Gateway(_Strict):
     """Where and how the controller enforces on this gateway."""
 
@@ -281,6 +319,7 @@ class Gateway(_Strict):
     subscriber_interfaces: list[InterfaceName] = []
     # what the gateway serves, read from its kernel and compared with the pools (discover)
     discovery: Discovery | None = None
+    offenders: Offenders = Offenders()
 
 
 class Pool(_Strict):
@@ -292,6 +331,8 @@ class Pool(_Strict):
     mode: Mode = "off"
     tags: list[Name] = []
     prefixes: list[Prefix] = Field(min_length=1)
+    # IPv6 offenders per prefix of this length (delegated /56, /48); None: the gateway's
+    subscriber_prefix_v6: int | None = Field(default=None, ge=32, le=128)
 
 
 class Relay(_Strict):

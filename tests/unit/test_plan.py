@@ -84,7 +84,7 @@ def test_one_pool_mode_change_rewrites_only_that_chain(policy: Policy) -> None:
     backend = MemoryKernel()
     applier.apply(backend, table_for(policy))
     tx = applier.apply(backend, table_for(policy, {"flets-east-dyn-2": "enforce"}))
-    assert [type(op) for op in tx.ops] == [FlushChain, AddRule]
+    assert [type(op) for op in tx.ops] == [FlushChain, AddRule, AddRule, AddRule]
     assert {
         op.name if isinstance(op, FlushChain) else op.chain if isinstance(op, AddRule) else None
         for op in tx.ops
@@ -126,7 +126,7 @@ def test_fingerprint_lets_a_read_skip_elements(policy: Policy) -> None:
     tx = applier.apply(
         backend, table_for(policy, {"flets-east-dyn-2": "enforce"}), trust_fingerprint=True
     )
-    assert [type(op) for op in tx.ops] == [FlushChain, AddRule]
+    assert [type(op) for op in tx.ops] == [FlushChain, AddRule, AddRule, AddRule]
     assert backend.reads == [False]
     # a stale fingerprint forces a full read
     live = backend.tables[("inet", "op25b")]
@@ -211,7 +211,7 @@ def test_recomputing_for_the_same_policy_reuses_its_sets(policy: Policy) -> None
     assert a.sets is b.sets  # same objects: diff() skips 100,000 elements without a look
     assert a.counters == b.counters
     tx = diff(a, b)
-    assert [type(op) for op in tx.ops] == [FlushChain, AddRule]
+    assert [type(op) for op in tx.ops] == [FlushChain, AddRule, AddRule, AddRule]
 
 
 def test_cached_policy_is_reloaded_when_a_file_changes(tmp_path: Path) -> None:

@@ -110,8 +110,8 @@ def test_drift_is_repaired_at_once_then_every_element_verified(
         chain = replace(good.chains[EAST1], rules=(Rule("foreign:7", "accept"),))
         kernel.edit(*KEY, replace(good, chains={**good.chains, EAST1: chain}))
     else:  # a dumped ruleset, edited and reloaded: our comment, someone else's statement
-        (ours,) = good.chains[EAST1].rules
-        chain = replace(good.chains[EAST1], rules=(replace(ours, text="counter accept"),))
+        ours, *rest = good.chains[EAST1].rules
+        chain = replace(good.chains[EAST1], rules=(replace(ours, text="counter accept"), *rest))
         kernel.edit(*KEY, replace(good, chains={**good.chains, EAST1: chain}))
     kernel.reads.clear()
 
@@ -143,7 +143,7 @@ def test_policy_change_is_applied_and_is_not_drift(
     assert rec.desired.decisions[EAST2].mode == "enforce"
     assert rec.digest != before
     assert "counter name blocked_flets-east-dyn-2" in (
-        kernel.tables[KEY].chains[pool_chain(EAST2)].rules[0].text or ""
+        kernel.tables[KEY].chains[pool_chain(EAST2)].rules[-1].text or ""
     )
 
 
@@ -377,7 +377,7 @@ def test_a_policy_change_and_a_deleted_table_in_one_pass_keep_the_counters(
     assert kernel.values[blocked] == (7, 420)  # not back to 0
     assert rec.desired is not None and kernel.tables[KEY] == rec.desired.table
     assert "counter name blocked_flets-east-dyn-2" in (
-        kernel.tables[KEY].chains[pool_chain(EAST2)].rules[0].text or ""
+        kernel.tables[KEY].chains[pool_chain(EAST2)].rules[-1].text or ""
     )
 
 
@@ -403,7 +403,7 @@ def _edit_in_place(kernel: MemoryKernel, chain_name: str, text: str = "counter a
     """`nft replace rule ... comment "op25b:<id>"`: our comment, someone else's statement."""
     live = kernel.tables[KEY]
     chain = live.chains[chain_name]
-    edited = replace(chain, rules=(Rule(chain.rules[0].id, text),))
+    edited = replace(chain, rules=(Rule(chain.rules[0].id, text), *chain.rules[1:]))
     kernel.edit(*KEY, replace(live, chains={**live.chains, chain_name: edited}))
 
 
@@ -450,7 +450,7 @@ def test_the_reference_survives_a_restart(
     _edit_in_place(kernel, EAST1)  # while the daemon is down
     first = _reconciler(kernel, policy_dir, tmp_path / "state", timer).run_once()
     assert first.drift_repaired and first.tx is not None
-    assert len(first.tx.ops) == 2  # only that chain: flush + its one rule
+    assert len(first.tx.ops) == 4  # only that chain: flush + its three rules
     # an untouched table and a saved reference: a restart rewrites nothing
     again = _reconciler(kernel, policy_dir, tmp_path / "state", timer).run_once()
     assert again.ok and not again.changed

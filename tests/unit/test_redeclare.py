@@ -73,7 +73,7 @@ def referenced(batch: Transaction) -> set[str]:
         m
         for op in batch.ops
         if isinstance(op, AddRule)
-        for m in re.findall(r"@(\w+)", op.rule.text or "")
+        for m in re.findall(r"@([\w-]+)", op.rule.text or "")
     }
 
 
@@ -206,7 +206,7 @@ def test_a_failure_between_batches_leaves_an_enforcing_table_the_next_plan_finis
         if name.startswith("pool_"):
             assert mid.chains[name].rule_ids == chain.rule_ids
     texts = " ".join(r.text or "" for c in mid.chains.values() for r in c.rules)
-    for used in set(re.findall(r"@(\w+)", texts)):
+    for used in set(re.findall(r"@([\w-]+)", texts)):
         base = used.removesuffix("_next")
         assert mid.sets[used].elements == desired.sets[base].elements, used
     # the next apply finishes it, from what is live, leak-free, with the stable names
@@ -260,12 +260,12 @@ def test_a_trusted_fingerprint_does_not_hide_a_declaration_change(policy: Policy
 
 def test_the_live_declaration_is_read_as_nft_spells_it() -> None:
     ours = SetInfo("pools_v4", 0x8 | 0x4, True, key_type=7, key_len=4, data_type=NFT_DATA_VERDICT)
-    assert ours.declaration == ("ipv4_addr", True, frozenset({"interval"}))
+    assert ours.declaration == ("ipv4_addr", True, frozenset({"interval"}), 0, 0, False)
     assert NamedSet("x", *ours.declaration[:2], flags=ours.declaration[2]).same_shape(
         NamedSet("y", "ipv4_addr", True)
     )
     old = SetInfo("relays_v4", 0x2, False, key_type=7, key_len=4)
-    assert old.declaration == ("ipv4_addr", False, frozenset({"constant"}))
+    assert old.declaration == ("ipv4_addr", False, frozenset({"constant"}), 0, 0, False)
     concat = SetInfo("s", 0x84, False, key_type=0x1CD, key_len=8)
     assert concat.declaration[0] == "type-461/8"
     marks = SetInfo("m", 0xC, True, key_type=7, key_len=4, data_type=19)
