@@ -23,6 +23,7 @@ from typing import Any
 from op25b_ctl import __version__
 from op25b_ctl.cli import discover as cli_discover
 from op25b_ctl.cli import fleet as cli_fleet
+from op25b_ctl.cli import offenders as cli_offenders
 from op25b_ctl.cli import ops as cli_ops
 from op25b_ctl.cli.context import (
     EXIT_BUSY,
@@ -466,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_ops.register(sub, common)  # rollout, pool, audit, explain
     cli_fleet.register(sub, common)  # publish, fleet status
     cli_discover.register(sub, common)  # discover
+    cli_offenders.register(sub, common)  # offenders
     p = add(
         "daemon",
         cmd_daemon,

@@ -36,7 +36,7 @@ DEFAULT_POLICY_DIR = "/etc/op25b"  # as policy.loader.DEFAULT_POLICY_DIR (test_t
 # fleet commands (`--store`), `teardown` (the off switch must not depend on the daemon) and
 # `daemon` itself always run in their own process.
 FORWARDED = frozenset(
-    {"status", "explain", "pool", "apply", "plan", "rollout", "validate", "audit"}
+    {"status", "explain", "pool", "apply", "plan", "rollout", "validate", "audit", "offenders"}
 )
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from op25b_ctl.errors import KernelError
+from op25b_ctl.plan.offenders import Element
 from op25b_ctl.plan.table import Table
 from op25b_ctl.plan.transaction import Transaction
 
@@ -73,6 +74,11 @@ class Kernel(Protocol):
     ) -> RuleDigests:
         """A digest of what each rule does, keyed by its comment: a rule edited by hand that
         keeps our comment changes its digest. Only `chains` if given; {} if no such table."""
+        ...
+
+    def offender_elements(self, family: str, name: str, set_name: str) -> list[Element]:
+        """The elements of one of our dynamic (offender) sets, written by the packet path:
+        (key, attempts, timeout ms or 0, ms until expiry). TableNotFound if no such set."""
         ...
 
     def check(self, tx: Transaction) -> None:

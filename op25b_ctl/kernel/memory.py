@@ -17,6 +17,7 @@ from dataclasses import replace
 
 from op25b_ctl.errors import KernelError, TableNotFound
 from op25b_ctl.kernel.base import Counter, RuleDigests, commit_batches
+from op25b_ctl.plan.offenders import Element
 from op25b_ctl.plan.table import Chain, Table
 from op25b_ctl.plan.transaction import (
     AddChain,
@@ -46,6 +47,7 @@ class MemoryKernel:
         self.gen = 1  # bumped by every commit, ours or someone else's
         self.generations = generations  # False: a kernel that cannot tell (generation() None)
         self.values: dict[str, tuple[int, int]] = {}  # counter name -> (packets, bytes)
+        self.seen: dict[str, list[Element]] = {}  # offender set -> what "traffic" recorded
         self.applied: list[Transaction] = []  # every committed batch, in order
         self.reads: list[bool] = []  # every read(), by its `elements` argument
         self.fail_next: str | None = None  # the next commit is refused with this message
@@ -95,6 +97,12 @@ class MemoryKernel:
                 digest = hashlib.sha256((r.text or "").encode()).hexdigest()[:16]
                 out.setdefault((c.name, r.comment), []).append(digest)
         return {k: tuple(v) for k, v in out.items()}
+
+    def offender_elements(self, family: str, name: str, set_name: str) -> list[Element]:
+        t = self.tables.get((family, name))
+        if t is None or set_name not in t.sets:
+            raise TableNotFound(f"set {set_name} of table {family} {name} does not exist")
+        return list(self.seen.get(set_name, ()))
 
     def check(self, tx: Transaction) -> None:
         self._run(tx)

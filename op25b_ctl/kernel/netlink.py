@@ -26,6 +26,7 @@ from op25b_ctl.errors import KernelError, TableNotFound
 from op25b_ctl.kernel import nlcodec
 from op25b_ctl.kernel.base import Counter, RuleDigests
 from op25b_ctl.netns import netns_cookie
+from op25b_ctl.plan.offenders import Element
 
 __all__ = [
     "ChainInfo",
@@ -33,6 +34,7 @@ __all__ = [
     "SetInfo",
     "TableSkeleton",
     "read_counters",
+    "read_dynamic",
     "read_elements",
     "read_rule_digests",
     "read_skeleton",
@@ -119,6 +121,12 @@ def read_elements(table: str, set_name: str, family: str = "inet") -> dict[str, 
     """One interval set's (or verdict map's) elements as {canonical CIDR: jump target or None};
     raise TableNotFound if the table or the set does not exist. See `nlcodec.element_dump`."""
     return nlcodec.element_dump(table, set_name, family)
+
+
+def read_dynamic(table: str, set_name: str, family: str = "inet") -> list[Element]:
+    """A dynamic set's elements as the packet path wrote them (`nlcodec.dynamic_dump`);
+    raise TableNotFound if the table or the set does not exist."""
+    return nlcodec.dynamic_dump(table, set_name, family)
 
 
 def ruleset_generation() -> int:

@@ -18,6 +18,7 @@ from dataclasses import replace
 from op25b_ctl.errors import KernelError, TableNotFound
 from op25b_ctl.kernel import netlink
 from op25b_ctl.kernel.base import Counter, RuleDigests, commit_batches
+from op25b_ctl.plan.offenders import Element
 from op25b_ctl.plan.render import render
 from op25b_ctl.plan.table import INTERVAL, Chain, Hook, NamedSet, Rule, Table
 from op25b_ctl.plan.transaction import Transaction
@@ -164,6 +165,9 @@ class NftKernel:
         self, family: str, name: str, chains: Iterable[str] | None = None
     ) -> RuleDigests:
         return netlink.read_rule_digests(name, family, chains)
+
+    def offender_elements(self, family: str, name: str, set_name: str) -> list[Element]:
+        return netlink.read_dynamic(name, set_name, family)
 
     def check(self, tx: Transaction) -> None:
         if tx:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import socket
 import struct
 from collections.abc import Iterable, Iterator
@@ -215,6 +216,113 @@ def _prefixes(lo: int, hi: int, width: int) -> list[str]:
     version = 4 if width == 4 else 6
     first, last = netaddr.IPAddress(lo, version), netaddr.IPAddress(hi, version)
     return [str(c) for c in netaddr.iprange_to_cidrs(first, last)]
+
+
+_NFTA_SET_ELEM_TIMEOUT, _NFTA_SET_ELEM_EXPIRATION = 4, 5
+_NFTA_SET_ELEM_EXPR, _NFTA_SET_ELEM_EXPRESSIONS = 7, 10
+_COUNTER = b"counter\0"
+
+
+def dynamic_dump(table: str, set_name: str, family: str) -> list[tuple[bytes, int, int, int]]:
+    """A dynamic set's elements as (key bytes, packets of its counter, timeout ms or 0 for
+    the set's, ms until it expires); the kernel leaves out expired ones. Raises TableNotFound
+    if there is no such table or set.
+
+    A full set is 65,536 elements and `offenders --top 20` has half a second for all of it
+    (docs/benchmarks.md): the elements the kernel writes for our sets have one fixed layout,
+    matched by one regular expression a message; a message it does not cover byte for byte
+    is walked attribute by attribute instead.
+    """
+    body = struct.pack("=BBH", family_number(family), 0, 0)
+    body += nla(_NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
+    body += nla(_NFTA_SET_ELEM_LIST_SET, set_name.encode() + b"\0")
+    out: list[tuple[bytes, int, int, int]] = []
+    for msg in dump(NFT_MSG_GETSETELEM, body, f"set {set_name}"):
+        for kind, elems in attrs(msg):
+            if kind == _NFTA_SET_ELEM_LIST_ELEMENTS:
+                out += _fast_elements(elems) or _walk_elements(elems)
+    return out
+
+
+def _element_pattern(width: int, timeout: bool) -> tuple[re.Pattern[bytes], int]:
+    """The bytes of one element of ours (key, counter, [timeout], expiration) as the kernel
+    writes it, with the key, packets, timeout and expiration as groups; and its length."""
+    counter = (
+        struct.pack("=HH", 44, _NFTA_SET_ELEM_EXPR)
+        + struct.pack("=HH", 12, _NFTA_EXPR_NAME)
+        + _COUNTER
+        + struct.pack("=HH", 28, _NFTA_EXPR_DATA)
+        + struct.pack("=HH", 12, _NFTA_COUNTER_BYTES)
+    )
+    parts = [
+        re.escape(struct.pack("=HH", 4 + width, _NFTA_DATA_VALUE)),
+        b"(.{%d})" % width,
+        re.escape(counter),
+        b".{8}",
+        re.escape(struct.pack("=HH", 12, _NFTA_COUNTER_PACKETS)),
+        b"(.{8})",
+    ]
+    length = 4 + 4 + 4 + width + 44 + 12  # element, key, value, counter, expiration
+    if timeout:
+        parts += [re.escape(struct.pack("=HH", 12, _NFTA_SET_ELEM_TIMEOUT)), b"(.{8})"]
+        length += 12
+    else:
+        parts.append(b"()")
+    parts += [re.escape(struct.pack("=HH", 12, _NFTA_SET_ELEM_EXPIRATION)), b"(.{8})"]
+    head = struct.pack("=HH", length, 1) + struct.pack("=HH", 8 + width, _NFTA_SET_ELEM_KEY)
+    return re.compile(re.escape(head) + b"".join(parts), re.S), length
+
+
+_PATTERNS = [_element_pattern(w, t) for w in (4, 16) for t in (False, True)]
+
+
+def _fast_elements(elems: bytes) -> list[tuple[bytes, int, int, int]] | None:
+    """All elements of one message by `_element_pattern`, or None unless it covers them all."""
+    for pattern, length in _PATTERNS:
+        if len(elems) % length:
+            continue
+        found = pattern.findall(elems)
+        if len(found) * length == len(elems):
+            big = int.from_bytes
+            return [
+                (key, big(packets), big(timeout) if timeout else 0, big(expires))
+                for key, packets, timeout, expires in found
+            ]
+    return None
+
+
+def _walk_elements(elems: bytes) -> list[tuple[bytes, int, int, int]]:
+    """The general case: each attribute of each element."""
+    out: list[tuple[bytes, int, int, int]] = []
+    for _, elem in attrs(elems):
+        e = dict(attrs(elem))
+        key = dict(attrs(e.get(_NFTA_SET_ELEM_KEY, b""))).get(_NFTA_DATA_VALUE, b"")
+        timeout = e.get(_NFTA_SET_ELEM_TIMEOUT)
+        expires = e.get(_NFTA_SET_ELEM_EXPIRATION)
+        packets = 0
+        for kind in (_NFTA_SET_ELEM_EXPR, _NFTA_SET_ELEM_EXPRESSIONS):
+            if kind in e:
+                packets = _counter_packets(e[kind], kind)
+        out.append(
+            (
+                key,
+                packets,
+                struct.unpack("!Q", timeout)[0] if timeout else 0,
+                struct.unpack("!Q", expires)[0] if expires else 0,
+            )
+        )
+    return out
+
+
+def _counter_packets(raw: bytes, kind: int) -> int:
+    """The packets of a `counter` among an element's expressions (one, or a list)."""
+    exprs = [e for _, e in attrs(raw)] if kind == _NFTA_SET_ELEM_EXPRESSIONS else [raw]
+    for expr in exprs:
+        parts = dict(attrs(expr))
+        if parts.get(_NFTA_EXPR_NAME) == _COUNTER:
+            data = dict(attrs(parts.get(_NFTA_EXPR_DATA, b"")))
+            return int(struct.unpack("!Q", data.get(_NFTA_COUNTER_PACKETS, bytes(8)))[0])
+    return 0
 
 
 # -- rules -------------------------------------------------------------------------------------

@@ -1,0 +1,159 @@
+"""`op25b-ctl offenders`: who still tries TCP/25, from the kernel's offender sets.
+
+Read over netlink, one dump per set; through the daemon's socket when it runs (then "first
+seen" comes from the daemon's record). The list goes to stdout only: never to the journal,
+the audit trail or a file (docs/offenders.md, "Privacy").
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from op25b_ctl.cli.context import EXIT_INVALID, EXIT_OK, Context
+from op25b_ctl.ops.offenders import FIRST_SEEN, read_pools
+from op25b_ctl.plan.modes import decide
+from op25b_ctl.plan.offenders import Exemptions, Offender, ranked
+from op25b_ctl.policy.model import Policy
+
+DEFAULT_TOP = 50
+
+
+def _when(t: datetime | None, policy: Policy, exact: bool) -> str:
+    if t is None:
+        return "-"
+    text = t.astimezone(policy.zone).strftime("%Y-%m-%d %H:%M:%S")
+    return text if exact else f"<={text}"
+
+
+def cmd_offenders(ctx: Context) -> int:
+    policy = ctx.policy()
+    decisions = decide(policy, ctx.now, list(ctx.source.overrides().values()))
+    modes = {name: d.mode for name, d in decisions.items()}
+    wanted = None
+    if ctx.args.pool:
+        unknown = sorted(set(ctx.args.pool) - {p.name for p in policy.pools})
+        if unknown:
+            print(f"op25b-ctl: no such pool in pools.yaml: {', '.join(unknown)}", file=sys.stderr)
+            return EXIT_INVALID
+        wanted = set(ctx.args.pool)
+    if ctx.args.mode:
+        wanted = {n for n in (wanted or modes) if modes.get(n) in set(ctx.args.mode)}
+    # the kernel's times count from the real clock, whatever --now says
+    now = datetime.now(UTC)
+    pools = read_pools(ctx.kernel, policy, modes, pools=wanted, now=now, first_seen=FIRST_SEEN)
+    exemptions = Exemptions(e.prefix for e in policy.exemptions if e.active(ctx.now))
+    top = ctx.args.top or None
+    rows = ranked(pools, now, top=top, exemptions=exemptions, first_seen=FIRST_SEEN)
+    data: dict[str, Any] = {
+        "time": now.isoformat(),
+        "pools": [
+            {
+                "pool": ps.pool,
+                "mode": ps.mode,
+                "distinct": ps.distinct,
+                "v4": len(ps.v4),
+                "v6": len(ps.v6),
+                "size": ps.tracking.size,
+                "retention_seconds": ps.tracking.timeout,
+                "subscriber_prefix_v6": ps.tracking.prefix_v6,
+                "fill_v4": round(ps.fill(4), 6),
+                "fill_v6": round(ps.fill(6), 6),
+            }
+            for ps in pools
+        ],
+        "offenders": [r.to_json() for r in rows],
+    }
+    ctx.emit(data, _text(policy, pools, rows, top))
+    return EXIT_OK
+
+
+def _text(policy: Policy, pools: list[Any], rows: list[Offender], top: int | None) -> list[str]:
+    lines = [
+        f"{ps.pool} ({ps.mode}): {ps.distinct} source(s) in the last "
+        f"{_duration(ps.tracking.timeout)}; sets {len(ps.v4)}/{ps.tracking.size} v4, "
+        f"{len(ps.v6)}/{ps.tracking.size} v6"
+        + (
+            " FULL: new sources are not recorded (still blocked)"
+            if max(ps.fill(4), ps.fill(6)) >= 1
+            else ""
+        )
+        for ps in pools
+    ]
+    if not pools:
+        lines.append("no pool tracks offenders (gateway.yaml offenders.track, dynamic pools)")
+    if rows:
+        header = ("SOURCE", "POOL", "MODE", "ATTEMPTS", "FIRST SEEN", "LAST SEEN", "EXEMPTED")
+        table = [header] + [
+            (
+                r.source,
+                r.pool,
+                r.mode,
+                str(r.attempts),
+                _when(r.first_seen, policy, r.first_seen_exact),
+                _when(r.last_seen, policy, True),
+                "yes" if r.exempted else "no",
+            )
+            for r in rows
+        ]
+        widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+        lines.append("")
+        lines += [
+            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+            for row in table
+        ]
+        total = sum(ps.distinct for ps in pools)
+        if top is not None and total > len(rows):
+            lines.append(f"(top {len(rows)} of {total}; --top 0 for all)")
+    return lines
+
+
+def _duration(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _top(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value <= 10_000_000:
+        raise argparse.ArgumentTypeError(f"{value} is outside 0..10000000")
+    return value
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add `offenders` to op25b-ctl's subparsers."""
+    add: Callable[..., argparse.ArgumentParser] = sub.add_parser
+    help = "who still tries TCP/25 from monitored and enforced pools, most attempts first"
+    p = add(
+        "offenders",
+        parents=[common],
+        help=help,
+        description=help + ". Read from the kernel's offender sets (gateway.yaml offenders: "
+        "size, retention); metadata only: source address or IPv6 subscriber prefix, pool, "
+        "mode, attempts (SYNs), first and last seen, whether it is exempted. First seen is "
+        "known while the daemon runs (<= marks a bound: the source was there when the "
+        "daemon first looked).",
+    )
+    p.set_defaults(func=cmd_offenders)
+    p.add_argument("--pool", action="append", metavar="NAME", help="only this pool (repeatable)")
+    p.add_argument(
+        "--mode",
+        action="append",
+        choices=("monitor", "enforce", "off"),
+        help="only pools in this mode now (repeatable)",
+    )
+    p.add_argument(
+        "--top",
+        type=_top,
+        default=DEFAULT_TOP,
+        metavar="N",
+        help="show the N sources with most attempts; 0 = all (default: %(default)s)",
+    )
