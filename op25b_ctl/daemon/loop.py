@@ -33,6 +33,7 @@ from typing import Any
 from op25b_ctl.daemon import DEFAULT_INTERVAL, DEFAULT_VERIFY_INTERVAL, exporter, journal
 from op25b_ctl.daemon.discovery import DiscoveryCollector, DiscoveryWatcher
 from op25b_ctl.daemon.metrics import Metrics, build_registry
+from op25b_ctl.daemon.offenders import OffenderCollector, OffenderReader
 from op25b_ctl.daemon.reconcile import Reconciler
 from op25b_ctl.daemon.sdnotify import Notifier
 from op25b_ctl.daemon.view import ReconcileResult
@@ -384,6 +385,8 @@ def run(
         lambda: reconciler.view.desired.policy if reconciler.view.desired else None
     )
     registry.register(DiscoveryCollector(watcher))
+    offenders = OffenderReader(reconciler.kernel, lambda: reconciler.view)
+    registry.register(OffenderCollector(offenders))
     notifier = Notifier()
     server = (
         MetricsServer(metrics_address, registry, metrics) if metrics_address is not None else None
