@@ -20,6 +20,7 @@ from prometheus_client import generate_latest
 from op25b_ctl.daemon.discovery import DiscoveryCollector, DiscoveryWatcher
 from op25b_ctl.daemon.fleet import FleetCollector, FleetReporter
 from op25b_ctl.daemon.metrics import build_registry
+from op25b_ctl.daemon.offenders import OffenderCollector, OffenderReader
 from op25b_ctl.daemon.reconcile import Reconciler
 from op25b_ctl.kernel.memory import MemoryKernel
 from op25b_ctl.source.directory import DirectorySource
@@ -55,6 +56,7 @@ def exposition(tmp: Path) -> str:
     # the fleet half, as a daemon started with --store registers it (no store contacted)
     source = FleetSource(EtcdStore(parse_store_url("etcd://127.0.0.1:9/op25b")), "gw1", tmp)
     registry.register(FleetCollector(FleetReporter(rec, source)))
+    registry.register(OffenderCollector(OffenderReader(kernel, lambda: rec.view)))
     metrics.observe(rec.run_once(), now=1.0e9)
     for name in kernel.tables[("inet", "op25b")].counters:
         kernel.values[name] = (3, 180)
@@ -128,6 +130,8 @@ def test_rules_and_dashboard_use_only_exported_metrics(tmp_path: Path) -> None:
         "op25b_policy_revision_applied",
         "op25b_store_connected",
         "op25b_store_last_sync_seconds",
+        "op25b_pool_offenders",
+        "op25b_pool_offender_set_fill_ratio",
     ):
         assert name in used and name in exported
 
