@@ -194,7 +194,8 @@ def test_prometheus_scrapes_blocked_attempts_per_pool(lab: Lab, gw: Gateway) -> 
 
 def replace_east1_rule(gw: Gateway, *, keep_comment: bool) -> None:
     listing = json.loads(gw.nft("-a", "-j", "list", "chain", "inet", "op25b", EAST1_CHAIN))
-    (rule,) = [i["rule"] for i in listing["nftables"] if "rule" in i]
+    # the verdict rule: the last one (the two before it record offenders)
+    rule = [i["rule"] for i in listing["nftables"] if "rule" in i][-1]
     statement = ["counter", "accept"]
     if keep_comment:  # as if a dumped ruleset were edited and reloaded
         statement = ["counter", "name", f"blocked_{EAST1}", "accept"]
