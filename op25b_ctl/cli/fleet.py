@@ -418,6 +418,8 @@ def fleet_rows(
                 "digest": st.get("ruleset_digest"),
                 "discovery": st.get("discovery"),
                 "problems": problems,
+                # distinct TCP/25 sources per pool within the retention window (issue 16)
+                "offenders": (st.get("offenders") or {}).get("pools"),
             }
         )
     return rows
@@ -471,7 +473,7 @@ def cmd_fleet_status(ctx: Context) -> int:
     text = [
         head,
         f"{'GATEWAY':<20} {'GROUP':<10} {'STATE':<8} {'REV':>4} {'LAG':>4} "
-        f"{'ENF/MON/OFF':<12} {'BLOCKED':>9} {'SEEN':>6}  PROBLEMS",
+        f"{'ENF/MON/OFF':<12} {'BLOCKED':>9} {'OFFEND':>6} {'SEEN':>6}  PROBLEMS",
     ]
     for r in rows:
         pools = r.get("pools") or {}
@@ -486,6 +488,7 @@ def cmd_fleet_status(ctx: Context) -> int:
             f"{marker + r['gateway']:<20} {r.get('group') or '-':<10} {r['state']:<8} "
             f"{_show(r.get('policy_revision')):>4} {_show(r.get('lag')):>4} {mix:<12} "
             f"{_show(r.get('blocked_packets')):>9} "
+            f"{_show(sum(r['offenders'].values()) if r.get('offenders') else None):>6} "
             f"{(f'{seen:.0f}s' if seen is not None else '-'):>6}  "
             + "; ".join(r.get("problems", []))
         )

@@ -30,6 +30,8 @@ def _when(t: datetime | None, policy: Policy, exact: bool) -> str:
 
 
 def cmd_offenders(ctx: Context) -> int:
+    if ctx.args.store:
+        return _fleet(ctx)
     policy = ctx.policy()
     decisions = decide(policy, ctx.now, list(ctx.source.overrides().values()))
     modes = {name: d.mode for name, d in decisions.items()}
@@ -109,6 +111,68 @@ def _text(policy: Policy, pools: list[Any], rows: list[Offender], top: int | Non
         if top is not None and total > len(rows):
             lines.append(f"(top {len(rows)} of {total}; --top 0 for all)")
     return lines
+
+
+def _fleet(ctx: Context) -> int:
+    """The fleet-wide picture from each gateway's one status key: per-pool distinct counts
+    and its bounded top list (the daemon refreshes both every 30 s). No key per address."""
+    from op25b_ctl.cli.fleet import store_of  # the store client only for --store
+
+    statuses = store_of(ctx).statuses()
+    pools: dict[str, dict[str, int]] = {}
+    rows: list[dict[str, Any]] = []
+    for gateway, status in sorted(statuses.items()):
+        section = status.get("offenders")
+        if not isinstance(section, dict):
+            continue
+        for pool, n in (section.get("pools") or {}).items():
+            if ctx.args.pool and pool not in ctx.args.pool:
+                continue
+            pools.setdefault(str(pool), {})[gateway] = int(n)
+        for r in section.get("top") or []:
+            if ctx.args.pool and r.get("pool") not in ctx.args.pool:
+                continue
+            if ctx.args.mode and r.get("mode") not in ctx.args.mode:
+                continue
+            rows.append({**r, "gateway": gateway, "at": section.get("at")})
+    rows.sort(key=lambda r: (-int(r.get("attempts", 0)), str(r.get("source"))))
+    if ctx.args.top:
+        rows = rows[: ctx.args.top]
+    data = {
+        "gateways": sorted(statuses),
+        "pools": {
+            p: {"distinct": sum(g.values()), "by_gateway": g} for p, g in sorted(pools.items())
+        },
+        "offenders": rows,
+    }
+    text = [
+        f"{p}: {sum(g.values())} source(s) on {len(g)} gateway(s) ("
+        + ", ".join(f"{gw} {n}" for gw, n in sorted(g.items()))
+        + ")"
+        for p, g in sorted(pools.items())
+    ] or ["no gateway reports offenders (daemons with --store report them every 30 s)"]
+    if rows:
+        header = ("SOURCE", "GATEWAY", "POOL", "MODE", "ATTEMPTS", "LAST SEEN")
+        table = [header] + [
+            (
+                str(r.get("source")),
+                r["gateway"],
+                str(r.get("pool")),
+                str(r.get("mode")),
+                str(r.get("attempts")),
+                str(r.get("last_seen")),
+            )
+            for r in rows
+        ]
+        widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+        text.append("")
+        text += [
+            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+            for row in table
+        ]
+        text.append("(each gateway reports its own top 10; `offenders` on a gateway lists all)")
+    ctx.emit(data, text)
+    return EXIT_OK
 
 
 def _duration(seconds: int) -> str:

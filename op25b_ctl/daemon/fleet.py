@@ -9,7 +9,9 @@ gateway's lease when it changed. `FleetCollector` exports the same per gateway t
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Hashable, Iterator
+import os
+import time
+from collections.abc import Callable, Hashable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,11 +19,28 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from op25b_ctl.daemon.discovery import DiscoveryWatcher
+from op25b_ctl.daemon.offenders import OffenderReader
 from op25b_ctl.daemon.reconcile import Reconciler
 from op25b_ctl.daemon.view import ReconcileResult
+from op25b_ctl.plan.offenders import ranked
 from op25b_ctl.plan.ruleset import blocked_counter
 from op25b_ctl.plan.table import Table
 from op25b_ctl.source.fleet import FleetSource
+
+FLEET_TOP = 10  # sources with most attempts in a gateway's status key
+# seconds between refreshes of that part of the status ($OP25B_OFFENDERS_REPORT_EVERY)
+OFFENDERS_EVERY = 30.0
+FLEET_FIELDS = ("source", "pool", "mode", "attempts", "last_seen")
+
+
+def _seconds_from_env(name: str, default: float) -> float:
+    """A positive number of seconds from the environment, else `default` (never an error:
+    a daemon does not stop for a tuning knob)."""
+    try:
+        value = float(os.environ.get(name, ""))
+    except ValueError:
+        return default
+    return value if 0 < value <= 86400 else default
 
 
 def ruleset_digest(table: Table) -> str:
@@ -45,10 +64,16 @@ class FleetReporter:
         reconciler: Reconciler,
         source: FleetSource,
         discovery: DiscoveryWatcher | None = None,
+        offenders: OffenderReader | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.reconciler = reconciler
         self.source = source
         self.discovery = discovery  # the hole alarm: its answer goes into the status
+        self.offenders = offenders
+        self.monotonic = monotonic
+        self._offenders: tuple[float, dict[str, Any]] | None = None
+        self.offenders_every = _seconds_from_env("OP25B_OFFENDERS_REPORT_EVERY", OFFENDERS_EVERY)
         self.applied_store_revision: int | None = None
         self.applied_policy_revision: int | None = None
         self._digest: tuple[int, str] | None = None  # (id of the table, its digest)
@@ -94,7 +119,34 @@ class FleetReporter:
         holes = self.discovery.report() if self.discovery is not None else None
         if holes is not None:
             status["discovery"] = holes
+        offenders = self._offender_section()
+        if offenders is not None:
+            status["offenders"] = offenders
         self.source.report(status)
+
+    def _offender_section(self) -> dict[str, Any] | None:
+        """Per-pool distinct counts and the top FLEET_TOP sources, refreshed at most every
+        OFFENDERS_EVERY seconds (attempts change with every SYN: the key would otherwise be
+        rewritten every pass). Bounded whatever the sets hold: no key per address."""
+        if self.offenders is None:
+            return None
+        now = self.monotonic()
+        if self._offenders is not None and now - self._offenders[0] < self.offenders_every:
+            return self._offenders[1]
+        pools = self.offenders.read()
+        if pools is None:
+            return self._offenders[1] if self._offenders is not None else None
+        at = datetime.now(UTC)
+        section = {
+            "at": at.isoformat(timespec="seconds"),
+            "pools": {ps.pool: ps.distinct for ps in pools},
+            "top": [
+                {k: v for k, v in r.to_json().items() if k in FLEET_FIELDS}
+                for r in ranked(pools, at, top=FLEET_TOP)
+            ],
+        }
+        self._offenders = (now, section)
+        return section
 
 
 class FleetCollector(Collector):

@@ -395,7 +395,7 @@ def run(
     if fleet is not None:
         from op25b_ctl.daemon.fleet import FleetCollector, FleetReporter
 
-        reporter = FleetReporter(reconciler, fleet, discovery=watcher)
+        reporter = FleetReporter(reconciler, fleet, discovery=watcher, offenders=offenders)
         registry.register(FleetCollector(reporter))
     daemon = Daemon(
         reconciler,

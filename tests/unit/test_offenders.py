@@ -37,7 +37,7 @@ from op25b_ctl.plan.ruleset import (
 from op25b_ctl.plan.table import hollow_from_json, hollow_to_json
 from op25b_ctl.plan.transaction import AddRule, AddSet, DeleteSet, FlushChain, FlushSet
 from op25b_ctl.policy.loader import load_policy
-from op25b_ctl.policy.model import Gateway, Policy
+from op25b_ctl.policy.model import Gateway, Mode, Policy
 from tests.policytools import EXAMPLE, example_policy
 
 EAST1, EAST2 = "flets-east-dyn-1", "flets-east-dyn-2"
@@ -50,8 +50,9 @@ def policy() -> Policy:
     return load_policy(EXAMPLE)
 
 
-def modes(**m: str) -> dict[str, str]:
-    return {EAST1: "enforce", EAST2: "monitor", "flets-west-dyn-1": "off", **m}
+def modes(**m: Mode) -> dict[str, Mode]:
+    base: dict[str, Mode] = {EAST1: "enforce", EAST2: "monitor", "flets-west-dyn-1": "off"}
+    return {**base, **m}
 
 
 # -- rule design
@@ -103,7 +104,7 @@ def test_sets_are_declared_for_every_dynamic_pool_with_explicit_flags(policy: Po
 def test_a_mode_change_keeps_the_sets_and_rewrites_one_chain(policy: Policy) -> None:
     kernel = MemoryKernel()
     applier.apply(kernel, desired_table(policy, modes()))
-    tx = applier.apply(kernel, desired_table(policy, modes(**{EAST1: "off"})))
+    tx = applier.apply(kernel, desired_table(policy, {**modes(), EAST1: "off"}))
     assert [type(op) for op in tx.ops] == [FlushChain]  # no set deleted: the list stays
     assert offender_set(EAST1, 4) in kernel.tables[("inet", "op25b")].sets
 
