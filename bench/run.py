@@ -1141,10 +1141,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="connect-rate load processes per sample (default: one per CPU, %(default)s)",
     )  # fmt: skip
     p.add_argument(
-        "--only", choices=("datapath", "discovery"),
+        "--only", choices=("datapath", "discovery", "offenders"),
         help="run only this part and print its figures (writes nothing; `datapath`: the six "
         "lab gateways' connect rates, about 3 minutes; `discovery`: `discover` at 100,000 "
-        "routes and the daemon's pass with discovery on and off, about 1 minute)",
+        "routes and the daemon's pass with discovery on and off, about 1 minute; "
+        "`offenders`: offender tracking's rate ratio, set memory and `offenders --top 20` "
+        "at 65,536 elements, about 1 minute)",
     )  # fmt: skip
     p.add_argument(
         "--list-timeout", type=float, default=LIST_TIMEOUT_S,
@@ -1174,6 +1176,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(plain(discovery.run(max(3, args.whole_rounds))))
         return 0
+    if args.only == "offenders":
+        from bench import offenders
+
+        return offenders.run(args, log)
     started = datetime.now(UTC)
     t0 = time.monotonic()
     mach = machine()
