@@ -926,6 +926,12 @@ def miss_notes(
     return out
 
 
+def _offender_lines(res: Any) -> list[str]:
+    from bench import offenders
+
+    return [*offenders.lines(res), ""]
+
+
 def render_report(
     sizes: dict[int, SizeResult],
     dp: DataPath,
@@ -936,6 +942,7 @@ def render_report(
     limit_mb: float,
     seconds: float,
     processes: whole.Whole | None = None,
+    offenders: Any = None,  # bench.offenders.OffenderBench of the same run, if measured
 ) -> list[str]:
     m = sizes[inv.MAIN.v4]
     figs = main_figures(sizes, dp, limit_mb)
@@ -975,6 +982,7 @@ def render_report(
             if processes is not None
             else []
         ),
+        *(_offender_lines(offenders) if offenders is not None else []),
         "## Figures (library calls inside one process)",
         "",
         *figures_table(figs),
@@ -1193,6 +1201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     continue  # the biggest row runs last: it is the one to drop if time is short
                 sizes[size.v4] = bench.size(size, main=size == inv.MAIN)
             dp = bench.datapath(work / "policy")
+            from bench import offenders
+
+            tracking = offenders.measure(args.rounds, args.seconds, args.load_processes, log)
             processes = None
             if args.whole_rounds > 0:
                 processes = whole.measure(
@@ -1208,7 +1219,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             bench.close()
             shutil.rmtree(work, ignore_errors=True)
     elapsed = time.monotonic() - t0
-    raw = (sizes, dp, mach, started, elapsed, args.runs, args.rss_limit, args.seconds, processes)
+    raw = (
+        *(sizes, dp, mach, started, elapsed, args.runs, args.rss_limit, args.seconds),
+        *(processes, tracking),
+    )
     RAW.write_bytes(pickle.dumps(raw))  # re-render with --from-raw without measuring again
     log(f"raw results in {RAW}")
     return report(args, *raw)

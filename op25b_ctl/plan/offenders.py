@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import heapq
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -155,21 +155,21 @@ def ranked(
 
     Ranked on the raw elements; only the rows shown become `Offender`s (a full set is 65,536
     elements, and `--top 20` needs 20 of them)."""
-    candidates: list[tuple[int, int, str, int, PoolSeen, Element]] = []
-    for ps in pools:
-        for version, elements in ((4, ps.v4), (6, ps.v6)):
-            for element in elements:
-                candidates.append(
-                    (element[1], -_age_ms(element, ps.tracking), ps.pool, version, ps, element)
-                )
-    order = lambda c: (c[0], c[1])  # noqa: E731
-    chosen = (
-        heapq.nlargest(top, candidates, key=order)
-        if top is not None
-        else sorted(candidates, key=order, reverse=True)
-    )
+
+    # (attempts, -age ms, pool index, version, element index): plain tuples, ordered as shown
+    def keys() -> Iterator[tuple[int, int, int, int, int]]:
+        for p, ps in enumerate(pools):
+            default = ps.tracking.timeout * 1000
+            for version, elements in ((4, ps.v4), (6, ps.v6)):
+                for i, (_, attempts, timeout, expires) in enumerate(elements):
+                    yield attempts, min(0, expires - (timeout or default)), p, version, i
+
+    chosen = heapq.nlargest(top, keys()) if top is not None else sorted(keys(), reverse=True)
     rows: list[Offender] = []
-    for attempts, neg_age, pool, version, ps, element in chosen:
+    for attempts, neg_age, p, version, i in chosen:
+        ps = pools[p]
+        pool = ps.pool
+        element = (ps.v4 if version == 4 else ps.v6)[i]
         source = source_text(element[0], ps.tracking.prefix_v6)
         first: datetime | None = None
         exact = False
