@@ -225,13 +225,25 @@ def _table_exists(table: str, family: str) -> bool:
     return True
 
 
-def _messages(msg_type: int, body: bytes, what: str) -> list[dict[int, bytes]]:
+def _messages(
+    msg_type: int, body: bytes, what: str, kinds: frozenset[int] | None = None
+) -> list[dict[int, bytes]]:
+    """Each reply's attributes (only `kinds`, if given: rules carry their expressions)."""
+    if kinds is not None:
+        return [nlcodec.pick(msg, kinds) for msg in nlcodec.dump(msg_type, body, what)]
     return [dict(nlcodec.attrs(msg)) for msg in nlcodec.dump(msg_type, body, what)]
+
+
+_RULE_KINDS = frozenset({_RULE_TABLE, _RULE_CHAIN, _RULE_HANDLE, _RULE_USERDATA})
+_SET_KINDS = frozenset(
+    {_SET_TABLE, _SET_NAME, _SET_FLAGS, _SET_KEY_TYPE, _SET_KEY_LEN, _SET_DATA_TYPE}
+    | {_SET_DESC, _SET_TIMEOUT, _SET_EXPR, _SET_EXPRESSIONS}
+)
 
 
 def _rules(table: str, family: str) -> list[dict[int, bytes]]:
     body = _body(family, (_RULE_TABLE, table))
-    msgs = _messages(NFT_MSG_GETRULE, body, f"rules of table {table}")
+    msgs = _messages(NFT_MSG_GETRULE, body, f"rules of table {table}", _RULE_KINDS)
     return [r for r in msgs if _text(r.get(_RULE_TABLE)) == table]
 
 
@@ -246,7 +258,7 @@ def _skeleton(table: str, family: str) -> TableSkeleton | None:
         )
         rule_msgs = _rules(table, family)
         set_msgs = _messages(
-            NFT_MSG_GETSET, _body(family, (_SET_TABLE, table)), f"sets of table {table}"
+            NFT_MSG_GETSET, _body(family, (_SET_TABLE, table)), f"sets of table {table}", _SET_KINDS
         )
     except TableNotFound:  # the table vanished after our lookup
         return None

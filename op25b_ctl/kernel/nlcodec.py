@@ -70,6 +70,23 @@ def attrs(buf: bytes) -> Iterator[tuple[int, bytes]]:
         offset += (length + 3) & ~3
 
 
+def pick(buf: bytes, kinds: frozenset[int]) -> dict[int, bytes]:
+    """The attributes of `kinds` in buf, the others skipped without a copy: what a skeleton
+    read does with thousands of rule and set messages it needs four attributes of."""
+    out: dict[int, bytes] = {}
+    offset, end = 0, len(buf)
+    unpack = struct.unpack_from
+    while offset + 4 <= end:
+        length, kind = unpack("=HH", buf, offset)
+        if length < 4:
+            break
+        kind &= _NLA_TYPE_MASK
+        if kind in kinds:
+            out[kind] = buf[offset + 4 : offset + length]
+        offset += (length + 3) & ~3
+    return out
+
+
 def dump(msg_type: int, body: bytes, what: str) -> Iterator[bytes]:
     """Send one nf_tables dump request; yield each reply's attributes (after nfgenmsg).
 
