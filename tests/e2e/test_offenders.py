@@ -97,8 +97,11 @@ def test_offenders_are_ranked_by_attempts_in_monitor_and_enforce_pools(
     text = ctl(lab, "offenders", "--policy", str(pol), "--pool", ENFORCED).stdout
     assert "SOURCE" in text and "LAST SEEN" in text and EAST1[2] in text
 
-    # a re-apply (and a plan) keeps the kernel's elements: they are data, not drift
+    # a re-apply (and a plan) keeps the kernel's elements: they are data, not drift; the
+    # recording rules' statements read back as written (their digests exclude nothing live)
     assert ctl_json(lab, "plan", "--policy", str(pol))["changes"] == 0
+    status = ctl_json(lab, "status", "--policy", str(pol))
+    assert status["rules_in_sync"] and status["statements_verified"], status
     assert ctl(lab, "apply", "--policy", str(pol)).returncode == 0
     again = offenders(lab, pol, "--pool", ENFORCED)["offenders"]
     assert [r["attempts"] for r in again if ":" not in r["source"]] == [7, 3, 1]
