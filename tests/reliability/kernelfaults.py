@@ -43,7 +43,8 @@ def applied_gateway(lab: Lab, tmp: Path, *, state: Path | None = None) -> Gatewa
 def replace_rule_with_accept(gw: Gateway, chain: str = EAST1_CHAIN) -> None:
     """The issue's edit: same counter, same comment, `accept` instead of the pool's verdict."""
     listing = json.loads(gw.nft("-a", "-j", "list", "chain", "inet", "op25b", chain))
-    (rule,) = [i["rule"] for i in listing["nftables"] if "rule" in i]
+    # the verdict rule: the last one (the two before it record offenders)
+    rule = [i["rule"] for i in listing["nftables"] if "rule" in i][-1]
     counter = f"blocked_{chain.removeprefix('pool_')}"
     gw.nft(
         "replace", "rule", "inet", "op25b", chain, "handle", str(rule["handle"]),

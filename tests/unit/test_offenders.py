@@ -3,6 +3,7 @@ data, the model's settings, ranking, first seen, and the element codec."""
 
 from __future__ import annotations
 
+import json
 import struct
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -315,3 +316,38 @@ def test_an_unexpected_layout_falls_back_to_the_walk() -> None:
     assert nlcodec._fast_elements(odd) is None
     walked = nlcodec._walk_elements(odd)
     assert walked[0] == (bytes([192, 0, 2, 9]), 1, 0, 5) and walked[1] == (bytes(4), 0, 0, 0)
+
+
+# -- the command
+
+
+def test_offenders_command_ranks_filters_and_marks_exemptions(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from op25b_ctl.cli.main import main
+
+    kernel = MemoryKernel()
+    assert main(["apply", "--policy", str(EXAMPLE)], kernel=kernel) == 0
+    kernel.seen[offender_set(EAST1, 4)] = [v4(10, 1, 1000), v4(49, 7, 2000), v4(12, 3, 3000)]
+    kernel.seen[offender_set(EAST2, 4)] = [v4(70, 2, 0)]
+    capsys.readouterr()
+    assert main(["offenders", "--policy", str(EXAMPLE), "-o", "json"], kernel=kernel) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [(r["source"], r["attempts"]) for r in data["offenders"]] == [
+        ("192.0.2.49", 7),
+        ("192.0.2.12", 3),
+        ("192.0.2.70", 2),
+        ("192.0.2.10", 1),
+    ]
+    assert data["offenders"][0]["exempted"]  # 192.0.2.48/30 is in exemptions.yaml
+    assert not data["offenders"][1]["exempted"]
+    assert {p["pool"]: p["distinct"] for p in data["pools"]}[EAST1] == 3
+    argv = ["offenders", "--policy", str(EXAMPLE), "--pool", EAST2, "--top", "1"]
+    assert main(argv, kernel=kernel) == 0
+    text = capsys.readouterr().out
+    assert "192.0.2.70" in text and "192.0.2.49" not in text and "EXEMPTED" in text
+    assert main(["offenders", "--policy", str(EXAMPLE), "--pool", "nope"], kernel=kernel) == 2
+    assert "no such pool" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["offenders", "--help"])
+    assert exc.value.code == 0 and "--top" in capsys.readouterr().out
