@@ -351,3 +351,24 @@ def test_offenders_command_ranks_filters_and_marks_exemptions(
     with pytest.raises(SystemExit) as exc:
         main(["offenders", "--help"])
     assert exc.value.code == 0 and "--top" in capsys.readouterr().out
+
+
+def test_a_deleted_offender_set_is_drift_and_comes_back_in_one_batch(policy: Policy) -> None:
+    from dataclasses import replace as dc_replace
+
+    table = desired_table(policy, modes())
+    kernel = MemoryKernel()
+    applier.apply(kernel, table)
+    live = kernel.tables[("inet", "op25b")]
+    name = offender_set(EAST1, 4)
+    # someone flushed the pool's chain and deleted its set (the rules had to go first)
+    chains = {
+        **live.chains,
+        pool_chain(EAST1): dc_replace(live.chains[pool_chain(EAST1)], rules=()),
+    }
+    sets = {n: s for n, s in live.sets.items() if n != name}
+    kernel.edit("inet", "op25b", dc_replace(live, chains=chains, sets=sets))
+    tx = applier.apply(kernel, table)
+    assert not tx.breaks  # no declare-first batch for a dynamic set
+    assert [op.set.name for op in tx.ops if isinstance(op, AddSet)] == [name]
+    assert kernel.tables[("inet", "op25b")] == table
