@@ -402,7 +402,7 @@ def run(
         interval=interval,
         metrics=metrics,
         notifier=notifier,
-        after_pass=server.try_start if server is not None else None,
+        after_pass=offenders.after(server.try_start if server is not None else None),
         report=reporter.after_pass if reporter is not None else None,
     )
     if fleet is not None:

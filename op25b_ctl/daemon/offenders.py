@@ -27,6 +27,8 @@ from op25b_ctl.plan.offenders import PoolSeen, distinct_by_pool
 log = logging.getLogger("op25b_ctl.offenders")
 
 CACHE_SECONDS = 1.0
+# without scrapes, the loop reads this often anyway: the resolution of "first seen"
+OBSERVE_EVERY = 60.0
 FAMILIES = {4: "ipv4", 6: "ipv6"}
 
 
@@ -70,6 +72,22 @@ class OffenderReader:
                 self._last = None
             self._at = now
             return self._last
+
+    def observe(self) -> None:
+        """After a pass: read if nothing (no scrape, no report) has for OBSERVE_EVERY s."""
+        if self._at is None or self.monotonic() - self._at >= OBSERVE_EVERY:
+            self.read()
+
+    def after(self, then: Callable[[], None] | None) -> Callable[[], None]:
+        """The loop's after-pass hook: `then` (the metrics server's start), then `observe`
+        (so that a failing read can never keep the metrics server from starting)."""
+
+        def hook() -> None:
+            if then is not None:
+                then()
+            self.observe()
+
+        return hook
 
     def distinct(self) -> Mapping[str, int]:
         """{pool: distinct offenders in the window}: the readiness seam, from the daemon."""

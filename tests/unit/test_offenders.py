@@ -372,3 +372,41 @@ def test_a_deleted_offender_set_is_drift_and_comes_back_in_one_batch(policy: Pol
     assert not tx.breaks  # no declare-first batch for a dynamic set
     assert [op.set.name for op in tx.ops if isinstance(op, AddSet)] == [name]
     assert kernel.tables[("inet", "op25b")] == table
+
+
+def test_the_daemon_reader_caches_a_second_and_observes_without_scrapes(policy: Policy) -> None:
+    from op25b_ctl.daemon.offenders import OffenderCollector, OffenderReader
+    from op25b_ctl.daemon.view import View
+    from op25b_ctl.ops.offenders import FIRST_SEEN
+    from op25b_ctl.plan.desired import from_policy
+
+    kernel = MemoryKernel()
+    want = from_policy(policy, NOW, ())
+    applier.apply(kernel, want.table)
+    clock = [100.0]
+    reader = OffenderReader(kernel, lambda: View(desired=want), monotonic=lambda: clock[0])
+    try:
+        kernel.seen[offender_set(EAST1, 4)] = [v4(10, 1, 0)]
+        started: list[int] = []
+        hook = reader.after(lambda: started.append(1))
+        hook()  # the first pass reads
+        assert started == [1] and reader.distinct()[EAST1] == 1
+        kernel.seen[offender_set(EAST1, 4)] = [v4(10, 1, 0), v4(11, 1, 0)]
+        clock[0] += 0.5
+        assert reader.distinct()[EAST1] == 1  # cached for a second
+        clock[0] += 30
+        hook()  # nothing read for 30 s < OBSERVE_EVERY: the hook does not read
+        assert reader.distinct()[EAST1] == 2  # but a reader (a scrape) does, past the cache
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in OffenderCollector(reader).collect()
+            for s in family.samples
+        }
+        mode = want.decisions[EAST1].mode
+        assert samples[("op25b_pool_offenders", (("mode", mode), ("pool", EAST1)))] == 2
+        key = ("op25b_pool_offender_set_fill_ratio", (("family", "ipv4"), ("pool", EAST1)))
+        assert samples[key] == 2 / 65536
+        assert not any("192.0.2" in str(k) for k in samples)  # never a label per address
+    finally:
+        FIRST_SEEN.active = False
+        FIRST_SEEN.book.clear()
