@@ -41,8 +41,10 @@ def plan_is_empty(lab: Lab, gw: Gateway) -> bool:  # noqa: F811
 
 
 def shape(lab: Lab) -> str:  # noqa: F811
-    """The ruleset without counter values (the probes' packets move those)."""
-    return re.sub(r"packets \d+ bytes \d+", "", ruleset(lab))
+    """The ruleset without counter values (the probes' packets move those) and without the
+    offender sets' elements (the probes' sources, written by the kernel: data, not rules)."""
+    text = re.sub(r"(set offenders_\S+ \{[^}]*?)\n\s*elements = \{[^}]*\}", r"\1", ruleset(lab))
+    return re.sub(r"packets \d+ bytes \d+", "", text)
 
 
 def chain(gw: Gateway, pool: str) -> str:
