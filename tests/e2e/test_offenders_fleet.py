@@ -64,7 +64,8 @@ def test_status_keys_carry_counts_and_a_top_list_and_the_store_view_merges_them(
         ("bras-east-2", 5),
         ("bras-east-1", 2),
     ]
-    rows = json.loads(fleet.ctl("fleet", "status", "-o", "json").stdout)["gateways"]
+    # exit 4: bras-west-1 of gateways.yaml does not run in this test
+    rows = json.loads(fleet.ctl("fleet", "status", "-o", "json", check=False).stdout)["gateways"]
     assert {r["gateway"]: r["offenders"][EAST1] for r in rows if r["gateway"] in NAMES} == {
         "bras-east-1": 1,
         "bras-east-2": 1,
