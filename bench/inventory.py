@@ -18,7 +18,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from op25b_ctl.plan.modes import decide, modes
-from op25b_ctl.plan.ruleset import desired_table, pool_chain
+from op25b_ctl.plan.ruleset import (
+    desired_table,
+    offender_set,
+    pool_chain,
+    tracking_of,
+    tracking_rules,
+)
 from op25b_ctl.plan.table import Table
 from op25b_ctl.policy.model import Gateway, Mode, Policy, Pool, Relay, split_families
 from op25b_lab.lab import DYN_A, POOLS, RELAY
@@ -146,6 +152,28 @@ def policy_files(policy: Policy) -> dict[str, str]:
 # ------------------------------------------------------------------ baseline: nft -f text
 
 
+def _chain_body(policy: Policy, pool: Pool, action: str) -> list[str]:
+    """The pool chain's rules: the offender recording rules (no verdict), then the count."""
+    tracking = tracking_of(policy, pool.name)
+    track = [] if tracking is None or pool.mode == "off" else tracking_rules(pool.name, tracking)
+    return [f"    {r.text}" for r in track] + [f"    {_verdict(pool, action)}"]
+
+
+def _offender_sets(policy: Policy) -> list[str]:
+    """Each tracked pool's two dynamic sets, declared as op25b-ctl declares them."""
+    lines = []
+    for p in policy.pools:
+        tracking = tracking_of(policy, p.name)
+        if tracking is None:
+            continue
+        for version, kind in ((4, "ipv4_addr"), (6, "ipv6_addr")):
+            lines.append(
+                f"  set {offender_set(p.name, version)} {{ type {kind}; flags dynamic,timeout; "
+                f"timeout {tracking.timeout}s; size {tracking.size}; counter; }}"
+            )
+    return lines
+
+
 def _verdict(pool: Pool, action: str) -> str:
     if pool.mode == "enforce":
         verdict = "reject with tcp reset" if action == "reject" else "drop"
@@ -169,7 +197,8 @@ def handwritten_ruleset(policy: Policy) -> str:
     for p in policy.pools:
         lines += [f"  counter blocked_{p.name} {{}}", f"  counter monitored_{p.name} {{}}"]
     for p in policy.pools:
-        lines += [f"  chain {pool_chain(p.name)} {{", f"    {_verdict(p, action)}", "  }"]
+        lines += [f"  chain {pool_chain(p.name)} {{", *_chain_body(policy, p, action), "  }"]
+    lines += _offender_sets(policy)
     for name, kind, items in (
         ("relays_v4", "ipv4_addr", relays_v4),
         ("relays_v6", "ipv6_addr", relays_v6),
@@ -227,7 +256,8 @@ def linear_ruleset(policy: Policy, rules: int) -> str:
     lines = [f"table inet {LINEAR_TABLE} {{"]
     for p in pools.values():
         lines += [f"  counter blocked_{p.name} {{}}", f"  counter monitored_{p.name} {{}}"]
-        lines += [f"  chain {pool_chain(p.name)} {{", f"    {_verdict(p, action)}", "  }"]
+        lines += [f"  chain {pool_chain(p.name)} {{", *_chain_body(policy, p, action), "  }"]
+    lines += _offender_sets(policy)
     lines += ["  chain smtp {"]
     lines += [f"    ip daddr {r} accept" for r in relays_v4]
     lines += [f"    ip saddr {prefix} jump {pool_chain(p.name)}" for prefix, p in window]
