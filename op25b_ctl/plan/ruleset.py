@@ -240,15 +240,18 @@ def _code() -> bytes:
 def sets_key(policy: Policy, exemptions: Iterable[str]) -> str:
     """The identity of the sets `desired_table` builds, without building them ("" if unknown).
 
-    The sets are a function of the policy files (`Policy.digest`), the active exemptions and
-    this code, so equal keys mean equal sets and an equal elements fingerprint: a command that
-    knows the fingerprint it made live under a key needs neither the 110,000 elements nor their
-    digest again (`hollow`). No digest, no key: such a policy is always built in full.
+    The sets are a function of the files they are built from (`Policy.sets_digest`: pools and
+    relays; else `Policy.digest`, all the files), the active exemptions and this code, so
+    equal keys mean equal sets and an equal elements fingerprint: a command that knows the
+    fingerprint it made live under a key needs neither the 110,000 elements nor their
+    digest again (`hollow`), whatever else was edited. No digest, no key: such a policy is
+    always built in full.
     """
-    if not policy.digest:
+    inputs = policy.sets_digest or policy.digest
+    if not inputs:
         return ""
     h = hashlib.sha256(_code())
-    h.update(policy.digest.encode())
+    h.update(inputs.encode())
     for prefix in exemptions:
         h.update(b"\0" + prefix.encode())
     return h.hexdigest()

@@ -24,6 +24,7 @@ from op25b_ctl.policy.model import (
     GatewayFile,
     GatewaysFile,
     Policy,
+    PoolPrefixes,
     PoolsFile,
     RelaysFile,
     RolloutFile,
@@ -272,11 +273,39 @@ def load_policy(directory: Path | str) -> Policy:
 def parse_policy(texts: Mapping[str, str], origin: str = "the policy") -> Policy:
     """Validate and cross-check policy files given as {file name: text}: a directory's, or
     the ones published to the fleet store (so both are checked by exactly the same code)."""
+    return parse_policy_files(texts, origin)[0]
+
+
+def parse_policy_files(
+    texts: Mapping[str, str],
+    origin: str = "the policy",
+    known: Mapping[str, BaseModel] | None = None,
+    checked_pools: PoolPrefixes | None = None,
+) -> tuple[Policy, dict[str, BaseModel]]:
+    """`parse_policy`, and each file's validated model (what the validated cache keeps).
+
+    `known`: models of files whose text is the one they were validated from (the cache's
+    parts, matched by digest): per-file validation is a function of the text alone, so those
+    files are not parsed again. `checked_pools`: the spans of a `pools.yaml` that passed the
+    pools-only checks as part of a whole valid policy; they are then skipped, and every
+    other check runs against those spans (model.check_policy). On any problem at all the
+    files are validated from scratch, so the errors are exactly a full validation's.
+    """
     with parsed_nets():  # the validators' integers, reused by check_policy
-        return _parse_policy(texts, origin)
+        if known:
+            try:
+                return _parse_policy(texts, origin, known, checked_pools)
+            except PolicyError:
+                pass  # the full validation below says what, with every file's lines
+        return _parse_policy(texts, origin, {}, None)
 
 
-def _parse_policy(texts: Mapping[str, str], origin: str) -> Policy:
+def _parse_policy(
+    texts: Mapping[str, str],
+    origin: str,
+    known: Mapping[str, BaseModel],
+    checked_pools: PoolPrefixes | None,
+) -> tuple[Policy, dict[str, BaseModel]]:
     problems: list[Problem] = []
     docs: dict[str, _Doc] = {}
     for name in sorted(texts):
@@ -285,9 +314,13 @@ def _parse_policy(texts: Mapping[str, str], origin: str) -> Policy:
                 Problem(name, "", f"unexpected policy file (known: {', '.join(sorted(FILES))})")
             )
             continue
-        docs[name] = _Doc(name, texts[name])
+        if name not in known:
+            docs[name] = _Doc(name, texts[name])
     models: dict[str, BaseModel] = {}
     for name, (model, required) in FILES.items():
+        if name in known and name in texts:
+            models[name] = known[name]
+            continue
         doc = docs.get(name)
         if doc is None:
             if required and not any(p.file == name for p in problems):
@@ -301,29 +334,8 @@ def _parse_policy(texts: Mapping[str, str], origin: str) -> Policy:
             models[name] = parsed
     if problems:
         raise PolicyError(problems)
-
-    gateway = models["gateway.yaml"]
-    pools = models["pools.yaml"]
-    relays = models["relays.yaml"]
-    assert isinstance(gateway, GatewayFile)
-    assert isinstance(pools, PoolsFile)
-    assert isinstance(relays, RelaysFile)
-    rollout = models["rollout.yaml"]
-    exemptions = models["exemptions.yaml"]
-    assert isinstance(rollout, RolloutFile)
-    assert isinstance(exemptions, ExemptionsFile)
-    gateways = models["gateways.yaml"]
-    assert isinstance(gateways, GatewaysFile)
-    policy = Policy(
-        gateway=gateway.gateway,
-        pools=tuple(pools.pools),
-        relays=tuple(relays.relays),
-        stages=tuple(rollout.stages),
-        exemptions=tuple(exemptions.exemptions),
-        timezone=rollout.timezone,
-        gateways=tuple(gateways.gateways),
-    )
-    findings = check_policy(policy)
+    policy = assemble(models)
+    findings = check_policy(policy, checked_pools if "pools.yaml" in known else None)
     if findings:
         raise PolicyError(
             [
@@ -336,7 +348,51 @@ def _parse_policy(texts: Mapping[str, str], origin: str) -> Policy:
                 for f in findings
             ]
         )
-    return policy
+    return policy, {name: models[name] for name in texts}
+
+
+def assemble(models: Mapping[str, BaseModel]) -> Policy:
+    """The Policy from each file's validated model (an absent optional file: its defaults;
+    an absent required one: KeyError)."""
+    files = {
+        name: models[name] if name in models or required else model()
+        for name, (model, required) in FILES.items()
+    }
+    gateway = files["gateway.yaml"]
+    pools = files["pools.yaml"]
+    relays = files["relays.yaml"]
+    assert isinstance(gateway, GatewayFile)
+    assert isinstance(pools, PoolsFile)
+    assert isinstance(relays, RelaysFile)
+    rollout = files["rollout.yaml"]
+    exemptions = files["exemptions.yaml"]
+    assert isinstance(rollout, RolloutFile)
+    assert isinstance(exemptions, ExemptionsFile)
+    gateways = files["gateways.yaml"]
+    assert isinstance(gateways, GatewaysFile)
+    return Policy(
+        gateway=gateway.gateway,
+        pools=tuple(pools.pools),
+        relays=tuple(relays.relays),
+        stages=tuple(rollout.stages),
+        exemptions=tuple(exemptions.exemptions),
+        timezone=rollout.timezone,
+        gateways=tuple(gateways.gateways),
+    )
+
+
+def texts_digest(texts: Mapping[str, str]) -> str:
+    """`policy_digest` of a directory whose readable policy files are these (same bytes,
+    same order), without reading them again."""
+    h = hashlib.sha256()
+    for name in sorted(texts):
+        h.update(name.encode() + b"\0" + texts[name].encode() + b"\0")
+    return h.hexdigest()
+
+
+def file_digest(text: str) -> str:
+    """One policy file's identity: the sha256 of its bytes (UTF-8, as read)."""
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def policy_digest(directory: Path | str, *also: Path) -> str:

@@ -16,7 +16,7 @@ import socket
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import netaddr
@@ -428,6 +428,9 @@ class Policy:
     # sha256 of the files this was read from (`loader.policy_digest`), "" if not known: lets
     # a command recognise sets it has already made live without building them again
     digest: str = field(default="", compare=False)
+    # the same of the files the table's sets are built from (cache.SETS_FILES), "" if not
+    # known: an edit elsewhere (a stage's date) then leaves the sets as they were
+    sets_digest: str = field(default="", compare=False)
 
     @property
     def zone(self) -> ZoneInfo:
@@ -581,25 +584,84 @@ def _fmt(path: tuple[str | int, ...]) -> str:
     return out
 
 
-def check_policy(policy: Policy) -> list[Finding]:
-    """Checks that need more than one item at a time; every finding, not just the first."""
+class PoolPrefixes(Protocol):
+    """The pools' prefixes as the cross-file checks ask about them."""
+
+    def overlapping(self, net: Net) -> list[Located]:
+        """Pool prefixes sharing any address with `net`, in address order; each item's path
+        starts ("pools", index of the pool)."""
+        ...
+
+
+class SpanPrefixes:
+    """`PoolPrefixes` from packed spans (the validated cache's), parsing no prefix text."""
+
+    def __init__(self, spans: PoolIndex) -> None:
+        self._spans = spans
+
+    def overlapping(self, net: Net) -> list[Located]:
+        bits = _FAMILY[net.version][1]
+        return [
+            (Net(net.version, first, last, bits - (last - first).bit_length()), ("pools", pool), "")
+            for first, last, pool in self._spans.overlapping(net.version, net.first, net.last)
+        ]
+
+
+def check_policy(policy: Policy, checked_pools: PoolPrefixes | None = None) -> list[Finding]:
+    """Checks that need more than one item at a time; every finding, not just the first.
+
+    `checked_pools`: the pools' spans, when these pools already passed the pools-only checks
+    in a whole valid policy (the validated cache's `pools.yaml`). Those checks read nothing
+    but pools.yaml, so they are skipped; every other check runs, against the spans.
+    """
     found: list[Finding] = []
-
-    def dupes(file: str, key: str, names: list[str]) -> None:
-        seen: dict[str, int] = {}
-        for i, name in enumerate(names):
-            if name in seen:
-                found.append(
-                    Finding(
-                        file,
-                        (key, i, "name"),
-                        f"duplicate name {name!r} (also {key}[{seen[name]}])",
-                    )
+    if checked_pools is None:
+        _dupes(found, "pools.yaml", "pools", [p.name for p in policy.pools])
+    _dupes(found, "relays.yaml", "relays", [r.name for r in policy.relays])
+    index = _check_pools(policy, found) if checked_pools is None else checked_pools
+    relay_items: list[Located] = [
+        (parse_net(addr), ("relays", i, "addresses", j), addr)
+        for i, relay in enumerate(policy.relays)
+        for j, addr in enumerate(relay.addresses)
+    ]
+    for net, path, text in relay_items:
+        hits = index.overlapping(net)
+        if hits:
+            owner = policy.pools[int(hits[0][1][1])].name
+            found.append(
+                Finding(
+                    "relays.yaml",
+                    path,
+                    f"relay {text} lies inside subscriber pool {owner!r}; "
+                    "a relay must not be a subscriber address",
                 )
-            seen.setdefault(name, i)
+            )
+    for path, other, text, other_text in _overlaps(relay_items):
+        found.append(Finding("relays.yaml", path, f"{text} overlaps {other_text} at {_fmt(other)}"))
+    found += _check_gateways(policy)
+    found += _check_discovery(policy)
+    found += _check_rollout(policy)
+    found += _check_exemptions(policy, index)
+    return found
 
-    dupes("pools.yaml", "pools", [p.name for p in policy.pools])
-    dupes("relays.yaml", "relays", [r.name for r in policy.relays])
+
+def _dupes(found: list[Finding], file: str, key: str, names: list[str]) -> None:
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            found.append(
+                Finding(
+                    file,
+                    (key, i, "name"),
+                    f"duplicate name {name!r} (also {key}[{seen[name]}])",
+                )
+            )
+        seen.setdefault(name, i)
+
+
+def _check_pools(policy: Policy, found: list[Finding]) -> PrefixIndex:
+    """The checks that read pools.yaml alone (tags, static pools, widths, overlaps; the
+    duplicate names are `check_policy`'s first lines); the pools' index for the rest."""
     pool_names = {p.name for p in policy.pools}
     for i, pool in enumerate(policy.pools):
         for tag in pool.tags:
@@ -637,30 +699,7 @@ def check_policy(policy: Policy) -> list[Finding]:
 
     index = PrefixIndex(pool_items)
     policy.__dict__["_pool_index"] = index  # the same index `Policy.pool_of` would build
-    relay_items: list[Located] = [
-        (parse_net(addr), ("relays", i, "addresses", j), addr)
-        for i, relay in enumerate(policy.relays)
-        for j, addr in enumerate(relay.addresses)
-    ]
-    for net, path, text in relay_items:
-        hits = index.overlapping(net)
-        if hits:
-            owner = policy.pools[int(hits[0][1][1])].name
-            found.append(
-                Finding(
-                    "relays.yaml",
-                    path,
-                    f"relay {text} lies inside subscriber pool {owner!r}; "
-                    "a relay must not be a subscriber address",
-                )
-            )
-    for path, other, text, other_text in _overlaps(relay_items):
-        found.append(Finding("relays.yaml", path, f"{text} overlaps {other_text} at {_fmt(other)}"))
-    found += _check_gateways(policy)
-    found += _check_discovery(policy)
-    found += _check_rollout(policy)
-    found += _check_exemptions(policy, index)
-    return found
+    return index
 
 
 def _check_gateways(policy: Policy) -> list[Finding]:
@@ -874,7 +913,7 @@ def check_exemptions(policy: Policy) -> list[Finding]:
     return _check_exemptions(policy, policy._pool_index)
 
 
-def _check_exemptions(policy: Policy, index: PrefixIndex) -> list[Finding]:
+def _check_exemptions(policy: Policy, index: PoolPrefixes) -> list[Finding]:
     """Each exemption is a part of one dynamic pool (not all of it) and overlaps no other."""
     found: list[Finding] = []
     f = "exemptions.yaml"

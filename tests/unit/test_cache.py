@@ -36,20 +36,27 @@ def _entry(policy_dir: Path, where: Path) -> Path:
     return cache.entry_path(policy_dir, where)
 
 
+def _parts(path: Path) -> tuple[dict[str, Any], dict[str, Any], bytes]:
+    """An entry's header, each file's model (by file name) and the packed pool index."""
+    header, *lines, index = path.read_bytes().partition(b"\n")[2].split(b"\n")
+    head = json.loads(header)
+    return head, dict(zip(sorted(head["files"]), map(json.loads, lines), strict=True)), index
+
+
 def _reseal(path: Path, edit: object) -> None:
-    """Rewrite an entry with `edit` applied to its body and a correct seal, as a forger would."""
-    main, _, index = path.read_bytes().partition(b"\n")[2].partition(b"\n")
-    body = json.loads(main)
+    """Rewrite an entry with `edit(header, models)` applied and a correct seal, as a forger
+    would."""
+    head, models, index = _parts(path)
     assert callable(edit)
-    edit(body)
-    text = json.dumps(body).encode() + b"\n" + index
+    edit(head, models)
+    lines = [json.dumps(models[name]).encode() for name in sorted(head["files"])]
+    text = b"\n".join([json.dumps(head).encode(), *lines, index])
     path.write_bytes(hashlib.sha256(text).hexdigest().encode() + b"\n" + text)
 
 
-def _enforce_everything(body: dict[str, Any]) -> dict[str, Any]:
-    for pool in body["policy"]["pools"]:
+def _enforce_everything(head: dict[str, Any], models: dict[str, Any]) -> None:
+    for pool in models["pools.yaml"]["pools"]:
         pool["mode"] = "enforce"
-    return body
 
 
 def test_a_hit_is_the_validated_policy(policy_dir: Path, where: Path) -> None:
@@ -83,7 +90,7 @@ def test_a_damaged_pool_index_falls_back_to_the_prefixes(policy_dir: Path, where
     rebuilt from the prefixes, never guessed from."""
     fresh = cache.load(policy_dir, where)
     path = _entry(policy_dir, where)
-    body, _, _ = path.read_bytes().partition(b"\n")[2].partition(b"\n")
+    body, _, _ = path.read_bytes().partition(b"\n")[2].rpartition(b"\n")
     text = body + b"\n" + json.dumps({"itemsize": "4", "v4_first": "not base64!"}).encode()
     path.write_bytes(hashlib.sha256(text).hexdigest().encode() + b"\n" + text)
     hit = cache.lookup(policy_dir, policy_digest(policy_dir), where)
@@ -133,15 +140,20 @@ def test_an_entry_from_other_code_or_another_directory_is_ignored(
     monkeypatch.setattr(cache, "code_digest", lambda: "0" * 64)
     assert cache.lookup(policy_dir, digest, where) is None
     monkeypatch.undo()
-    _reseal(_entry(policy_dir, where), lambda b: b.update(directory="/elsewhere"))
+    _reseal(_entry(policy_dir, where), lambda h, m: h.update(directory="/elsewhere"))
     assert cache.lookup(policy_dir, digest, where) is None
 
 
 def test_a_resealed_forgery_for_other_files_is_ignored(policy_dir: Path, where: Path) -> None:
-    """A well-formed entry whose digest is not the files' own (e.g. copied from another
-    gateway) is a miss, whatever it says."""
+    """A well-formed entry whose digests are not the files' own (e.g. copied from another
+    gateway) is a miss, whatever it says, and none of its files is taken."""
     cache.load(policy_dir, where)
-    _reseal(_entry(policy_dir, where), lambda b: (_enforce_everything(b), b.update(digest="x")))
+
+    def other_files(head: dict[str, Any], models: dict[str, Any]) -> None:
+        _enforce_everything(head, models)
+        head.update(digest="x", files={name: "x" for name in head["files"]})
+
+    _reseal(_entry(policy_dir, where), other_files)
     assert cache.lookup(policy_dir, policy_digest(policy_dir), where) is None
     assert cache.load(policy_dir, where) == load_policy(policy_dir)
 
