@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from op25b_ctl.errors import PolicyError, Problem
 from op25b_ctl.fileio import UnsafeFileError, describe_oserror, read_bounded
+from op25b_ctl.policy import yamlfast
 from op25b_ctl.policy.model import (
     PATTERN_HELP,
     ExemptionsFile,
@@ -133,6 +134,12 @@ class _Doc:
         self.lines: dict[Path_, int] = {}
         self.problems: list[Problem] = []
         self.data: Any = None
+        fast = yamlfast.read(text, _Loader, MAX_DEPTH)
+        if fast is not None:  # a plain file: one pass over the events (policy/yamlfast.py)
+            self.data, self.lines, dupes = fast
+            for path, at in dupes:
+                self.problems.append(Problem(name, format_path(path), "duplicate key", at))
+            return
         refused = check_bounds(text)
         if refused is not None:
             self.problems.append(Problem(name, "", refused[0], refused[1]))
