@@ -43,6 +43,10 @@ def _read(
     ctor = loader("")
     try:
         fast_str = ctor.yaml_constructors.get(STR_TAG) is SafeConstructor.construct_yaml_str
+        # PyYAML's own implicit types (bool, int, float, null, timestamp, merge, value) all
+        # spell without '/' (tests/unit/test_yamlfast.py), so a plain scalar with one, every
+        # prefix, is a string without trying their regexes; only for exactly those resolvers
+        slash_str = ctor.yaml_implicit_resolvers == yaml.SafeLoader.yaml_implicit_resolvers
         if ctor.yaml_path_resolvers:
             raise Fallback
         lines: dict[Path_, int] = {}
@@ -53,6 +57,8 @@ def _read(
         documents = 0
 
         def scalar(event: yaml.ScalarEvent) -> Any:
+            if slash_str and fast_str and event.implicit[0] and "/" in event.value:
+                return event.value
             tag = ctor.resolve(yaml.ScalarNode, event.value, event.implicit)  # type: ignore[no-untyped-call]
             if tag == STR_TAG and fast_str:
                 return event.value
