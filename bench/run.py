@@ -3,6 +3,7 @@
     python -m bench.run [--runs N] [--rounds N] [--no-million] [--output docs/benchmarks.md]
     python -m bench.run --only datapath [--rounds N] [--load-processes N]   # prints only
     python -m bench.run --only discovery [--whole-rounds N]                  # prints only
+    python -m bench.run --only edits [--whole-rounds N]   # after one file's edit; prints only
 
 Needs root (namespaces, nftables, ipset, iptables-legacy). Builds everything in throw-away
 namespaces (`op25bb-<id>-<n>` for cold applies, lab namespaces `op25b-<id>-sub|gw|out` for
@@ -1149,12 +1150,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="connect-rate load processes per sample (default: one per CPU, %(default)s)",
     )  # fmt: skip
     p.add_argument(
-        "--only", choices=("datapath", "discovery", "offenders"),
+        "--only", choices=("datapath", "discovery", "offenders", "edits"),
         help="run only this part and print its figures (writes nothing; `datapath`: the six "
         "lab gateways' connect rates, about 3 minutes; `discovery`: `discover` at 100,000 "
         "routes and the daemon's pass with discovery on and off, about 1 minute; "
         "`offenders`: offender tracking's rate ratio, set memory and `offenders --top 20` "
-        "at 65,536 elements, about 1 minute)",
+        "at 65,536 elements, about 1 minute; `edits`: the whole-process commands after an "
+        "edit of one policy file, --whole-rounds rounds, about 15 s each)",
     )  # fmt: skip
     p.add_argument(
         "--list-timeout", type=float, default=LIST_TIMEOUT_S,
@@ -1188,6 +1190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench import offenders
 
         return offenders.run(args, log)
+    if args.only == "edits":
+        return only_edits(args)
     started = datetime.now(UTC)
     t0 = time.monotonic()
     mach = machine()
@@ -1268,6 +1272,27 @@ def only_datapath(args: argparse.Namespace) -> int:
             shutil.rmtree(work, ignore_errors=True)
     log(f"data path done in {(time.monotonic() - t0) / 60:.1f} min (load {os.getloadavg()})")
     print(plain(datapath_lines(dp)))
+    return 0
+
+
+def only_edits(args: argparse.Namespace) -> int:
+    """`--only edits`: the whole-process commands after one file's edit, printed only."""
+    t0 = time.monotonic()
+    work, bench = new_bench(args)
+    with interrupts_unwind():
+        try:
+            edits = whole.measure_edits(
+                work, bench.nss, inv.synthetic_policy(inv.MAIN), args.whole_rounds, log
+            )
+        finally:
+            bench.close()
+            shutil.rmtree(work, ignore_errors=True)
+    log(f"edits done in {(time.monotonic() - t0) / 60:.1f} min (load {os.getloadavg()})")
+    print(
+        plain(
+            ["## After an edit of one policy file (`--only edits`)", "", *whole.edit_lines(edits)]
+        )
+    )
     return 0
 
 

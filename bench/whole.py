@@ -21,6 +21,7 @@ the table must be read. Every command must exit 0; the runner stops otherwise.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import json
 import os
 import shutil
@@ -88,6 +89,7 @@ class Whole:
     times: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     peak_mib: dict[str, list[float]] = field(default_factory=dict)
     rounds: int = 0
+    edits: Edits | None = None  # the edit rounds (EDIT_TARGETS), 1,000 pools only
 
     def add(self, size: str, key: str, seconds: float) -> None:
         self.times.setdefault(size, {}).setdefault(key, []).append(seconds)
@@ -301,7 +303,188 @@ def measure(
             + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in big.items())
         )
     shutil.rmtree(runner.cache, ignore_errors=True)
+    res.edits = measure_edits(work, nss, policy, rounds, log)
     return res
+
+
+# ------------------------------------------------------------------ edits
+
+# key -> (what the report calls it, target, baseline key for a ratio or None)
+EDIT_TARGETS: dict[str, tuple[str, tuple[str, float], str | None]] = {
+    "date_validate": ("`validate` after moving a stage's date", ("abs", 0.3), None),
+    "date_apply": ("`apply` after moving a stage's date", ("abs", 0.4), None),
+    "exempt_validate": ("`validate` after adding an exemption", ("abs", 0.3), None),
+    "exempt_apply": ("`apply` after adding an exemption", ("abs", 0.4), None),
+    "pools_validate": ("`validate` after editing pools.yaml", ("abs", 1.0), None),
+    "pools_apply": (
+        "`apply` after removing one pool's 100 of 100,000 IPv4 prefixes / a cold apply",
+        ("ratio", 1.5),
+        "apply_cold_nocache",
+    ),
+    "apply_cold_nocache": (
+        "`apply` into an empty table, cold cache / `nft -f`",
+        ("ratio", 1.5),
+        "nft_f",
+    ),
+    "apply_cold": ("`apply` into an empty table, warm cache / `nft -f`", ("ratio", 1.1), "nft_f"),
+}
+# in the same rounds, for comparison: nothing edited
+EDIT_CONTEXT = {
+    "validate": "`validate`, nothing edited",
+    "apply_noop": "`apply`, nothing edited",
+    "nft_f": "`nft -f` of the same table into an empty namespace",
+}
+EDIT_STAGE_POOL = 9  # monitored; the stage enforces it at a date always in the future
+FUTURE = ("2030-01-07T10:00:00+09:00", "2030-01-14T10:00:00+09:00", "2030-01-21T10:00:00+09:00")
+
+
+@dataclass
+class Edits:
+    """Seconds per command and round, after each kind of edit (1,000 pools)."""
+
+    times: dict[str, list[float]] = field(default_factory=dict)
+    rounds: int = 0
+    load: list[tuple[float, float, float]] = field(default_factory=list)
+
+    def add(self, key: str, seconds: float) -> None:
+        self.times.setdefault(key, []).append(seconds)
+
+
+def _rollout(at: str) -> str:
+    return (
+        "stages:\n  - name: enforce-next\n"
+        f"    at: {at}\n    mode: enforce\n    pools: [{inv.pool_name(EDIT_STAGE_POOL)}]\n"
+    )
+
+
+def _exemptions(count: int) -> str:
+    """`count` exemptions, each a /32 inside a prefix of pool 2 (never the whole of one)."""
+    lines = ["exemptions:"] if count else ["exemptions: []"]
+    base = ipaddress.IPv4Address(inv.V4_BASE)
+    per = inv.MAIN.v4 // inv.POOL_COUNT
+    for k in range(count):
+        addr = base + (inv.CHANGE_POOL * per + k) * inv.V4_STEP
+        lines += [f"  - prefix: {addr}/32", f"    ticket: BENCH-{k}"]
+    return "\n".join(lines) + "\n"
+
+
+def _without_v4(pools_yaml: str, pool: int) -> str:
+    """pools.yaml with pool `pool`'s IPv4 prefixes removed (its IPv6 ones keep it valid)."""
+    out = []
+    mine = False
+    for line in pools_yaml.splitlines():
+        if line.startswith("  - name: "):
+            mine = line == f"  - name: {inv.pool_name(pool)}"
+        if mine and line.startswith("    prefixes: ["):
+            kept = [x for x in line[len("    prefixes: [") : -1].split(", ") if ":" in x]
+            assert kept, "the pool needs its IPv6 prefixes to stay valid"
+            line = f"    prefixes: [{', '.join(kept)}]"
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def edits_round(runner: Runner, res: Edits, script: Path, files: dict[str, str]) -> None:
+    """One round: `nft -f` baseline; a cold then a warm `apply` into an empty table; the
+    unchanged-policy commands; then each kind of edit followed by `validate` (a second
+    edit of the same kind) and by `apply` directly, as an engineer runs them."""
+    d = runner.dirs["edits"]
+
+    def write(name: str, text: str) -> None:
+        (d / name).write_text(text)
+
+    for name, text in files.items():
+        write(name, text)
+    ns = runner.nss.create()
+    try:
+        res.add("nft_f", runner.timed(ns, ["nft", "-f", str(script)])[0])
+    finally:
+        runner.nss.remove(ns)
+    ns = runner.nss.create()
+    try:
+        runner.fresh_state()
+        runner.cold_cache()
+        res.add("apply_cold_nocache", runner.ctl(ns, "edits", "apply")[0])
+    finally:
+        runner.nss.remove(ns)
+    ns = runner.nss.create()
+    try:
+        runner.fresh_state()
+        res.add("apply_cold", runner.ctl(ns, "edits", "apply")[0])
+        res.add("apply_noop", runner.ctl(ns, "edits", "apply")[0])
+        res.add("validate", runner.ctl(ns, "edits", "validate")[0])
+        write("rollout.yaml", _rollout(FUTURE[1]))
+        res.add("date_validate", runner.ctl(ns, "edits", "validate")[0])
+        write("rollout.yaml", _rollout(FUTURE[2]))
+        res.add("date_apply", runner.ctl(ns, "edits", "apply")[0])
+        write("exemptions.yaml", _exemptions(1))
+        res.add("exempt_validate", runner.ctl(ns, "edits", "validate")[0])
+        write("exemptions.yaml", _exemptions(2))
+        res.add("exempt_apply", runner.ctl(ns, "edits", "apply")[0])
+        write("pools.yaml", _without_v4(files["pools.yaml"], 3))
+        res.add("pools_validate", runner.ctl(ns, "edits", "validate")[0])
+        write("pools.yaml", _without_v4(_without_v4(files["pools.yaml"], 3), 4))
+        res.add("pools_apply", runner.ctl(ns, "edits", "apply")[0])
+    finally:
+        runner.nss.remove(ns)
+    res.load.append(os.getloadavg())
+
+
+def measure_edits(
+    work: Path, nss: Namespaces, policy: Policy, rounds: int, log: Callable[[str], None] = print
+) -> Edits:
+    """`rounds` edit rounds on the 1,000-pool policy with a one-stage rollout.yaml and an
+    exemptions.yaml."""
+    d = work / "whole-policy-edits"
+    d.mkdir(exist_ok=True)
+    files = {
+        **inv.policy_files(policy),
+        "rollout.yaml": _rollout(FUTURE[0]),
+        "exemptions.yaml": _exemptions(0),
+    }
+    for name, text in files.items():
+        (d / name).write_text(text)
+    runner = Runner(work, nss, {"edits": d})
+    script = runner.script("edits")
+    res = Edits(rounds=rounds)
+    for r in range(rounds):
+        edits_round(runner, res, script, files)
+        log(
+            f"edits, round {r + 1}/{rounds} (load {res.load[-1][0]:.1f}): "
+            + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in res.times.items())
+        )
+    shutil.rmtree(runner.cache, ignore_errors=True)
+    return res
+
+
+def edit_lines(res: Edits) -> list[str]:
+    """The edit rows: medians, ratios paired per round, targets; the context rows after."""
+    body = []
+    met = 0
+    for key, (what, (kind, limit), base) in EDIT_TARGETS.items():
+        b = median(res.times[key])
+        ratio = _paired(res.times[key], res.times[base]) if base else None
+        ok = (ratio if ratio is not None else b) <= limit
+        met += ok
+        target = f"<= {limit:g}x" if kind == "ratio" else f"<= {limit:g} s"
+        extra = (
+            f"{ratio:.2f}x {'a cold apply' if base != 'nft_f' else '`nft -f`'}" if ratio else "-"
+        )
+        body.append([what, fmt(b, "s"), extra, target, "met" if ok else "**MISS**"])
+    for key, what in EDIT_CONTEXT.items():
+        body.append([what, fmt(median(res.times[key]), "s"), "-", "-", "context"])
+    loads = ", ".join(f"{one:.1f}" for one, _, _ in res.load)
+    return [
+        f"Medians of {res.rounds} rounds on the 1,000-pool inventory with a one-stage "
+        "`rollout.yaml` and an `exemptions.yaml`; each round starts from the same files, "
+        "applies them into an empty namespace (cold, then warm cache), then edits one file at "
+        "a time (a stage's date, an exemption added, one pool's 100 IPv4 prefixes removed) "
+        "and runs `validate` after one such edit and `apply` directly after the next.",
+        "",
+        *table(("command (whole process)", "1,000 pools", "ratio", "target", "result"), body),
+        "",
+        f"{met} of {len(EDIT_TARGETS)} targets met. Load average (1 min) after each round: "
+        f"{loads}.",
+    ]
 
 
 # ------------------------------------------------------------------ report
@@ -387,6 +570,11 @@ def report_lines(res: Whole, rss_limit: float = 150.0) -> list[str]:
         f"(10 pools: {fmt(median(small['nft_f']), 's')}); `nft list counters` "
         f"{fmt(median(big['nft_list_counters']), 's')}. Peak resident memory of a cold "
         f"`apply`: {apply_peak:.0f} MiB.",
+        *(
+            ["", "After an edit of one policy file:", "", *edit_lines(res.edits)]
+            if res.edits
+            else []
+        ),
     ]
 
 
@@ -397,6 +585,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m bench.whole", description=main.__doc__)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--edits", action="store_true", help="only the edit rounds")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("bench.whole: needs root (network namespaces, nftables)", file=sys.stderr)
@@ -404,6 +593,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="op25b-whole-"))
     try:
         with Namespaces() as nss:
+            if args.edits:
+                edits = measure_edits(work, nss, inv.synthetic_policy(inv.MAIN), args.rounds)
+                print(plain(edit_lines(edits)))
+                return 0
             res = measure(work, nss, inv.synthetic_policy(inv.MAIN), args.rounds)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -247,6 +247,25 @@ def test_whole_process_rows_pair_rounds_and_judge_flatness() -> None:
     assert "**MISS**" in text and "`pool rollback`" in text
 
 
+def test_edit_rows_judge_against_their_own_baselines() -> None:
+    from bench import whole
+
+    res = whole.Edits(rounds=2, load=[(1.0, 1.0, 1.0), (2.0, 1.0, 1.0)])
+    for key in [*whole.EDIT_TARGETS, *whole.EDIT_CONTEXT]:
+        for seconds in (0.25, 0.35):
+            res.add(key, seconds)
+    res.times["nft_f"] = [0.25, 0.35]
+    res.times["pools_apply"] = [0.5, 0.35]  # 2x, then 1x a cold apply: median 1.5x
+    res.times["date_validate"] = [0.3, 0.4]  # median 0.35 s
+    text = "\n".join(whole.edit_lines(res))
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if "|" in line}
+    assert "1.50x a cold apply" in rows[whole.EDIT_TARGETS["pools_apply"][0]]
+    assert "met" in rows[whole.EDIT_TARGETS["pools_apply"][0]]
+    assert "MISS" in rows[whole.EDIT_TARGETS["date_validate"][0]]
+    assert "1.00x `nft -f`" in rows[whole.EDIT_TARGETS["apply_cold"][0]]
+    assert "Load average (1 min) after each round: 1.0, 2.0." in text
+
+
 def test_load_sources_stay_in_the_first_address_s_pool() -> None:
     assert load_sources("192.0.2.10", 3) == ["192.0.2.10", "192.0.2.11", "192.0.2.12"]
     assert load_sources("192.0.2.10", 53)[-1] == "192.0.2.62"  # .63 is the /26's broadcast
