@@ -21,7 +21,7 @@ change, the previous overrides file is put back and nothing is left half done.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from op25b_ctl.errors import NotRecordedError, OverrideError, StateError
@@ -32,6 +32,7 @@ from op25b_ctl.plan.ruleset import (
     EXEMPT_V4,
     EXEMPT_V6,
     FINGERPRINT_PREFIX,
+    elements_fingerprint,
     mode_of_rules,
     pool_chain,
     tracking_of,
@@ -145,7 +146,13 @@ def converge(
     known = False
     live: Table | None
     if want.table.elements_known or record is None:
-        live = applier.read_live(kernel, want.table, trust_fingerprint=True)
+        # the sets changed (a policy edit): while nobody has committed since, the elements
+        # our last commit wrote are the ones it remembered, not 110,000 to read back
+        current = record is not None and record.current(ruleset, start)
+        live = _recorded_sets(state, record, current, want.table)
+        known = live is not None
+        if live is None:
+            live = applier.read_live(kernel, want.table, trust_fingerprint=True)
     elif (held := known_table(record, record.current(ruleset, start), want.table)) is not None:
         live, known = held, True  # nobody has committed since: the kernel holds this
     else:
@@ -242,6 +249,27 @@ def _remember_live(
     )
     if new != old:  # a command that changed nothing leaves the file alone
         state.save_live_record(new)
+    if want.table.elements_known and (old is None or old.sets_key != want.sets_key):
+        sets = {name: dict(s.elements) for name, s in want.table.sets.items()}
+        state.save_live_sets(want.sets_key, fingerprints[0], sets)
+
+
+def _recorded_sets(
+    state: StateDir | None, record: LiveRecord | None, current: bool, want: Table
+) -> Table | None:
+    """The live table with its elements, without a read: the record's shape and the
+    elements remembered under its sets' key, if nothing has committed since and they are
+    the very elements the kernel's fingerprint counter names; else None (read the table)."""
+    held = known_table(record, current, want)
+    if state is None or record is None or held is None:
+        return None
+    sets = state.live_sets(record.sets_key, record.fingerprint)
+    if sets is None or sets.keys() != held.sets.keys():
+        return None
+    full = {name: replace(s, elements=sets[name]) for name, s in held.sets.items()}
+    if elements_fingerprint(full.values()) != record.fingerprint:
+        return None
+    return replace(held, sets=full, elements_known=True)
 
 
 def _check_recordable(source: Source, state: StateDir) -> None:

@@ -314,6 +314,48 @@ class StateDir:
         with contextlib.suppress(OSError):
             self.live_file.unlink()
 
+    @property
+    def live_sets_file(self) -> Path:
+        return self.path / ".live-sets.json"
+
+    def live_sets(self, sets_key: str, fingerprint: str) -> dict[str, dict[str, Any]] | None:
+        """The elements of the sets our last commit under `sets_key` wrote, by set name: what
+        a command diffs against, instead of reading 110,000 elements back, while nothing has
+        committed since (`LiveRecord.current`). None on any doubt; the caller checks them
+        against `fingerprint` (the elements' own digest) before trusting them."""
+        try:
+            data = self._read_json(self.live_sets_file)
+            sets = data.get("sets")
+            if (
+                data.get("sets_key") != sets_key
+                or data.get("fingerprint") != fingerprint
+                or not isinstance(sets, dict)
+                or not all(isinstance(v, dict) for v in sets.values())
+            ):
+                return None
+            return sets
+        except (StateError, TypeError, ValueError, AttributeError):
+            return None
+
+    def save_live_sets(
+        self, sets_key: str, fingerprint: str, sets: dict[str, dict[str, Any]]
+    ) -> None:
+        """Best effort and without fsync: a torn or missing file fails the fingerprint check
+        and costs the next command a kernel read, never a wrong answer."""
+        text = json.dumps(
+            {"format": FORMAT, "sets_key": sets_key, "fingerprint": fingerprint, "sets": sets},
+            separators=(",", ":"),
+        )
+        with contextlib.suppress(OSError):
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.live_sets_file.name}.", dir=self.path)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    fh.write(text)
+                os.replace(tmp, self.live_sets_file)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+
     # ------------------------------------------------------------------ lock
 
     @contextlib.contextmanager

@@ -436,15 +436,46 @@ def test_a_garbage_record_is_only_a_cache(gw: Gw) -> None:
         assert gw.backend.reads == [False]
 
 
-def test_changed_sets_are_built_and_diffed_against_a_read(gw: Gw, tmp_path: Path) -> None:
+def test_changed_sets_are_diffed_against_the_elements_our_last_commit_wrote(
+    gw: Gw, tmp_path: Path
+) -> None:
+    """A policy edit that changes the sets: while nothing has committed since our last
+    commit, its remembered elements are the kernel's, and nothing is read back."""
     gw.policy = example_policy(tmp_path / "p")
     assert gw("apply")[0] == 0
     edit(gw.policy / "exemptions.yaml", "192.0.2.48/30", "192.0.2.52/30")
+    gw.backend.reads.clear()
+    code, out, err = gw("apply")
+    assert code == 0, err
+    assert gw.backend.reads == []
+    assert "192.0.2.52/30" in out  # the diff says what changed, as after a read
+    table = gw.backend.tables[("inet", "op25b")]
+    assert set(table.sets["exempt_v4"].elements) == {"192.0.2.52/30"}
+
+
+def test_changed_sets_are_read_after_another_commit_or_a_damaged_memory(
+    gw: Gw, tmp_path: Path
+) -> None:
+    gw.policy = example_policy(tmp_path / "p")
+    assert gw("apply")[0] == 0
+    edit(gw.policy / "exemptions.yaml", "192.0.2.48/30", "192.0.2.52/30")
+    gw.backend.gen += 1  # someone else's commit: the kernel may hold anything now
     gw.backend.reads.clear()
     assert gw("apply")[0] == 0
     assert gw.backend.reads[0] is False  # the skeleton; the new fingerprint differs: elements
     table = gw.backend.tables[("inet", "op25b")]
     assert set(table.sets["exempt_v4"].elements) == {"192.0.2.52/30"}
+    # remembered elements that are not the ones the fingerprint names are never trusted
+    remembered = gw.state.live_sets_file
+    text = remembered.read_text()
+    assert "192.0.2.52/30" in text
+    remembered.write_text(text.replace("192.0.2.52/30", "192.0.2.56/30"))
+    edit(gw.policy / "exemptions.yaml", "192.0.2.52/30", "192.0.2.60/30")
+    gw.backend.reads.clear()
+    assert gw("apply")[0] == 0
+    assert gw.backend.reads and gw.backend.reads[-1] is True  # every element read
+    table = gw.backend.tables[("inet", "op25b")]
+    assert set(table.sets["exempt_v4"].elements) == {"192.0.2.60/30"}
 
 
 def test_after_another_commit_unchanged_sets_are_not_built_again(
