@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -105,3 +106,51 @@ def test_after_our_own_commit_a_pool_change_is_one_chain_in_the_kernel(
         "counter"
         in _ns(ns, "nft", "list", "chain", "inet", "op25b", "pool_flets-east-dyn-1").stdout
     )
+
+
+def _elements(name: str) -> dict[str, set[str]]:
+    """Our sets' elements as the kernel holds them (a netlink dump)."""
+    code = (
+        "import json; from op25b_ctl.kernel.nft import NftKernel; "
+        "t = NftKernel().read('inet', 'op25b'); "
+        "print(json.dumps({n: sorted(s.elements) for n, s in t.sets.items()}))"
+    )
+    return {k: set(v) for k, v in json.loads(_ns(name, sys.executable, "-c", code).stdout).items()}
+
+
+def test_an_edit_of_the_sets_after_our_own_commit_lands_exactly(
+    two_namespaces: tuple[str, str], tmp_path: Path
+) -> None:
+    """After our commit the next `apply` of changed sets diffs against the elements it
+    remembered (`.live-sets.json`), reading none back: the kernel must end up holding exactly
+    the new elements, and after someone else's commit, or with the memory damaged, too."""
+    ns, _ = two_namespaces
+    policy, state = tmp_path / "policy", tmp_path / "state"
+    shutil.copytree(EXAMPLE, policy)
+    args = ["--policy", str(policy), "--state-dir", str(state)]
+    assert _ns(ns, CTL, "apply", *args).returncode == 0
+    assert (state / ".live-sets.json").exists()
+    exemptions = policy / "exemptions.yaml"
+    for old, new, before in (
+        ("192.0.2.48/30", "192.0.2.52/30", None),
+        ("192.0.2.52/30", "192.0.2.56/30", ["nft", "add", "table", "inet", "scratch"]),
+        ("192.0.2.56/30", "192.0.2.60/30", "damage"),
+    ):
+        exemptions.write_text(exemptions.read_text().replace(old, new))
+        if before == "damage":
+            remembered = state / ".live-sets.json"
+            remembered.write_text(remembered.read_text().replace(old, "192.0.2.40/30"))
+        elif before:
+            _ns(ns, *before)
+        cp = _ns(ns, CTL, "apply", *args, "-o", "json")
+        assert cp.returncode == 0, cp.stderr
+        assert json.loads(cp.stdout)["applied"] is True
+        assert _elements(ns)["exempt_v4"] == {new}
+    pools = policy / "pools.yaml"
+    text = pools.read_text()
+    assert "192.0.2.64/26" in text
+    pools.write_text(text.replace("192.0.2.64/26", "192.0.2.64/27"))
+    cp = _ns(ns, CTL, "apply", *args)
+    assert cp.returncode == 0, cp.stderr
+    held = _elements(ns)["pools_v4"]
+    assert "192.0.2.64/27" in held and "192.0.2.64/26" not in held
