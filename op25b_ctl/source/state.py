@@ -59,6 +59,11 @@ MAX_STATE_BYTES = 16 << 20  # overrides for 1,000 pools are ~300 kB
 MIN_FREE_BYTES = 256 << 10
 
 
+def _element(line: str) -> tuple[str, str | None]:
+    key, tab, value = line.partition("\t")
+    return key, value if tab else None
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Replace `path` with `text` so that a crash leaves the old or the new file, never half."""
     make_dirs(path.parent)
@@ -324,28 +329,43 @@ class StateDir:
         committed since (`LiveRecord.current`). None on any doubt; the caller checks them
         against `fingerprint` (the elements' own digest) before trusting them."""
         try:
-            data = self._read_json(self.live_sets_file)
-            sets = data.get("sets")
-            if (
-                data.get("sets_key") != sets_key
-                or data.get("fingerprint") != fingerprint
-                or not isinstance(sets, dict)
-                or not all(isinstance(v, dict) for v in sets.values())
-            ):
+            raw = read_bounded(self.live_sets_file, MAX_STATE_BYTES, follow=False)
+            header, *lines = raw.decode("utf-8").split("\n")
+            head = json.loads(header)
+            if not isinstance(head, dict) or (
+                head.get("format"),
+                head.get("sets_key"),
+                head.get("fingerprint"),
+            ) != (FORMAT, sets_key, fingerprint):
                 return None
-            return sets
-        except (StateError, TypeError, ValueError, AttributeError):
+            sets: dict[str, dict[str, Any]] = {}
+            at = 0
+            for name, count in head["sets"]:
+                chunk = lines[at : at + int(count)]
+                at += int(count)
+                sets[str(name)] = dict(_element(line) for line in chunk)
+            return sets if at == len(lines) else None
+        except (OSError, UnsafeFileError, TypeError, ValueError, KeyError, AttributeError):
             return None
 
     def save_live_sets(
         self, sets_key: str, fingerprint: str, sets: dict[str, dict[str, Any]]
     ) -> None:
         """Best effort and without fsync: a torn or missing file fails the fingerprint check
-        and costs the next command a kernel read, never a wrong answer."""
-        text = json.dumps(
-            {"format": FORMAT, "sets_key": sets_key, "fingerprint": fingerprint, "sets": sets},
-            separators=(",", ":"),
-        )
+        and costs the next command a kernel read, never a wrong answer. One element a line
+        (`key` or `key<TAB>verdict`): a tenth of the time JSON takes for 110,000."""
+        head = {
+            "format": FORMAT,
+            "sets_key": sets_key,
+            "fingerprint": fingerprint,
+            "sets": [[name, len(elements)] for name, elements in sets.items()],
+        }
+        body = [
+            key if value is None else f"{key}\t{value}"
+            for elements in sets.values()
+            for key, value in elements.items()
+        ]
+        text = "\n".join([json.dumps(head, separators=(",", ":")), *body])
         with contextlib.suppress(OSError):
             fd, tmp = tempfile.mkstemp(prefix=f".{self.live_sets_file.name}.", dir=self.path)
             try:
