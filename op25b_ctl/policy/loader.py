@@ -134,7 +134,7 @@ class _Doc:
         self.lines: dict[Path_, int] = {}
         self.problems: list[Problem] = []
         self.data: Any = None
-        fast = yamlfast.read(text, _Loader, MAX_DEPTH)
+        fast = yamlfast.read(text, _PolicyLoader, MAX_DEPTH)
         if fast is not None:  # a plain file: one pass over the events (policy/yamlfast.py)
             self.data, self.lines, dupes = fast
             for path, at in dupes:

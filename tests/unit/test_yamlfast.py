@@ -88,7 +88,7 @@ def usual(text: str) -> loader._Doc:
 
 def check(text: str) -> bool:
     """Both readers agree whenever the fast one answers; whether it did."""
-    fast = yamlfast.read(text, loader._Loader, loader.MAX_DEPTH)
+    fast = yamlfast.read(text, loader._PolicyLoader, loader.MAX_DEPTH)
     if fast is None:
         return False
     doc = usual(text)
