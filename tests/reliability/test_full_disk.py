@@ -87,7 +87,6 @@ import errno, json, logging, os, sys
 from pathlib import Path
 from op25b_ctl.errors import StateError
 from op25b_ctl.policy import cache
-from op25b_ctl.policy.loader import load_policy
 from op25b_ctl.source import audit, rulerefs
 from op25b_ctl.source.etcd import StoreSnapshot
 from op25b_ctl.source.fleet import FleetSource, save_snapshot
@@ -108,7 +107,6 @@ def attempt(name, fn):
     except OSError as exc:
         out[name] = f"OSError {errno.errorcode.get(exc.errno, exc.errno)}"
 
-policy = load_policy(example)
 attempt("overrides.json", lambda: state._write_json(state.overrides_file, {"overrides": {}, "pad": big}))
 attempt("rollout.json", lambda: state._write_json(state.rollout_file, {"applied_stages": {"s": big}}))
 attempt("audit.jsonl", lambda: audit.append(state.audit_file, audit.Entry(
@@ -122,7 +120,8 @@ source = FleetSource.__new__(FleetSource)
 source.snapshot_file, source.gateway = snapshot, "gw"
 source.store = type("S", (), {"config": type("C", (), {"url": "etcd://x/p"})()})()
 attempt("fleet snapshot (daemon)", lambda: source._save(StoreSnapshot(7, {"k": big.encode()})))
-attempt("policy cache", lambda: cache.store(example, "d" * 64, policy, full / "cache"))
+attempt(".live-sets.json", lambda: state.save_live_sets("k", "f", {"s": {big: None}}))
+attempt("policy cache", lambda: cache.load(example, full / "cache"))
 print(json.dumps(out))
 """
 
@@ -139,6 +138,7 @@ def test_every_writer_on_a_full_disk(tmp_path: Path, record: Recorder) -> None:
         ".tick.json": '{"format": 1}\n',
         ".rule-digests.json": '{"format": 1, "digests": {}}\n',
         "fleet-snapshot.json": '{"format": 1}\n',
+        ".live-sets.json": '{"format": 1}\n',
     }
     setup = (
         f'set -e; mount -t tmpfs -o size=256k,mode=0755 tmpfs "{mnt}"; '
@@ -169,7 +169,8 @@ def test_every_writer_on_a_full_disk(tmp_path: Path, record: Recorder) -> None:
     record(
         "every writer on a full disk",
         done="each writer (overrides.json, rollout.json, audit.jsonl, .tick.json, "
-        ".rule-digests.json, fleet snapshot, policy cache) on a full 256 KiB tmpfs",
+        ".rule-digests.json, fleet snapshot, .live-sets.json, policy cache) on a full 256 KiB "
+        "tmpfs",
         expected="state files and the audit log: StateError naming the file; caches and the "
         "snapshot: skipped (the daemon logs the snapshot); old files intact, no temp files",
         observed="; ".join(f"{k}: {v[:60]}" for k, v in results.items())
@@ -184,7 +185,12 @@ def test_every_writer_on_a_full_disk(tmp_path: Path, record: Recorder) -> None:
     assert results["audit.jsonl"] == (
         f"StateError: cannot append to audit log {mnt}/state/audit.jsonl: no space left on device"
     ), results
-    for cache_like in (".tick.json", ".rule-digests.json", "fleet snapshot (daemon)"):
+    for cache_like in (
+        ".tick.json",
+        ".rule-digests.json",
+        "fleet snapshot (daemon)",
+        ".live-sets.json",
+    ):
         assert results[cache_like] == "ok", results  # best effort: skipped, not fatal
     assert results["fleet-snapshot.json"] == "OSError ENOSPC", results
     assert "cannot write the local snapshot" in logged and "No space left" in logged
