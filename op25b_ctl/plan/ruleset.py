@@ -205,7 +205,12 @@ _sets_cache: list[tuple[Policy, tuple[str, ...], _Sets]] = []
 
 def _sets_for(policy: Policy, exemptions: tuple[str, ...]) -> _Sets:
     for cached_policy, cached_exemptions, cached in _sets_cache:
-        if cached_policy is policy and cached_exemptions == exemptions:
+        # the same policy, or one read from the same pools.yaml and relays.yaml (a daemon's
+        # reload after a stage's date moved): the same sets, kept as the same objects
+        same = cached_policy is policy or (
+            policy.sets_digest != "" and cached_policy.sets_digest == policy.sets_digest
+        )
+        if same and cached_exemptions == exemptions:
             return cached
     map_v4: dict[str, str | None] = {}
     map_v6: dict[str, str | None] = {}

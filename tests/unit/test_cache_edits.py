@@ -311,3 +311,24 @@ def test_the_texts_digest_is_the_directorys(tmp_path: Path) -> None:
     directory = example_policy(tmp_path / "policy")
     texts = loader.read_policy_files(directory)
     assert loader.texts_digest(texts) == loader.policy_digest(directory)
+
+
+def test_a_reload_after_moving_a_date_keeps_the_very_same_sets(tmp_path: Path) -> None:
+    """The daemon reloads after an edit; with pools.yaml and relays.yaml unchanged its
+    desired table holds the same set objects, which the diff skips without comparing."""
+    from op25b_ctl.plan.ruleset import desired_table
+
+    directory, where = example_policy(tmp_path / "policy"), tmp_path / "cache"
+    first = cache.load(directory, where)
+    path = directory / "rollout.yaml"
+    path.write_text(path.read_text().replace("2011-01-17T10:00", "2011-01-18T10:00", 1))
+    moved = cache.load(directory, where)
+    assert moved is not first and moved.sets_digest == first.sets_digest
+    a, b = desired_table(first, {}, ()), desired_table(moved, {}, ())
+    assert all(a.sets[name] is b.sets[name] for name in a.sets)
+    pools = directory / "pools.yaml"
+    pools.write_text(pools.read_text().replace("192.0.2.64/26", "192.0.2.64/27"))
+    edited = cache.load(directory, where)
+    c = desired_table(edited, {}, ())
+    assert c.sets["pools_v4"] is not a.sets["pools_v4"]
+    assert "192.0.2.64/27" in c.sets["pools_v4"].elements
