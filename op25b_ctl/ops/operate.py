@@ -250,7 +250,8 @@ def _remember_live(
     if new != old:  # a command that changed nothing leaves the file alone
         state.save_live_record(new)
     if want.table.elements_known and (old is None or old.sets_key != want.sets_key):
-        sets = {name: dict(s.elements) for name, s in want.table.sets.items()}
+        # the sets we fill (the fingerprinted ones); a dynamic set's elements are the kernel's
+        sets = {name: dict(s.elements) for name, s in want.table.sets.items() if not s.dynamic}
         state.save_live_sets(want.sets_key, fingerprints[0], sets)
 
 
@@ -259,15 +260,21 @@ def _recorded_sets(
 ) -> Table | None:
     """The live table with its elements, without a read: the record's shape and the
     elements remembered under its sets' key, if nothing has committed since and they are
-    the very elements the kernel's fingerprint counter names; else None (read the table)."""
+    the very elements the kernel's fingerprint counter names; else None (read the table).
+    Dynamic sets (the offender sets, filled by the packet path) are never compared: they
+    are taken as declared, as `applier.read_live` takes them."""
     held = known_table(record, current, want)
     if state is None or record is None or held is None:
         return None
     sets = state.live_sets(record.sets_key, record.fingerprint)
-    if sets is None or sets.keys() != held.sets.keys():
+    filled = {name for name, s in held.sets.items() if not s.dynamic}
+    if sets is None or sets.keys() != filled:
         return None
-    full = {name: replace(s, elements=sets[name]) for name, s in held.sets.items()}
-    if elements_fingerprint(full.values()) != record.fingerprint:
+    full = {
+        name: replace(s, elements=sets[name]) if name in filled else want.sets[name]
+        for name, s in held.sets.items()
+    }
+    if elements_fingerprint(full[name] for name in filled) != record.fingerprint:
         return None
     return replace(held, sets=full, elements_known=True)
 

@@ -325,7 +325,20 @@ def test_a_reload_after_moving_a_date_keeps_the_very_same_sets(tmp_path: Path) -
     moved = cache.load(directory, where)
     assert moved is not first and moved.sets_digest == first.sets_digest
     a, b = desired_table(first, {}, ()), desired_table(moved, {}, ())
-    assert all(a.sets[name] is b.sets[name] for name in a.sets)
+    filled = [name for name, s in a.sets.items() if not s.dynamic]
+    assert filled and all(a.sets[name] is b.sets[name] for name in filled)
+    assert a.sets == b.sets
+    # the offender sets follow gateway.yaml, not pools.yaml: an edit there shows at once
+    gateway = directory / "gateway.yaml"
+    gateway.write_text(
+        gateway.read_text().replace("  # offenders:", "  offenders:\n    retention: 1d\n  #", 1)
+    )
+    retimed = cache.load(directory, where)
+    assert retimed.sets_digest == first.sets_digest
+    d = desired_table(retimed, {}, ())
+    assert all(d.sets[name] is a.sets[name] for name in filled)
+    offender = [name for name, s in d.sets.items() if s.dynamic]
+    assert offender and all(d.sets[name] != a.sets[name] for name in offender)
     pools = directory / "pools.yaml"
     pools.write_text(pools.read_text().replace("192.0.2.64/26", "192.0.2.64/27"))
     edited = cache.load(directory, where)

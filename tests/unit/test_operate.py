@@ -497,6 +497,7 @@ def test_after_another_commit_unchanged_sets_are_not_built_again(
 
     monkeypatch.setattr(ruleset, "_sets_for", spy)
     ruleset._sets_cache.clear()  # as in a new process
+    ruleset._filled_cache.clear()
     gw.backend.gen += 1  # someone else's commit
     gw.backend.reads.clear()
     code, _, err = gw("pool", "enforce", E2, "--reason", "test")
