@@ -20,8 +20,11 @@ last good state. Anything else escaping is a bug.
     ├── StoreError              the fleet's store is unreachable or answered oddly: exit 1
     │   ├── StoreUnavailable    no endpoint of the store answered
     │   └── Compacted           a watch's start revision was compacted away: resync in full
-    └── NotRecordedError        the gateway WAS changed, but the audit line or the state
-                                bookkeeping failed after the commit (disk full): exit 3
+    ├── NotRecordedError        the gateway WAS changed, but the audit line or the state
+    │                           bookkeeping failed after the commit (disk full): exit 3
+    └── LeaseFileError          a DHCP lease file (--leases) is missing, unreadable or
+                                malformed (file:line): reported, the list is still shown
+                                without the lease columns; exit 1
 
 Each class lives here and nowhere else; modules import them from `op25b_ctl.errors`.
 """
@@ -34,6 +37,7 @@ __all__ = [
     "Compacted",
     "ConcurrentPublish",
     "KernelError",
+    "LeaseFileError",
     "LockBusy",
     "NotOurTableError",
     "NotRecordedError",
@@ -133,6 +137,10 @@ class NotRecordedError(Op25bError):
     Only a failure *after* the commit gets here: an audit log that cannot be written is
     found before anything is touched (a StateError, exit 1, nothing changed).
     """
+
+
+class LeaseFileError(Op25bError):
+    """A DHCP lease file cannot be used; the message names the file (and the line)."""
 
 
 class DaemonUnavailable(Op25bError):

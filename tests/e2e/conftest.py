@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from op25b_lab.etcd import EtcdServer, etcd_binary
+from op25b_lab.kea import KeaServer, dhclient_binary, kea_binary
 from op25b_lab.lab import Lab
 
 
@@ -69,3 +70,16 @@ def etcd() -> Iterator[EtcdServer]:
         yield server.start()
     finally:
         server.destroy()
+
+
+@pytest.fixture
+def kea(lab: Lab) -> Iterator[KeaServer]:
+    """Debian's real kea-dhcp4 in the lab's gateway namespace, serving the subscriber link
+    from a memfile in the lab's temp dir; the lab kills it by pid."""
+    if kea_binary() is None or dhclient_binary() is None:
+        pytest.fail("kea-dhcp4 or dhclient missing: scripts/bootstrap installs both")
+    server = KeaServer.start(lab)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,60 @@
+"""A real DHCP lease, read back: Debian's kea-dhcp4 hands an address to a real dhclient in
+the lab, and `load_leases` finds that client's hwaddr for that address in Kea's own file."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from op25b_ctl.source.leases import load_leases
+from op25b_lab.kea import (
+    HOSTNAME,
+    POOL_FIRST,
+    POOL_LAST,
+    VALID_LIFETIME,
+    DhcpClient,
+    KeaServer,
+    wait_for_lease_row,
+)
+from op25b_lab.lab import Lab
+
+
+def _in_pool(address: str) -> bool:
+    last = int(address.rsplit(".", 1)[1])
+    return int(POOL_FIRST.rsplit(".", 1)[1]) <= last <= int(POOL_LAST.rsplit(".", 1)[1])
+
+
+def test_kea_lease_names_the_clients_hwaddr(lab: Lab, kea: KeaServer) -> None:
+    client = DhcpClient.start(lab)
+    address = client.leased_address()
+    assert _in_pool(address)
+    wait_for_lease_row(kea.lease_file, address)
+    now = datetime.now(UTC)
+
+    leases = load_leases(kea.lease_file)
+    lease = leases.lookup(address, now)
+    assert lease is not None, kea.lease_file.read_text()
+    assert lease.hwaddr == client.hwaddr()  # read from the interface, not from Kea
+    assert lease.hostname == HOSTNAME
+    assert lease.start <= now <= lease.end
+    assert lease.end - lease.start == timedelta(seconds=VALID_LIFETIME)
+    # outside its lifetime, or another address of the pool: nobody
+    assert leases.lookup(address, lease.end + timedelta(seconds=1)) is None
+    other = next(f"192.0.2.{n}" for n in range(40, 45) if f"192.0.2.{n}" != address)
+    assert leases.lookup(other, now) is None
+
+
+def test_a_renewal_by_the_same_client_is_one_holding(lab: Lab, kea: KeaServer) -> None:
+    """dhclient restarted with its own lease file asks for the same address (INIT-REBOOT):
+    Kea appends a second row, and the two rows are one holding of one client."""
+    first = DhcpClient.start(lab)
+    address = first.leased_address()
+    hwaddr = first.hwaddr()
+    first.stop()  # SIGTERM: dhclient exits without releasing
+    second = DhcpClient.restart(first)
+    assert second.leased_address() == address
+
+    rows = [r for r in kea.lease_file.read_text().splitlines() if r.startswith(f"{address},")]
+    assert len(rows) == 2
+    leases = load_leases(kea.lease_file)
+    held = [lease for lease in leases.holdings() if lease.address == address]
+    assert len(held) == 1 and held[0].hwaddr == hwaddr and held[0].line == 3

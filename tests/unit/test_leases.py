@@ -1,0 +1,267 @@
+"""Kea memfile lease files: columns by header, holdings over renewals, lookups by address or
+prefix at a time, and clear errors naming the file and line."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from op25b_ctl.errors import LeaseFileError
+from op25b_ctl.source.leases import Leases, load_leases, parse_leases
+
+V4_HEADER = (
+    "address,hwaddr,client_id,valid_lifetime,expire,subnet_id,fqdn_fwd,fqdn_rev,hostname,"
+    "state,user_context,pool_id"
+)
+V6_HEADER = (
+    "address,duid,valid_lifetime,expire,subnet_id,pref_lifetime,lease_type,iaid,prefix_len,"
+    "fqdn_fwd,fqdn_rev,hostname,hwaddr,state,user_context,hwtype,hwaddr_source,pool_id"
+)
+T0 = datetime(2011, 1, 10, 12, 0, tzinfo=UTC)
+HW_A, HW_B = "aa:bb:cc:00:00:01", "aa:bb:cc:00:00:02"
+
+
+def ts(at: datetime) -> int:
+    return int(at.timestamp())
+
+
+def v4row(
+    address: str,
+    hw: str,
+    start: datetime,
+    valid: int = 3600,
+    *,
+    host: str = "",
+    state: int = 0,
+    cid: str = "",
+) -> str:
+    expire = ts(start) + valid
+    return f"{address},{hw},{cid},{valid},{expire},1,0,0,{host},{state},,0"
+
+
+def v6row(
+    address: str,
+    duid: str,
+    start: datetime,
+    *,
+    lease_type: int = 0,
+    plen: int = 128,
+    valid: int = 3600,
+    state: int = 0,
+) -> str:
+    expire = ts(start) + valid
+    return (
+        f"{address},{duid},{valid},{expire},1,1800,{lease_type},7,{plen},0,0,host6,,{state},,0,0,0"
+    )
+
+
+def leases(header: str, *rows: str) -> Leases:
+    return parse_leases("\n".join([header, *rows]) + "\n", "kea-leases.csv")
+
+
+def test_v4_lease_is_found_while_valid_and_not_outside() -> None:
+    got = leases(V4_HEADER, v4row("192.0.2.40", HW_A, T0, host="pc-1", cid="01:aa"))
+    lease = got.lookup("192.0.2.40", T0 + timedelta(minutes=30))
+    assert lease is not None
+    assert (lease.hwaddr, lease.client_id, lease.hostname, lease.duid) == (
+        HW_A,
+        "01:aa",
+        "pc-1",
+        None,
+    )
+    assert (lease.start, lease.end) == (T0, T0 + timedelta(hours=1))
+    assert (lease.file, lease.line) == ("kea-leases.csv", 2)
+    assert got.lookup("192.0.2.40", T0 - timedelta(seconds=1)) is None
+    assert got.lookup("192.0.2.40", T0 + timedelta(hours=1, seconds=1)) is None
+    assert got.lookup("192.0.2.41", T0) is None
+
+
+def test_columns_are_read_by_header_name_in_any_version() -> None:
+    """Kea 1.x had no state column; 2.2 no pool_id; the order is the header's."""
+    old = "address,hwaddr,client_id,valid_lifetime,expire,subnet_id,fqdn_fwd,fqdn_rev,hostname"
+    row = f"192.0.2.40,{HW_A},,3600,{ts(T0) + 3600},1,0,0,old-pc"
+    lease = leases(old, row).lookup("192.0.2.40", T0)
+    assert lease is not None and lease.hostname == "old-pc"
+    shuffled = "hostname,expire,valid_lifetime,hwaddr,address,client_id,future_column"
+    row = f"new-pc,{ts(T0) + 60},60,{HW_B},192.0.2.41,,x"
+    lease = leases(shuffled, row).lookup("192.0.2.41", T0)
+    assert lease is not None and (lease.hwaddr, lease.hostname) == (HW_B, "new-pc")
+
+
+def test_renewals_extend_one_holding_back_to_its_first_row() -> None:
+    later = T0 + timedelta(minutes=30)
+    got = leases(
+        V4_HEADER,
+        v4row("192.0.2.40", HW_A, T0, host="first"),
+        v4row("192.0.2.40", HW_A, later, host="renamed"),
+    )
+    early = got.lookup("192.0.2.40", T0 + timedelta(minutes=10))  # before the renewal
+    assert early is not None
+    assert (early.start, early.end) == (T0, later + timedelta(hours=1))
+    assert early.hostname == "renamed" and early.line == 3  # the last row's fields
+    assert len(list(got.holdings())) == 1
+
+
+def test_another_client_cuts_the_earlier_holding_and_wins_after() -> None:
+    moved = T0 + timedelta(minutes=20)
+    got = leases(V4_HEADER, v4row("192.0.2.40", HW_A, T0), v4row("192.0.2.40", HW_B, moved))
+    before = got.lookup("192.0.2.40", T0 + timedelta(minutes=10))
+    after = got.lookup("192.0.2.40", moved + timedelta(minutes=1))
+    assert before is not None and before.hwaddr == HW_A and before.end == moved
+    assert after is not None and after.hwaddr == HW_B
+    assert got.lookup("192.0.2.40", moved).hwaddr == HW_B  # type: ignore[union-attr]
+
+
+def test_a_gap_starts_a_new_holding() -> None:
+    back = T0 + timedelta(hours=3)
+    got = leases(V4_HEADER, v4row("192.0.2.40", HW_A, T0), v4row("192.0.2.40", HW_A, back))
+    assert got.lookup("192.0.2.40", T0 + timedelta(hours=2)) is None  # expired in between
+    assert len(list(got.holdings())) == 2
+
+
+def test_release_is_flagged_and_decline_cuts() -> None:
+    """A release (valid_lifetime 0, as Kea 2.2 writes it) says not when: shown, flagged."""
+    released = leases(
+        V4_HEADER,
+        v4row("192.0.2.40", HW_A, T0, host="pc"),
+        f"192.0.2.40,{HW_A},,0,{ts(T0)},1,0,0,pc,0,,0",
+    )
+    lease = released.lookup("192.0.2.40", T0 + timedelta(minutes=5))
+    assert lease is not None and lease.ended
+    declined_at = T0 + timedelta(minutes=10)
+    declined = leases(
+        V4_HEADER,
+        v4row("192.0.2.40", HW_A, T0),
+        v4row("192.0.2.40", "", declined_at, valid=86400, state=1),
+    )
+    assert declined.lookup("192.0.2.40", T0 + timedelta(minutes=5)) is not None
+    assert declined.lookup("192.0.2.40", T0 + timedelta(minutes=15)) is None
+    # after a release, the same client coming back is a new holding
+    again = leases(
+        V4_HEADER,
+        v4row("192.0.2.40", HW_A, T0),
+        v4row("192.0.2.40", HW_A, T0, state=3),
+        v4row("192.0.2.40", HW_A, T0 + timedelta(minutes=5)),
+    )
+    assert len(list(again.holdings())) == 2
+
+
+def test_escaped_commas_in_hostname() -> None:
+    lease = leases(V4_HEADER, v4row("192.0.2.40", HW_A, T0, host="a&#x2cb")).lookup(
+        "192.0.2.40", T0
+    )
+    assert lease is not None and lease.hostname == "a,b"
+
+
+def test_v6_address_inside_the_subscriber_prefix() -> None:
+    got = leases(V6_HEADER, v6row("2001:db8:1000:1::42", "00:01:aa", T0))
+    lease = got.lookup("2001:db8:1000:1::/64", T0 + timedelta(minutes=1))
+    assert lease is not None
+    assert (lease.duid, lease.lease_type, lease.address) == (
+        "00:01:aa",
+        "na",
+        "2001:db8:1000:1::42",
+    )
+    assert got.lookup("2001:db8:1000:2::/64", T0) is None
+    assert got.lookup("2001:db8:1000:1::42", T0) is not None  # a single address too
+    assert got.lookup("2001:db8:1000:1::/64", T0 + timedelta(hours=2)) is None
+
+
+def test_v6_delegated_prefix_covering_the_subscriber_prefix() -> None:
+    got = leases(
+        V6_HEADER,
+        v6row("2001:db8:1000:100::", "00:01:bb", T0, lease_type=2, plen=56),
+        v6row("2001:db8:1000:1::42", "00:01:aa", T0),
+    )
+    lease = got.lookup("2001:db8:1000:1a0::/64", T0)  # inside the /56
+    assert lease is not None
+    assert (lease.duid, lease.lease_type, lease.address) == (
+        "00:01:bb",
+        "pd",
+        "2001:db8:1000:100::/56",
+    )
+    # a /48 counting prefix is not covered by a /56: no delegated match, no address inside
+    assert got.lookup("2001:db8:1001::/48", T0) is None
+
+
+def test_v6_several_clients_in_one_prefix_are_ambiguous() -> None:
+    got = leases(
+        V6_HEADER,
+        v6row("2001:db8:1000:1::42", "00:01:aa", T0),
+        v6row("2001:db8:1000:1::43", "00:01:cc", T0),
+    )
+    assert got.lookup("2001:db8:1000:1::/64", T0) is None
+    assert got.lookup("2001:db8:1000:1::43", T0).duid == "00:01:cc"  # type: ignore[union-attr]
+
+
+def test_merged_files_answer_both_families() -> None:
+    both = Leases.merged(
+        [
+            leases(V4_HEADER, v4row("192.0.2.40", HW_A, T0)),
+            leases(V6_HEADER, v6row("2001:db8:1000:1::42", "00:01:aa", T0)),
+        ]
+    )
+    assert both.lookup("192.0.2.40", T0) is not None
+    assert both.lookup("2001:db8:1000:1::/64", T0) is not None
+    assert both.rows == 2 and len(both) == 2
+
+
+def test_bad_source_is_a_value_error() -> None:
+    got = leases(V4_HEADER)
+    for bad in ("not-an-ip", "192.0.2.0/24", "2001:db8::/129"):
+        with pytest.raises(ValueError):
+            got.lookup(bad, T0)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "kea-leases.csv:1: empty"),
+        ("a,b,c\n", "kea-leases.csv:1: header lacks address, hwaddr"),
+        (f"{V4_HEADER}\n192.0.2.40,{HW_A}\n", "kea-leases.csv:2: 2 fields, the header has 12"),
+        (
+            f"{V4_HEADER}\n{v4row('192.0.2.40', HW_A, T0)}\n{v4row('192.0.2.999', HW_A, T0)}\n",
+            "kea-leases.csv:3: address '192.0.2.999' is not an IPv4 address",
+        ),
+        (
+            f"{V4_HEADER}\n192.0.2.40,{HW_A},,soon,0,1,0,0,,0,,0\n",
+            "kea-leases.csv:2: valid_lifetime, expire",
+        ),
+        (
+            f"{V6_HEADER}\n{v6row('2001:db8::1', '00:01', T0, lease_type=7)}\n",
+            "kea-leases.csv:2: lease_type '7'",
+        ),
+    ],
+)
+def test_malformed_files_name_file_and_line(text: str, message: str) -> None:
+    with pytest.raises(LeaseFileError) as err:
+        parse_leases(text, "kea-leases.csv")
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_missing_unreadable_and_odd_files(tmp_path: Path) -> None:
+    with pytest.raises(LeaseFileError, match="no such lease file"):
+        load_leases(tmp_path / "absent.csv")
+    with pytest.raises(LeaseFileError, match="is a directory, not a regular file"):
+        load_leases(tmp_path)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(LeaseFileError, match="a FIFO"):  # refused at once, never blocks
+        load_leases(fifo)
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(f"{V4_HEADER}\n".encode() + b"\xff\xfe\n")
+    with pytest.raises(LeaseFileError, match=r"binary.csv:2: not UTF-8"):
+        load_leases(binary)
+    if os.geteuid() != 0:  # root reads anything
+        locked = tmp_path / "locked.csv"
+        locked.write_text(V4_HEADER + "\n")
+        locked.chmod(0)
+        with pytest.raises(LeaseFileError, match="permission denied"):
+            load_leases(locked)
+    good = tmp_path / "kea-leases4.csv"
+    good.write_text(f"{V4_HEADER}\n{v4row('192.0.2.40', HW_A, T0)}\n")
+    got = load_leases(good)
+    assert got.files == (str(good),) and got.lookup("192.0.2.40", T0) is not None
