@@ -10,7 +10,7 @@ import argparse
 import shlex
 import sys
 from collections.abc import Callable, Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -19,6 +19,8 @@ import netaddr
 from op25b_ctl.cli.context import EXIT_OK, Context, seconds_or_zero
 from op25b_ctl.errors import Op25bError, OverrideError
 from op25b_ctl.ops import operate
+from op25b_ctl.ops.offenders import distinct_offenders
+from op25b_ctl.plan import readiness
 from op25b_ctl.plan.desired import Desired, from_policy
 from op25b_ctl.plan.modes import local, upcoming
 from op25b_ctl.plan.ruleset import (
@@ -165,6 +167,22 @@ def _stage_state(
     return "due" if at <= now else "due by then"
 
 
+def offender_counts(ctx: Context, policy: Policy) -> tuple[dict[str, int] | None, timedelta | None]:
+    """Distinct offenders per tracked pool now, read from the kernel's offender sets, and
+    the retention window they cover. None (every stage's count unknown, the calendar still
+    shown) where nothing was tracked or can be read: tracking off in gateway.yaml, no table
+    yet (a missing set would read as zero offenders), no root or no nftables."""
+    window = timedelta(seconds=policy.gateway.offenders.retention)
+    if not policy.gateway.offenders.track:
+        return None, None
+    try:
+        if ctx.kernel.read(FAMILY, policy.gateway.table, elements=False) is None:
+            return None, window
+        return dict(distinct_offenders(ctx.kernel, policy)), window
+    except (Op25bError, OSError, ImportError):
+        return None, window
+
+
 def cmd_rollout_status(ctx: Context) -> int:
     policy = ctx.policy()
     when = parse_when(ctx.args.at, ctx.now) if ctx.args.at else ctx.now
@@ -221,6 +239,13 @@ def cmd_rollout_status(ctx: Context) -> int:
             for c in upcoming(policy, when, overrides.values())
         ],
     }
+    counts, window = offender_counts(ctx, policy)
+    ready = readiness.readiness(policy, when, counts, overrides.values())
+    data["offender_tracking"] = counts is not None
+    data["offender_window_seconds"] = int(window.total_seconds()) if window else None
+    data["readiness"] = [
+        readiness.to_json(r, _when(policy, r.due) if r.due else None) for r in ready
+    ]
     text = [f"rollout calendar ({policy.timezone}) at {data['at']}"]
     if not stages:
         text.append("  no stages (rollout.yaml absent or empty): pools stay at their baseline")
@@ -252,6 +277,10 @@ def cmd_rollout_status(ctx: Context) -> int:
                 else ", no expiry"
             )
         )
+    text.append("readiness:" + ("" if ready else " no pending stage to enforce"))
+    for r in ready:
+        due = r.due.astimezone(policy.zone).date().isoformat() if r.due else "tbd"
+        text.append("  " + readiness.describe(r, due, window))
     nxt = data["upcoming"][0] if data["upcoming"] else None
     tbd = [s.name for s in policy.stages if s.scheduled is None]
     text.append(

@@ -36,6 +36,7 @@ from op25b_ctl.daemon.metrics import Metrics, build_registry
 from op25b_ctl.daemon.offenders import OffenderCollector, OffenderReader
 from op25b_ctl.daemon.reconcile import Reconciler
 from op25b_ctl.daemon.sdnotify import Notifier
+from op25b_ctl.daemon.stagemetrics import StageCollector
 from op25b_ctl.daemon.view import ReconcileResult
 from op25b_ctl.kernel.nft import NftKernel
 from op25b_ctl.plan.render import describe
@@ -387,6 +388,8 @@ def run(
     registry.register(DiscoveryCollector(watcher))
     offenders = OffenderReader(reconciler.kernel, lambda: reconciler.view)
     registry.register(OffenderCollector(offenders))
+    # each pending stage's readiness, from the same cached reading of the sets
+    registry.register(StageCollector(lambda: reconciler.view, reconciler.clock, offenders.distinct))
     notifier = Notifier()
     server = (
         MetricsServer(metrics_address, registry, metrics) if metrics_address is not None else None

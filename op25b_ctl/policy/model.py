@@ -343,6 +343,37 @@ class Relay(_Strict):
     addresses: list[Prefix] = Field(min_length=1)
 
 
+# Readiness defaults: warn a week ahead about anyone still sending (the safe side: an alert
+# that someone would lose mail, until the operator writes what is acceptable).
+DEFAULT_MAX_OFFENDERS = 0
+MAX_OFFENDERS_LIMIT = 10_000_000
+DEFAULT_WARN_BEFORE = "7d"
+MAX_WARN_BEFORE_DAYS = 366
+_WARN_RE = re.compile(r"^([1-9][0-9]{0,5})([mhd])$")
+_WARN_UNIT = {"m": 60, "h": 3600, "d": 86400}
+
+
+def _warn_seconds(text: str) -> int:
+    found = _WARN_RE.match(text)
+    assert found is not None  # validated
+    return int(found.group(1)) * _WARN_UNIT[found.group(2)]
+
+
+def _warn_before(value: str) -> str:
+    """`90m`, `36h`, `7d`: a duration with its unit, at most a year (a bare number would
+    leave the unit to guess)."""
+    if not _WARN_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not a duration like 90m, 36h or 7d (a whole number and m, h or d)"
+        )
+    if _warn_seconds(value) > MAX_WARN_BEFORE_DAYS * 86400:
+        raise ValueError(f"{value!r} is longer than {MAX_WARN_BEFORE_DAYS}d")
+    return value
+
+
+WarnBefore = Annotated[str, StringConstraints(strict=True), AfterValidator(_warn_before)]
+
+
 class Stage(_Strict):
     """One step of the rollout: at `at`, the selected dynamic pools move to `mode`.
 
@@ -360,10 +391,19 @@ class Stage(_Strict):
     groups: list[Name] = []
     # moving a pool down (enforce -> monitor/off, monitor -> off) must be said out loud
     allow_backwards: bool = False
+    # Readiness (plan/readiness.py), for stages to enforce: an alert when the stage is due
+    # within `warn_before` while its pools still have more than `max_offenders` distinct
+    # sources on TCP/25. It informs; the stage still fires on its date.
+    max_offenders: int = Field(default=DEFAULT_MAX_OFFENDERS, ge=0, le=MAX_OFFENDERS_LIMIT)
+    warn_before: WarnBefore = DEFAULT_WARN_BEFORE
 
     @property
     def scheduled(self) -> datetime | None:
         return None if self.at == "tbd" else self.at
+
+    @property
+    def warn_before_seconds(self) -> int:
+        return _warn_seconds(self.warn_before)
 
 
 class Exemption(_Strict):
@@ -786,6 +826,16 @@ def _check_rollout(policy: Policy) -> list[Finding]:
         seen.setdefault(stage.name, i)
         if not stage.pools and not stage.tags:
             found.append(Finding(f, where, "stage selects no pools: give `pools:` and/or `tags:`"))
+        if stage.mode != "enforce" and (
+            stage.max_offenders != DEFAULT_MAX_OFFENDERS or stage.warn_before != DEFAULT_WARN_BEFORE
+        ):
+            found.append(
+                Finding(
+                    f,
+                    (*where, "max_offenders" if stage.max_offenders else "warn_before"),
+                    f"readiness settings apply to stages to enforce; this one is to {stage.mode}",
+                )
+            )
         for j, name in enumerate(stage.pools):
             if name not in pools:
                 found.append(

@@ -22,6 +22,7 @@ from op25b_ctl.daemon.fleet import FleetCollector, FleetReporter
 from op25b_ctl.daemon.metrics import build_registry
 from op25b_ctl.daemon.offenders import OffenderCollector, OffenderReader
 from op25b_ctl.daemon.reconcile import Reconciler
+from op25b_ctl.daemon.stagemetrics import StageCollector
 from op25b_ctl.kernel.memory import MemoryKernel
 from op25b_ctl.source.directory import DirectorySource
 from op25b_ctl.source.etcd import EtcdStore, parse_store_url
@@ -46,13 +47,17 @@ needs_promtool = pytest.mark.skipif(
 def exposition(tmp: Path) -> str:
     """A real scrape of the exporter, over a fake kernel with traffic in every counter."""
     kernel = MemoryKernel()
-    rec = Reconciler(
-        kernel,
-        DirectorySource(daemon_policy(tmp / "policy")),
-        clock=lambda: datetime(2011, 1, 31, tzinfo=UTC),
-        sample_every_pass=True,
+    policy_dir = daemon_policy(tmp / "policy")
+    # a pending stage to enforce, for the readiness series (op25b_stage_*)
+    (policy_dir / "rollout.yaml").write_text(
+        "stages:\n  - name: enforce-east-2\n    at: 2011-02-10T10:00:00+09:00\n"
+        "    pools: [flets-east-dyn-2]\n    mode: enforce\n    max_offenders: 3\n"
     )
+    clock = lambda: datetime(2011, 1, 31, tzinfo=UTC)  # noqa: E731
+    rec = Reconciler(kernel, DirectorySource(policy_dir), clock=clock, sample_every_pass=True)
     registry, metrics = build_registry(lambda: rec.view)
+    # the readiness of that stage, as the daemon registers it (counts from the offender sets)
+    registry.register(StageCollector(lambda: rec.view, clock, lambda: {"flets-east-dyn-2": 5}))
     # the fleet half, as a daemon started with --store registers it (no store contacted)
     source = FleetSource(EtcdStore(parse_store_url("etcd://127.0.0.1:9/op25b")), "gw1", tmp)
     registry.register(FleetCollector(FleetReporter(rec, source)))
