@@ -670,6 +670,34 @@ CASES: list[Case] = [
         2,
         r"exemptions\.yaml:\d+: exemptions\[1\]\.expires: .*no UTC offset",
     ),
+    Case(
+        "stage threshold as text",
+        "schedule",
+        'max_offenders: "10" (a string)',
+        then(
+            edit(
+                R,
+                "    pools: [flets-east-dyn-1]\n",
+                '    pools: [flets-east-dyn-1]\n    max_offenders: "10"\n',
+            )
+        ),
+        2,
+        r"rollout\.yaml:\d+: stages\[1\]\.max_offenders: Input should be a valid integer",
+    ),
+    Case(
+        "stage warn time without unit",
+        "schedule",
+        "warn_before: 7 (seven what?)",
+        then(
+            edit(
+                R,
+                "    pools: [flets-east-dyn-1]\n",
+                "    pools: [flets-east-dyn-1]\n    warn_before: 7\n",
+            )
+        ),
+        2,
+        r"rollout\.yaml:\d+: stages\[1\]\.warn_before: Input should be a valid string",
+    ),
     # ------------------------------------------------------------------ overrides
     Case(
         "overrides.json truncated",
