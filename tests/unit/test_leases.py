@@ -4,11 +4,13 @@ prefix at a time, and clear errors naming the file and line."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from op25b_ctl.cli import leases as lease_columns
 from op25b_ctl.errors import LeaseFileError
 from op25b_ctl.source.leases import Leases, load_leases, parse_leases
 
@@ -265,3 +267,48 @@ def test_missing_unreadable_and_odd_files(tmp_path: Path) -> None:
     good.write_text(f"{V4_HEADER}\n{v4row('192.0.2.40', HW_A, T0)}\n")
     got = load_leases(good)
     assert got.files == (str(good),) and got.lookup("192.0.2.40", T0) is not None
+
+
+@dataclass(frozen=True)
+class Row:
+    source: str
+    last_seen: datetime
+
+
+def test_lease_columns_for_a_source_list(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    v4 = tmp_path / "kea-leases4.csv"
+    v4.write_text(f"{V4_HEADER}\n{v4row('192.0.2.40', HW_A, T0, host='pc-1')}\n")
+    v6 = tmp_path / "kea-leases6.csv"
+    v6.write_text(
+        f"{V6_HEADER}\n{v6row('2001:db8:1000:100::', '00:01:bb', T0, lease_type=2, plen=56)}\n"
+    )
+    cols = lease_columns.load([str(v4), str(v6)])
+    assert not cols.failed and capsys.readouterr().err == ""
+    seen = T0 + timedelta(minutes=5)
+    a, b, nobody = (
+        Row("192.0.2.40", seen),
+        Row("2001:db8:1000:1a0::/64", seen),
+        Row("192.0.2.41", seen),
+    )
+    assert cols.text(a) == f"{HW_A} pc-1"
+    assert cols.text(b) == "duid 00:01:bb host6 (pd 2001:db8:1000:100::/56)"
+    assert cols.text(nobody) == "-"
+    assert cols.json(a)["lease"]["hwaddr"] == HW_A
+    assert cols.json(nobody) == {"lease": None}
+    assert cols.text(Row("192.0.2.40", T0 + timedelta(hours=2))) == "-"  # after it expired
+
+
+def test_a_broken_lease_file_is_reported_and_the_rest_still_used(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = tmp_path / "kea-leases4.csv"
+    good.write_text(f"{V4_HEADER}\n{v4row('192.0.2.40', HW_A, T0)}\n")
+    cols = lease_columns.load([str(tmp_path / "missing.csv"), str(good)])
+    err = capsys.readouterr().err
+    assert cols.failed and "missing.csv: no such lease file; the list is shown" in err
+    assert cols.text(Row("192.0.2.40", T0)) == HW_A
+    none = lease_columns.load([str(tmp_path / "missing.csv")])
+    assert none.failed and none.json(Row("192.0.2.40", T0)) == {"lease": None}
+    assert lease_columns.load([]).json(Row("192.0.2.40", T0)) == {}  # not asked: no field
