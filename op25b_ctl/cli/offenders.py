@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from op25b_ctl.cli.context import EXIT_INVALID, EXIT_OK, Context
+from op25b_ctl.cli import leases as lease_columns
+from op25b_ctl.cli.context import EXIT_FAILED, EXIT_INVALID, EXIT_OK, Context
 from op25b_ctl.ops.offenders import FIRST_SEEN, read_pools
 from op25b_ctl.plan.modes import decide
 from op25b_ctl.plan.offenders import Exemptions, Offender, ranked
@@ -50,6 +52,7 @@ def cmd_offenders(ctx: Context) -> int:
     exemptions = Exemptions(e.prefix for e in policy.exemptions if e.active(ctx.now))
     top = ctx.args.top or None
     rows = ranked(pools, now, top=top, exemptions=exemptions, first_seen=FIRST_SEEN)
+    leases = lease_columns.load(ctx.args.leases)  # a broken file: reported, list still shown
     data: dict[str, Any] = {
         "time": now.isoformat(),
         "pools": [
@@ -67,13 +70,19 @@ def cmd_offenders(ctx: Context) -> int:
             }
             for ps in pools
         ],
-        "offenders": [r.to_json() for r in rows],
+        "offenders": [{**r.to_json(), **leases.json(r)} for r in rows],
     }
-    ctx.emit(data, _text(policy, pools, rows, top))
-    return EXIT_OK
+    ctx.emit(data, _text(policy, pools, rows, top, leases))
+    return EXIT_FAILED if leases.failed else EXIT_OK
 
 
-def _text(policy: Policy, pools: list[Any], rows: list[Offender], top: int | None) -> list[str]:
+def _text(
+    policy: Policy,
+    pools: list[Any],
+    rows: list[Offender],
+    top: int | None,
+    leases: lease_columns.LeaseColumns,
+) -> list[str]:
     lines = [
         f"{ps.pool} ({ps.mode}): {ps.distinct} source(s) in the last "
         f"{_duration(ps.tracking.timeout)}; sets {len(ps.v4)}/{ps.tracking.size} v4, "
@@ -88,7 +97,11 @@ def _text(policy: Policy, pools: list[Any], rows: list[Offender], top: int | Non
     if not pools:
         lines.append("no pool tracks offenders (gateway.yaml offenders.track, dynamic pools)")
     if rows:
-        header = ("SOURCE", "POOL", "MODE", "ATTEMPTS", "FIRST SEEN", "LAST SEEN", "EXEMPTED")
+        header: tuple[str, ...] = (
+            "SOURCE", "POOL", "MODE", "ATTEMPTS", "FIRST SEEN", "LAST SEEN", "EXEMPTED",
+        )  # fmt: skip
+        with_lease = leases.leases is not None
+        header += ("LEASE",) if with_lease else ()
         table = [header] + [
             (
                 r.source,
@@ -98,6 +111,7 @@ def _text(policy: Policy, pools: list[Any], rows: list[Offender], top: int | Non
                 _when(r.first_seen, policy, r.first_seen_exact),
                 _when(r.last_seen, policy, True),
                 "yes" if r.exempted else "no",
+                *((leases.text(r),) if with_lease else ()),
             )
             for r in rows
         ]
@@ -138,6 +152,11 @@ def _fleet(ctx: Context) -> int:
     rows.sort(key=lambda r: (-int(r.get("attempts", 0)), str(r.get("source"))))
     if ctx.args.top:
         rows = rows[: ctx.args.top]
+    leases = lease_columns.load(ctx.args.leases)  # one DHCP server for the fleet, say
+    for r in rows:
+        reported = _Reported.of(r)
+        if reported is not None:
+            r.update(leases.json(reported))
     data = {
         "gateways": sorted(statuses),
         "pools": {
@@ -152,7 +171,9 @@ def _fleet(ctx: Context) -> int:
         for p, g in sorted(pools.items())
     ] or ["no gateway reports offenders (daemons with --store report them every 30 s)"]
     if rows:
-        header = ("SOURCE", "GATEWAY", "POOL", "MODE", "ATTEMPTS", "LAST SEEN")
+        header: tuple[str, ...] = ("SOURCE", "GATEWAY", "POOL", "MODE", "ATTEMPTS", "LAST SEEN")
+        with_lease = leases.leases is not None
+        header += ("LEASE",) if with_lease else ()
         table = [header] + [
             (
                 str(r.get("source")),
@@ -161,6 +182,7 @@ def _fleet(ctx: Context) -> int:
                 str(r.get("mode")),
                 str(r.get("attempts")),
                 str(r.get("last_seen")),
+                *((_lease_text(leases, r),) if with_lease else ()),
             )
             for r in rows
         ]
@@ -172,7 +194,28 @@ def _fleet(ctx: Context) -> int:
         ]
         text.append("(each gateway reports its own top 10; `offenders` on a gateway lists all)")
     ctx.emit(data, text)
-    return EXIT_OK
+    return EXIT_FAILED if leases.failed else EXIT_OK
+
+
+def _lease_text(leases: lease_columns.LeaseColumns, row: dict[str, Any]) -> str:
+    reported = _Reported.of(row)
+    return leases.text(reported) if reported is not None else "-"
+
+
+@dataclass(frozen=True)
+class _Reported:
+    """A fleet status row (JSON) as the lease lookup wants it."""
+
+    source: str
+    last_seen: datetime
+
+    @staticmethod
+    def of(row: dict[str, Any]) -> _Reported | None:
+        try:
+            seen = datetime.fromisoformat(str(row.get("last_seen")))
+        except ValueError:
+            return None
+        return _Reported(str(row.get("source")), seen) if seen.tzinfo is not None else None
 
 
 def _duration(seconds: int) -> str:
@@ -221,3 +264,4 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         metavar="N",
         help="show the N sources with most attempts; 0 = all (default: %(default)s)",
     )
+    lease_columns.add_argument(p)

@@ -4,6 +4,7 @@ the lab, and `load_leases` finds that client's hwaddr for that address in Kea's 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from op25b_ctl.source.leases import load_leases
 from op25b_lab.kea import (
@@ -15,7 +16,11 @@ from op25b_lab.kea import (
     KeaServer,
     wait_for_lease_row,
 )
-from op25b_lab.lab import Lab
+from op25b_lab.lab import FOREIGN_MX, Lab, Outcome
+from tests.e2e.ctl import ctl, ctl_json
+from tests.policytools import example_policy
+
+ENFORCED = "flets-east-dyn-1"  # the example policy today; the DHCP pool lies inside it
 
 
 def _in_pool(address: str) -> bool:
@@ -58,3 +63,27 @@ def test_a_renewal_by_the_same_client_is_one_holding(lab: Lab, kea: KeaServer) -
     leases = load_leases(kea.lease_file)
     held = [lease for lease in leases.holdings() if lease.address == address]
     assert len(held) == 1 and held[0].hwaddr == hwaddr and held[0].line == 3
+
+
+def test_the_offenders_report_names_the_dhcp_clients_hwaddr(
+    lab: Lab, kea: KeaServer, tmp_path: Path
+) -> None:
+    """The DHCP client makes TCP/25 attempts from its leased address through the enforcing
+    gateway; `offenders --leases` names its hwaddr (from the interface) for that address."""
+    client = DhcpClient.start(lab)
+    address = client.leased_address()
+    wait_for_lease_row(kea.lease_file, address)
+    pol = example_policy(tmp_path / "policy")  # action reject: one SYN per attempt
+    assert ctl(lab, "apply", "--policy", str(pol)).returncode == 0
+    tries = lab.connect_many(lab.ns_sub, [(address, FOREIGN_MX.v4, 25)] * 3, timeout=2.0)
+    assert {r.outcome for r in tries} == {Outcome.REFUSED}  # enforced: every attempt refused
+
+    data = ctl_json(lab, "offenders", "--policy", str(pol), "--leases", str(kea.lease_file))
+    row = next(r for r in data["offenders"] if r["source"] == address)
+    assert (row["pool"], row["mode"], row["attempts"]) == (ENFORCED, "enforce", 3)
+    assert row["lease"]["hwaddr"] == client.hwaddr()
+    assert row["lease"]["hostname"] == HOSTNAME
+    text = ctl(lab, "offenders", "--policy", str(pol), "--leases", str(kea.lease_file))
+    assert text.returncode == 0
+    line = next(ln for ln in text.stdout.splitlines() if ln.startswith(address + " "))
+    assert f"{client.hwaddr()} {HOSTNAME}" in line

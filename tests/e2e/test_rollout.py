@@ -198,3 +198,24 @@ def test_tick_repairs_a_tampered_pool_chain(served: Lab, tmp_path: Path) -> None
     out = gw.run("rollout", "tick", "--now", NOW_2026).stdout
     assert f"{E1} off->enforce" in out
     assert outcomes(served, (DYN_A.v4, FOREIGN_MX.v4)) == ["refused"]
+
+
+def test_readiness_counts_the_subscribers_still_on_25(served: Lab, tmp_path: Path) -> None:
+    """Settings-change period, a week before enforce-east-1: real SYNs from one subscriber
+    of flets-east-dyn-1 over v4 and another over v6 (monitor: they pass) are two offenders
+    against a threshold of 0, and `rollout status` says so; east-2's pool sent nothing."""
+    gw = Gw(served, tmp_path)
+    week_before = "2011-01-10T10:00:00+09:00"
+    gw.run("rollout", "tick", "--now", week_before)
+    a4, a6 = (DYN_A.v4, FOREIGN_MX.v4), (DYN_A.v6, FOREIGN_MX.v6)
+    assert outcomes(served, a4, a6, a4) == ["connected"] * 3
+    out = gw.run("rollout", "status", "--now", week_before).stdout
+    assert (
+        "  enforce-east-1 due 2011-01-17: 2 subscribers of flets-east-dyn-1 still sent on 25 "
+        "in the last 7 days (threshold 0: NOT READY, due within 7d)\n"
+    ) in out
+    stages = {
+        r["stage"]: r for r in gw.json("rollout", "status", "--now", week_before)["readiness"]
+    }
+    assert (stages["enforce-east-1"]["offenders"], stages["enforce-east-1"]["warning"]) == (2, True)
+    assert (stages["enforce-east-2"]["offenders"], stages["enforce-east-2"]["ready"]) == (0, True)

@@ -3,6 +3,7 @@ prefix at a time, and clear errors naming the file and line."""
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -11,8 +12,12 @@ from pathlib import Path
 import pytest
 
 from op25b_ctl.cli import leases as lease_columns
+from op25b_ctl.cli.main import main
 from op25b_ctl.errors import LeaseFileError
+from op25b_ctl.kernel.memory import MemoryKernel
+from op25b_ctl.plan.ruleset import offender_set
 from op25b_ctl.source.leases import Leases, load_leases, parse_leases
+from tests.policytools import EXAMPLE
 
 V4_HEADER = (
     "address,hwaddr,client_id,valid_lifetime,expire,subnet_id,fqdn_fwd,fqdn_rev,hostname,"
@@ -23,6 +28,7 @@ V6_HEADER = (
     "fqdn_fwd,fqdn_rev,hostname,hwaddr,state,user_context,hwtype,hwaddr_source,pool_id"
 )
 T0 = datetime(2011, 1, 10, 12, 0, tzinfo=UTC)
+WEEK_MS = 7 * 86400 * 1000  # the example policy's retention: an element just refreshed
 HW_A, HW_B = "aa:bb:cc:00:00:01", "aa:bb:cc:00:00:02"
 
 
@@ -312,3 +318,37 @@ def test_a_broken_lease_file_is_reported_and_the_rest_still_used(
     none = lease_columns.load([str(tmp_path / "missing.csv")])
     assert none.failed and none.json(Row("192.0.2.40", T0)) == {"lease": None}
     assert lease_columns.load([]).json(Row("192.0.2.40", T0)) == {}  # not asked: no field
+
+
+def test_offenders_leases_names_the_client_and_a_broken_file_hides_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kernel = MemoryKernel()
+    assert main(["apply", "--policy", str(EXAMPLE)], kernel=kernel) == 0
+    # 192.0.2.40 (7 SYNs, a second ago) and 192.0.2.41 (no lease) in flets-east-dyn-1
+    set_v4 = offender_set("flets-east-dyn-1", 4)
+    kernel.seen[set_v4] = [(bytes([192, 0, 2, 40]), 7, 0, WEEK_MS - 1000), (bytes([192, 0, 2, 41]), 2, 0, WEEK_MS - 1000)]  # fmt: skip
+    now = datetime.now(UTC)
+    good = tmp_path / "kea-leases4.csv"
+    good.write_text(f"{V4_HEADER}\n{v4row('192.0.2.40', HW_A, now - timedelta(minutes=10), host='pc-1')}\n")  # fmt: skip
+    capsys.readouterr()
+    argv = ["offenders", "--policy", str(EXAMPLE), "--leases", str(good)]
+    assert main([*argv, "-o", "json"], kernel=kernel) == 0
+    rows = {r["source"]: r for r in json.loads(capsys.readouterr().out)["offenders"]}
+    assert rows["192.0.2.40"]["lease"]["hwaddr"] == HW_A
+    assert rows["192.0.2.40"]["lease"]["hostname"] == "pc-1"
+    assert rows["192.0.2.41"]["lease"] is None
+    assert main(argv, kernel=kernel) == 0
+    text = capsys.readouterr().out
+    assert "LEASE" in text and f"{HW_A} pc-1" in text
+    # a malformed file: said on stderr with its line, the list printed all the same, exit 1
+    bad = tmp_path / "broken.csv"
+    bad.write_text(f"{V4_HEADER}\n192.0.2.40,{HW_A}\n")
+    code = main(["offenders", "--policy", str(EXAMPLE), "--leases", str(bad)], kernel=kernel)
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert f"{bad}:2: 2 fields, the header has 12; malformed row" in err
+    assert "192.0.2.40" in out and "192.0.2.41" in out and "LEASE" not in out
+    # without --leases: no lease field at all
+    assert main(["offenders", "--policy", str(EXAMPLE), "-o", "json"], kernel=kernel) == 0
+    assert "lease" not in json.loads(capsys.readouterr().out)["offenders"][0]

@@ -18,6 +18,7 @@ from op25b_ctl.errors import PolicyError
 from op25b_ctl.kernel.memory import MemoryKernel
 from op25b_ctl.plan.desired import from_policy
 from op25b_ctl.plan.readiness import describe, readiness, span
+from op25b_ctl.plan.ruleset import offender_set
 from op25b_ctl.policy import cache
 from op25b_ctl.policy.loader import load_policy
 from op25b_ctl.policy.model import Policy
@@ -226,3 +227,24 @@ def test_readiness_settings_survive_the_policy_cache(tmp_path: Path) -> None:
         (s.max_offenders, s.warn_before) for s in p.stages
     ]
     assert again.stages[1].warn_before_seconds == 36 * 3600
+
+
+def test_rollout_status_counts_from_the_offender_sets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The real count source: the kernel's offender sets (distinct sources per pool)."""
+    kernel = MemoryKernel()
+    state = ["--policy", str(EXAMPLE), "--state-dir", str(tmp_path / "s")]
+    now = ["--now", "2011-01-10T09:00:00+09:00"]
+    assert main(["apply", *state, *now], kernel=kernel) == 0
+    week = 7 * 86400 * 1000
+    kernel.seen[offender_set(E1, 4)] = [(bytes([192, 0, 2, n]), 1, 0, week) for n in (10, 11, 12)]
+    kernel.seen[offender_set(E1, 6)] = [(bytes(16), 1, 0, week)]
+    capsys.readouterr()
+    assert main(["rollout", "status", *state, *now], kernel=kernel) == 0
+    out = capsys.readouterr().out
+    assert (
+        "  enforce-east-1 due 2011-01-17: 4 subscribers of flets-east-dyn-1 still sent on 25 "
+        "in the last 7 days (threshold 0: NOT READY)\n"
+    ) in out
+    assert "  enforce-west-1 due 2011-01-24: 0 subscribers of flets-west-dyn-1" in out
