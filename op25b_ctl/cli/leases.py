@@ -58,16 +58,17 @@ class LeaseColumns:
     def failed(self) -> bool:
         return bool(self.errors)
 
-    def lookup(self, row: Attempted) -> Lease | None:
-        if self.leases is None:
+    def lookup(self, row: Attempted | None) -> Lease | None:
+        if self.leases is None or row is None:
             return None
         try:
             return self.leases.lookup(row.source, row.last_seen)
         except ValueError:  # not an address or prefix: nothing to look up
             return None
 
-    def json(self, row: Attempted) -> dict[str, Any]:
-        """`{"lease": {...} | null}` for a row, or nothing when no file was asked for."""
+    def json(self, row: Attempted | None) -> dict[str, Any]:
+        """`{"lease": {...} | null}` for a row (None: a row without a usable time), or
+        nothing when no file was asked for."""
         if not self.asked:
             return {}
         lease = self.lookup(row)

@@ -155,8 +155,7 @@ def _fleet(ctx: Context) -> int:
     leases = lease_columns.load(ctx.args.leases)  # one DHCP server for the fleet, say
     for r in rows:
         reported = _Reported.of(r)
-        if reported is not None:
-            r.update(leases.json(reported))
+        r.update(leases.json(reported) if reported is not None else leases.json(None))
     data = {
         "gateways": sorted(statuses),
         "pools": {

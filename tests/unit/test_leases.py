@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -352,3 +353,35 @@ def test_offenders_leases_names_the_client_and_a_broken_file_hides_nothing(
     # without --leases: no lease field at all
     assert main(["offenders", "--policy", str(EXAMPLE), "-o", "json"], kernel=kernel) == 0
     assert "lease" not in json.loads(capsys.readouterr().out)["offenders"][0]
+
+
+def test_fleet_offenders_with_leases(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`offenders --store --leases`: the gateways' reported rows (JSON, ISO times) get the
+    lease of one DHCP server serving the fleet."""
+    from op25b_ctl.cli import fleet as cli_fleet
+
+    seen = T0 + timedelta(minutes=5)
+    top = [
+        {"source": "192.0.2.40", "pool": "flets-east-dyn-1", "mode": "enforce", "attempts": 7,
+         "last_seen": seen.isoformat()},
+        {"source": "192.0.2.41", "pool": "flets-east-dyn-1", "mode": "enforce", "attempts": 2,
+         "last_seen": "not a time"},
+    ]  # fmt: skip
+    statuses = {"gw1": {"offenders": {"pools": {"flets-east-dyn-1": 2}, "top": top}}}
+
+    class Store:
+        def statuses(self) -> dict[str, Any]:
+            return statuses
+
+    monkeypatch.setattr(cli_fleet, "store_of", lambda ctx: Store())
+    good = tmp_path / "kea-leases4.csv"
+    good.write_text(f"{V4_HEADER}\n{v4row('192.0.2.40', HW_A, T0, host='pc-1')}\n")
+    argv = ["offenders", "--store", "etcd://127.0.0.1:9/op25b", "--leases", str(good)]
+    assert main([*argv, "-o", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["offenders"]
+    assert rows[0]["lease"]["hwaddr"] == HW_A and rows[1]["lease"] is None  # no time: none
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "LEASE" in text and f"{HW_A} pc-1" in text
