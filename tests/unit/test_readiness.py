@@ -112,15 +112,18 @@ def test_describe_says_who_and_how_long(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("new", "message"),
     [
-        ("    max_offenders: \"5\"\n", "rollout.yaml:27: stages[1].max_offenders: Input should be a valid integer"),
-        ("    max_offenders: -1\n", "rollout.yaml:27: stages[1].max_offenders: Input should be greater than or equal to 0"),
-        ("    warn_before: 7\n", "rollout.yaml:27: stages[1].warn_before: Input should be a valid string"),
-        ("    warn_before: 7 days\n", "rollout.yaml:27: stages[1].warn_before: '7 days' is not a duration like 90m"),
-        ("    warn_before: 400d\n", "rollout.yaml:27: stages[1].warn_before: '400d' is longer than 366d"),
-        ("    warn_before: 0h\n", "rollout.yaml:27: stages[1].warn_before: '0h' is not a duration"),
+        ("    max_offenders: \"5\"\n", "rollout.yaml:{line}: stages[1].max_offenders: Input should be a valid integer"),
+        ("    max_offenders: -1\n", "rollout.yaml:{line}: stages[1].max_offenders: Input should be greater than or equal to 0"),
+        ("    warn_before: 7\n", "rollout.yaml:{line}: stages[1].warn_before: Input should be a valid string"),
+        ("    warn_before: 7 days\n", "rollout.yaml:{line}: stages[1].warn_before: '7 days' is not a duration like 90m"),
+        ("    warn_before: 400d\n", "rollout.yaml:{line}: stages[1].warn_before: '400d' is longer than 366d"),
+        ("    warn_before: 0h\n", "rollout.yaml:{line}: stages[1].warn_before: '0h' is not a duration"),
     ],
 )  # fmt: skip
 def test_readiness_settings_are_strict(tmp_path: Path, new: str, message: str) -> None:
+    text = (EXAMPLE / "rollout.yaml").read_text()
+    line = text[: text.index(THRESHOLD_E1[0])].count("\n") + 3  # the line after `mode:`
+    message = message.format(line=line)
     with pytest.raises(PolicyError) as err:
         policy(tmp_path, THRESHOLD_E1[0], THRESHOLD_E1[0] + new)
     assert any(str(p).startswith(message) for p in err.value.problems), str(err.value)
