@@ -3,6 +3,7 @@ the lab, and `load_leases` finds that client's hwaddr for that address in Kea's 
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from op25b_lab.kea import (
 )
 from op25b_lab.lab import FOREIGN_MX, Lab, Outcome
 from tests.e2e.ctl import ctl, ctl_json
+from tests.e2e.test_daemon import CTL, Gateway
 from tests.policytools import example_policy
 
 ENFORCED = "flets-east-dyn-1"  # the example policy today; the DHCP pool lies inside it
@@ -87,3 +89,19 @@ def test_the_offenders_report_names_the_dhcp_clients_hwaddr(
     assert text.returncode == 0
     line = next(ln for ln in text.stdout.splitlines() if ln.startswith(address + " "))
     assert f"{client.hwaddr()} {HOSTNAME}" in line
+
+    # the same through the running daemon's command socket (its fork reads the file), and a
+    # missing file there: the command's own exit 1 and message, the list still printed
+    gw = Gateway(lab, tmp_path / "daemon")
+    gw.policy = pol
+    gw.start()
+    via = ["env", "OP25B_DAEMON=require", CTL, "offenders", "--policy", str(pol)]
+    via += ["--state-dir", str(gw.state), "--leases", str(kea.lease_file)]
+    cp = lab.run(lab.ns_gw, [*via, "-o", "json"], check=False)
+    assert cp.returncode == 0, cp.stderr
+    row = next(r for r in json.loads(cp.stdout)["offenders"] if r["source"] == address)
+    assert row["lease"]["hwaddr"] == client.hwaddr()
+    cp = lab.run(lab.ns_gw, [*via, "--leases", str(tmp_path / "absent.csv")], check=False)
+    assert cp.returncode == 1 and "absent.csv: no such lease file" in cp.stderr
+    assert address in cp.stdout
+    gw.stop()
