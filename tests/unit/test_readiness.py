@@ -19,7 +19,7 @@ from op25b_ctl.kernel.memory import MemoryKernel
 from op25b_ctl.plan.desired import from_policy
 from op25b_ctl.plan.readiness import describe, readiness, span
 from op25b_ctl.plan.ruleset import offender_set
-from op25b_ctl.policy import cache
+from op25b_ctl.policy import cache, loader
 from op25b_ctl.policy.loader import load_policy
 from op25b_ctl.policy.model import Policy
 from op25b_ctl.policy.overrides import Override
@@ -222,9 +222,9 @@ def test_rollout_status_readiness_lines(
 def test_readiness_settings_survive_the_policy_cache(tmp_path: Path) -> None:
     p = policy(tmp_path, *THRESHOLD_E1)
     where = tmp_path / "cache"
-    where.mkdir()
-    cache.store(tmp_path / "p", "d" * 16, p, where)
-    again = cache.lookup(tmp_path / "p", "d" * 16, where)
+    cache.load(tmp_path / "p", where)  # validates and stores
+    digest = loader.texts_digest(loader.read_policy_files(tmp_path / "p"))
+    again = cache.lookup(tmp_path / "p", digest, where)  # the stored entry, nothing else
     assert again is not None
     assert [(s.max_offenders, s.warn_before) for s in again.stages] == [
         (s.max_offenders, s.warn_before) for s in p.stages
