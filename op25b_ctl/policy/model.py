@@ -273,18 +273,26 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-_RETENTION_RE = re.compile(r"^([1-9][0-9]{0,7})([smhd])$")
-_RETENTION_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION_RE = re.compile(r"^([1-9][0-9]{0,7})([smhd])$")
+_DURATION_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_seconds(value: Any, units: str = "smhd") -> int | None:
+    """`7d`, `36h`, `90m` -> seconds; None for anything else, a bare number included (seconds
+    or days? the policy says which)."""
+    if isinstance(value, str) and (m := _DURATION_RE.match(value)) and m.group(2) in units:
+        return int(m.group(1)) * _DURATION_UNIT[m.group(2)]
+    return None
+
+
 # A source is kept at most this long after its last attempt: privacy, and the notice period.
 MAX_RETENTION = 90 * 86400
 MIN_RETENTION = 60
 
 
 def _retention(value: Any) -> int:
-    """`7d`, `36h`, `90m` -> seconds; a bare number is refused (seconds or days?)."""
-    if isinstance(value, str) and (m := _RETENTION_RE.match(value.strip())):
-        seconds = int(m.group(1)) * _RETENTION_UNIT[m.group(2)]
-    else:
+    seconds = duration_seconds(value.strip() if isinstance(value, str) else value)
+    if seconds is None:
         raise ValueError(f"{value!r} is not a duration like 7d, 36h or 90m")
     if not MIN_RETENTION <= seconds <= MAX_RETENTION:
         raise ValueError(f"{value!r} is outside 1m..90d")
@@ -349,24 +357,22 @@ DEFAULT_MAX_OFFENDERS = 0
 MAX_OFFENDERS_LIMIT = 10_000_000
 DEFAULT_WARN_BEFORE = "7d"
 MAX_WARN_BEFORE_DAYS = 366
-_WARN_RE = re.compile(r"^([1-9][0-9]{0,5})([mhd])$")
-_WARN_UNIT = {"m": 60, "h": 3600, "d": 86400}
 
 
 def _warn_seconds(text: str) -> int:
-    found = _WARN_RE.match(text)
-    assert found is not None  # validated
-    return int(found.group(1)) * _WARN_UNIT[found.group(2)]
+    seconds = duration_seconds(text, units="mhd")
+    assert seconds is not None  # validated
+    return seconds
 
 
 def _warn_before(value: str) -> str:
-    """`90m`, `36h`, `7d`: a duration with its unit, at most a year (a bare number would
-    leave the unit to guess)."""
-    if not _WARN_RE.match(value):
+    """`90m`, `36h`, `7d`: a duration with its unit, at most a year."""
+    seconds = duration_seconds(value, units="mhd")
+    if seconds is None:
         raise ValueError(
             f"{value!r} is not a duration like 90m, 36h or 7d (a whole number and m, h or d)"
         )
-    if _warn_seconds(value) > MAX_WARN_BEFORE_DAYS * 86400:
+    if seconds > MAX_WARN_BEFORE_DAYS * 86400:
         raise ValueError(f"{value!r} is longer than {MAX_WARN_BEFORE_DAYS}d")
     return value
 
