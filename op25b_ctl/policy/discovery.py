@@ -99,6 +99,10 @@ def _number(value: Any, names: dict[str, int], what: str, low: int, high: int) -
     if isinstance(value, str):
         if value in names:
             return names[value]
+        if value.strip().isdigit():  # `"100"` is not `100`: no silent conversion, say why
+            raise ValueError(
+                f"{what} {value!r} is quoted, so a name: write the number without quotes"
+            )
         raise ValueError(
             f"unknown {what} name {value!r} (known: {', '.join(sorted(names))}; "
             "write any other as its number)"
@@ -139,7 +143,7 @@ class RouteSource(_Strict):
         if "unicast" not in self.types:
             return None  # aggregates (blackhole & co.) are put there on purpose
         if not self.protocols:
-            return "any protocol includes boot and kernel"
+            return "any protocol (no `protocols:`, so boot and kernel too)"
         hit = [AMBIGUOUS_PROTOS[p] for p in self.protocols if p in AMBIGUOUS_PROTOS]
         return f"proto {' and '.join(hit)}" if hit else None
 
