@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from op25b_ctl.cli import leases as lease_columns
 from op25b_ctl.cli.context import EXIT_FAILED, EXIT_INVALID, EXIT_OK, Context
+from op25b_ctl.errors import TableNotFound
 from op25b_ctl.ops.offenders import FIRST_SEEN, read_pools
 from op25b_ctl.plan.modes import decide
 from op25b_ctl.plan.offenders import Exemptions, Offender, ranked
+from op25b_ctl.plan.ruleset import FAMILY, tracking_of
 from op25b_ctl.policy.model import Policy
 
 DEFAULT_TOP = 50
@@ -49,12 +51,15 @@ def cmd_offenders(ctx: Context) -> int:
     # the kernel's times count from the real clock, whatever --now says
     now = datetime.now(UTC)
     pools = read_pools(ctx.kernel, policy, modes, pools=wanted, now=now, first_seen=FIRST_SEEN)
+    present = _table_present(ctx, policy)
     exemptions = Exemptions(e.prefix for e in policy.exemptions if e.active(ctx.now))
     top = ctx.args.top or None
     rows = ranked(pools, now, top=top, exemptions=exemptions, first_seen=FIRST_SEEN)
     leases = lease_columns.load(ctx.args.leases)  # a broken file: reported, list still shown
     data: dict[str, Any] = {
         "time": now.isoformat(),
+        "table": f"{FAMILY} {policy.gateway.table}",
+        "present": present,
         "pools": [
             {
                 "pool": ps.pool,
@@ -72,8 +77,37 @@ def cmd_offenders(ctx: Context) -> int:
         ],
         "offenders": [{**r.to_json(), **leases.json(r)} for r in rows],
     }
-    ctx.emit(data, _text(policy, pools, rows, top, leases))
+    text = _text(policy, pools, rows, top, leases)
+    if not pools and (ctx.args.pool or ctx.args.mode):
+        text = [_nothing_matches(policy, modes, ctx.args.pool, ctx.args.mode)]
+    if not present:
+        text.insert(
+            0,
+            f"table {FAMILY} {policy.gateway.table} is absent: nothing is recorded "
+            "(`op25b-ctl apply` or the daemon makes it)",
+        )
+    ctx.emit(data, text)
     return EXIT_FAILED if leases.failed else EXIT_OK
+
+
+def _table_present(ctx: Context, policy: Policy) -> bool:
+    """Whether our table exists: a missing set reads as empty, which must not pass for
+    "nobody sent on 25" (one counter dump, the cheapest read that tells)."""
+    try:
+        ctx.kernel.counters(FAMILY, policy.gateway.table)
+    except TableNotFound:
+        return False
+    return True
+
+
+def _nothing_matches(
+    policy: Policy, modes: Mapping[str, str], pool: list[str] | None, mode: list[str] | None
+) -> str:
+    """Why --pool/--mode left no pool: the tracked pools and their modes now, to pick from."""
+    asked = " ".join([*(f"--pool {p}" for p in pool or ()), *(f"--mode {m}" for m in mode or ())])
+    tracked = [p.name for p in policy.pools if tracking_of(policy, p.name) is not None]
+    have = ", ".join(f"{n} ({modes.get(n, 'off')})" for n in tracked) or "none"
+    return f"no tracked pool matches {asked} (static pools are never tracked); tracked now: {have}"
 
 
 def _text(

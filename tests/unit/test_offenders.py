@@ -410,3 +410,32 @@ def test_the_daemon_reader_caches_a_second_and_observes_without_scrapes(policy: 
     finally:
         FIRST_SEEN.active = False
         FIRST_SEEN.book.clear()
+
+
+def test_offenders_says_when_the_table_is_absent_or_nothing_matches_the_filters(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An absent table reads as empty sets: "0 sources" must not pass for "nobody sent on
+    25". A --pool/--mode that leaves no pool says why, not "no pool tracks offenders"."""
+    from op25b_ctl.cli.main import main
+
+    kernel = MemoryKernel()
+    assert main(["offenders", "--policy", str(EXAMPLE)], kernel=kernel) == 0
+    assert "table inet op25b is absent: nothing is recorded" in capsys.readouterr().out
+    assert main(["offenders", "--policy", str(EXAMPLE), "-o", "json"], kernel=kernel) == 0
+    assert json.loads(capsys.readouterr().out)["present"] is False
+    assert main(["apply", "--policy", str(EXAMPLE)], kernel=kernel) == 0
+    capsys.readouterr()
+    assert main(["offenders", "--policy", str(EXAMPLE), "-o", "json"], kernel=kernel) == 0
+    assert json.loads(capsys.readouterr().out)["present"] is True
+    before = ["--now", "2010-01-01T00:00:00+09:00"]  # every pool at its baseline, off
+    assert (
+        main(["offenders", "--policy", str(EXAMPLE), "--mode", "monitor", *before], kernel=kernel)
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "absent" not in out and "no pool tracks offenders" not in out
+    assert out.startswith("no tracked pool matches --mode monitor")
+    assert f"{EAST1} (off)" in out
+    assert main(["offenders", "--policy", str(EXAMPLE), "--pool", "static-biz"], kernel=kernel) == 0
+    assert "no tracked pool matches --pool static-biz (static pools" in capsys.readouterr().out
