@@ -7,6 +7,7 @@ answers in `modes`/`desired`. Registered into `cli.build_parser` by `register`.
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 from collections.abc import Callable, Iterable
@@ -161,6 +162,8 @@ def _stage_state(
         return "tbd"
     if at > when:  # also when a stage already applied was moved later ("date adjusted")
         delta = at - when
+        if delta < timedelta(hours=1):  # "in 0d 0h" says nothing about a stage minutes away
+            return f"in {math.ceil(delta.total_seconds() / 60)}m"
         return f"in {delta.days}d {delta.seconds // 3600}h"
     if name in done:
         return "done"
@@ -250,10 +253,11 @@ def cmd_rollout_status(ctx: Context) -> int:
     if not stages:
         text.append("  no stages (rollout.yaml absent or empty): pools stay at their baseline")
     else:
-        text.append(f"  {'STAGE':<20} {'AT':<23} {'MODE':<8} {'STATE':<12} POOLS")
+        w = max(20, *(len(st["name"]) for st in stages))  # names may have 40 characters
+        text.append(f"  {'STAGE':<{w}} {'AT':<23} {'MODE':<8} {'STATE':<12} POOLS")
         for st in stages:
             text.append(
-                f"  {st['name']:<20} {st['at']:<23} {st['mode']:<8} {st['state']:<12} "
+                f"  {st['name']:<{w}} {st['at']:<23} {st['mode']:<8} {st['state']:<12} "
                 + ", ".join(st["pools"])
             )
     text.append("modes:")

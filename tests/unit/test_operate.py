@@ -257,6 +257,24 @@ def test_rollout_status_preview(gw: Gw) -> None:
     assert f"{E1}         enforce" in out
 
 
+def test_rollout_status_columns_fit_long_names_and_a_stage_minutes_away(gw: Gw) -> None:
+    """docs/examples has a 22-character stage name (names may have 40): the columns stay
+    aligned; a stage 25 minutes away says so instead of "in 0d 0h"."""
+    gw.policy = EXAMPLE.parent.parent / "docs" / "examples"
+    code, out, _ = gw("rollout", "status", now="2011-01-25T09:35:00+09:00")
+    assert code == 0
+    lines = out.splitlines()
+    table = lines[lines.index(next(x for x in lines if "STAGE" in x)) : lines.index("modes:")]
+    col = table[0].index(" AT ") + 1  # every row's time starts under the header's AT
+    assert all(
+        line[col - 1] == " " and line[col:].startswith(("AT", "20", "tbd")) for line in table
+    )
+    assert len(table) == 6, out
+    assert "in 25m" in next(r for r in table if "east-2-back-to-monitor" in r)
+    state = gw.json("rollout", "status", now="2011-01-25T09:59:30+09:00")["stages"][3]["state"]
+    assert state == "in 1m"
+
+
 def test_audit_filters_by_pool(gw: Gw) -> None:
     gw("apply", now="2011-02-01T09:00:00+09:00")
     gw("pool", "rollback", E1, "--reason", "a", now="2011-02-01T09:00:00+09:00")
