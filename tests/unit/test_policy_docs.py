@@ -14,6 +14,7 @@ import pytest
 from op25b_ctl.errors import PolicyError
 from op25b_ctl.plan.desired import from_policy
 from op25b_ctl.policy.loader import FILES, load_policy
+from op25b_ctl.policy.model import Exemption, FleetGateway, Gateway, Pool, Relay, Stage
 from tests.policytools import REPO
 
 EXAMPLES = REPO / "docs" / "examples"
@@ -73,3 +74,28 @@ def test_a_group_stage_still_needs_pools_or_tags(tmp_path: Path) -> None:
     (d / "rollout.yaml").write_text(text.replace(cut, "    mode: enforce\n    groups: [west]\n"))
     with pytest.raises(PolicyError, match=r"rollout\.yaml:\d+: stages\[2\]: stage selects no"):
         load_policy(d)
+
+
+def _documented_keys(file: str) -> set[str]:
+    """The first column of the key table under `## FILE` in docs/policy.md."""
+    section = POLICY_DOC.read_text().split(f"\n## {file}\n", 1)[1].split("\n## ", 1)[0]
+    keys = re.findall(r"^\| `([a-z0-9_\[\].]+)` \|", section, re.M)
+    return {k.rsplit(".", 1)[-1] for k in keys}
+
+
+@pytest.mark.parametrize(
+    ("file", "model"),
+    [
+        ("gateway.yaml", Gateway),
+        ("pools.yaml", Pool),
+        ("relays.yaml", Relay),
+        ("rollout.yaml", Stage),
+        ("exemptions.yaml", Exemption),
+        ("gateways.yaml", FleetGateway),
+    ],
+)
+def test_policy_md_documents_every_key_the_model_accepts(file: str, model: type) -> None:
+    """A key the loader accepts but docs/policy.md leaves out is one a new user cannot find
+    (offenders:, discovery:, subscriber_prefix_v6 were missing)."""
+    missing = set(model.model_fields) - _documented_keys(file)
+    assert not missing, f"docs/policy.md, {file}: undocumented keys {sorted(missing)}"
