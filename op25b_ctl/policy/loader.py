@@ -213,8 +213,12 @@ class _Doc:
                     pattern = str((err.get("ctx") or {}).get("pattern", ""))
                     msg = PATTERN_HELP.get(pattern, msg)
                     msg = f"{err['input']!r:.60}: {msg}"
+                elif err["type"] == "model_type":  # not "instance of Offenders": say YAML
+                    got = err.get("input")
+                    what = "nothing" if got is None else f"a {type(got).__name__}"
+                    msg = f"expected a mapping (`key: value` lines under it), got {what}"
                 elif err["type"] != "value_error" and isinstance(
-                    err.get("input"), str | int | bool
+                    err.get("input"), str | int | bool | float
                 ):
                     msg = f"{msg} (got {err['input']!r:.60})"  # value errors already quote it
                 self.problems.append(Problem(self.name, format_path(path), msg, self.line(path)))

@@ -252,3 +252,38 @@ def test_pool_index_agrees_with_the_prefix_index(seeds: list[tuple[int, int]]) -
             expected = int(held[1][1]) if held is not None else None
             assert index.pool_at(n.version, probe, probe) == expected
             assert again.pool_at(n.version, probe, probe) == expected
+
+
+@pytest.mark.parametrize(
+    ("file", "old", "new", "expected"),
+    [
+        (
+            "gateway.yaml",
+            "  discovery:\n",
+            "  offenders:\n  discovery:\n",
+            ": gateway.offenders: expected a mapping (`key: value` lines under it), got nothing",
+        ),
+        (
+            "pools.yaml",
+            "pools:\n",
+            "pools:\n  - flets-new\n",
+            "pools.yaml:9: pools[0]: expected a mapping (`key: value` lines under it), got a str",
+        ),
+        (
+            "gateway.yaml",
+            "  discovery:\n",
+            "  offenders: {size: 65536.0}\n  discovery:\n",
+            "gateway.offenders.size: Input should be a valid integer (got 65536.0)",
+        ),
+    ],
+)
+def test_a_wrong_shape_is_said_in_yaml_terms_and_shows_what_was_read(
+    tmp_path: Path, file: str, old: str, new: str, expected: str
+) -> None:
+    """Not pydantic's "a valid dictionary or instance of Offenders" (a class name a user
+    never wrote), and a float where an integer belongs shows what was read."""
+    d = example_policy(tmp_path)
+    edit(d / file, old, new)
+    found = problems(d)
+    assert any(expected in p for p in found), found
+    assert not any("instance of" in p for p in found), found

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from op25b_ctl.errors import PolicyError
 from op25b_ctl.plan.desired import from_policy
@@ -94,7 +95,7 @@ def _documented_keys(file: str) -> set[str]:
         ("gateways.yaml", FleetGateway),
     ],
 )
-def test_policy_md_documents_every_key_the_model_accepts(file: str, model: type) -> None:
+def test_policy_md_documents_every_key_the_model_accepts(file: str, model: type[BaseModel]) -> None:
     """A key the loader accepts but docs/policy.md leaves out is one a new user cannot find
     (offenders:, discovery:, subscriber_prefix_v6 were missing)."""
     missing = set(model.model_fields) - _documented_keys(file)
