@@ -124,13 +124,22 @@ def cmd_discover(ctx: Context, read: Callable[[Discovery], list[Served]] | None 
     return EXIT_HOLE if cov.holes else EXIT_OK
 
 
+def _v6_size(addresses: int) -> str:
+    """IPv6 in /64s (a subscriber LAN), not 36893488147419103232 addresses: `2x/64`, with
+    any rest beside it (a /128 session address is `1`)."""
+    full, rest = divmod(addresses, 1 << 64)
+    if not full:
+        return str(rest)
+    return f"{full}x/64" + (f"+{rest}" if rest else "")
+
+
 def _text(cov: Coverage) -> list[str]:
     v4, v6 = cov.uncovered_addresses(4), cov.uncovered_addresses(6)
     lines = [
         f"served: {cov.served} prefix(es) compared ({cov.skipped} skipped); "
         + (
             f"HOLE: {len(cov.holes)} uncovered prefix(es) ({v4} IPv4 addresses"
-            + (f", {v6} IPv6" if v6 else "")
+            + (f", IPv6 {_v6_size(v6)}" if v6 else "")
             + "): TCP/25 from them is never blocked"
             if cov.holes
             else "no holes: every served address is in a pool"
@@ -139,7 +148,8 @@ def _text(cov: Coverage) -> list[str]:
     if cov.holes:
         lines.append(f"{'UNCOVERED':<44} {'ADDRS':>8}  SEEN AS")
         for h in cov.holes[:MAX_LISTED]:
-            lines.append(f"{h.prefix:<44} {h.addresses:>8}  {'; '.join(h.origins)}")
+            size = _v6_size(h.addresses) if ":" in h.prefix else str(h.addresses)
+            lines.append(f"{h.prefix:<44} {size:>8}  {'; '.join(h.origins)}")
         if len(cov.holes) > MAX_LISTED:
             lines.append(f"... and {len(cov.holes) - MAX_LISTED} more (-o json lists all)")
         lines.append("op25b-ctl discover --suggest prints them as a pool for pools.yaml")

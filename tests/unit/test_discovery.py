@@ -422,6 +422,28 @@ def test_discover_exit_status_and_json(tmp_path: Path, capsys: pytest.CaptureFix
     assert "warning: 3 pool(s) listed but not served here" in captured.err
 
 
+def test_discover_text_counts_ipv6_holes_in_64s(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A /63 is two subscriber LANs, not 36893488147419103232 addresses spilling out of the
+    ADDRS column; -o json keeps the exact count (and the metric)."""
+    holes = [served("2001:db8:c000::/63"), served("2001:db8:c001::1/128"), served("203.0.113.9/32")]
+    code, _ = run_discover(tmp_path, holes)
+    out = capsys.readouterr().out
+    assert code == EXIT_HOLE
+    assert "(1 IPv4 addresses, IPv6 2x/64+1)" in out
+    rows = {line.split()[0]: line.split()[1] for line in out.splitlines() if "/" in line[:44]}
+    assert rows == {
+        "2001:db8:c000::/63": "2x/64",
+        "2001:db8:c001::1/128": "1",
+        "203.0.113.9/32": "1",
+    }
+    assert "36893488147419103232" not in out
+    run_discover(tmp_path, holes, "-o", "json")
+    data = json.loads(capsys.readouterr().out)
+    assert data["uncovered_addresses"]["ipv6"] == 2 * 2**64 + 1
+
+
 def test_discover_suggest_prints_and_changes_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
