@@ -48,11 +48,14 @@ INTERFACE_RE = r"^[A-Za-z0-9_.@:+-]{1,15}$"
 Name = Annotated[str, StringConstraints(pattern=NAME_RE)]
 TableName = Annotated[str, StringConstraints(pattern=TABLE_RE)]
 InterfaceName = Annotated[str, StringConstraints(pattern=INTERFACE_RE)]
+TICKET_RE = r"^[A-Za-z0-9][A-Za-z0-9._:/#-]{0,63}$"
 # What each pattern means, for error messages people can act on.
 PATTERN_HELP = {
     NAME_RE: "use lowercase letters, digits and '-', starting with a letter, at most 40",
     TABLE_RE: "must start with 'op25b', then lowercase letters, digits or '_' (max 31)",
     INTERFACE_RE: "not a Linux interface name (1-15 characters, no spaces or '/')",
+    TICKET_RE: "a ticket is letters, digits and . _ : / # - (no spaces), starting with a "
+    "letter or digit, at most 64",
 }
 
 # A pool broader than this is almost certainly a typo (0.0.0.0/0 would block everyone).
@@ -264,9 +267,7 @@ def _zone(value: str) -> str:
 
 
 TimeZone = Annotated[str, StringConstraints(strict=True), AfterValidator(_zone)]
-Ticket = Annotated[
-    str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/#-]{0,63}$")
-]
+Ticket = Annotated[str, StringConstraints(strict=True, pattern=TICKET_RE)]
 
 
 class _Strict(BaseModel):

@@ -270,6 +270,12 @@ def test_pool_index_agrees_with_the_prefix_index(seeds: list[tuple[int, int]]) -
             "pools.yaml:9: pools[0]: expected a mapping (`key: value` lines under it), got a str",
         ),
         (
+            "exemptions.yaml",
+            "ticket: NMT-2011-0042",
+            "ticket: NMT 2011/0042",
+            "exemptions[0].ticket: 'NMT 2011/0042': a ticket is letters, digits and . _ : / # -",
+        ),
+        (
             "gateway.yaml",
             "  discovery:\n",
             "  offenders: {size: 65536.0}\n  discovery:\n",
@@ -281,9 +287,10 @@ def test_a_wrong_shape_is_said_in_yaml_terms_and_shows_what_was_read(
     tmp_path: Path, file: str, old: str, new: str, expected: str
 ) -> None:
     """Not pydantic's "a valid dictionary or instance of Offenders" (a class name a user
-    never wrote), and a float where an integer belongs shows what was read."""
+    never wrote) nor a regular expression for a ticket, and a float where an integer belongs
+    shows what was read."""
     d = example_policy(tmp_path)
     edit(d / file, old, new)
     found = problems(d)
     assert any(expected in p for p in found), found
-    assert not any("instance of" in p for p in found), found
+    assert not any("instance of" in p or "pattern '^" in p for p in found), found
