@@ -2,7 +2,8 @@
 
 Builds sub/gw/out namespaces, applies the example NMTnet policy to the lab gateway with the
 real CLI, then shows with real TCP and SMTP that direct port 25 from an enforced FLET'S pool
-is blocked while the relay and submission (587) work, and prints the per-pool counters.
+is blocked while the relay and submission (587) work, and prints the per-pool counters, the
+offenders the kernel recorded, and a hole `discover` finds (a session address in no pool).
 Everything it made is removed at the end, also on Ctrl-C.
 """
 
@@ -29,6 +30,9 @@ from op25b_lab.lab import (
 REPO = Path(__file__).resolve().parent.parent
 POLICY = REPO / "policies" / "nmtnet"
 CTL = str(Path(sys.executable).parent / "op25b-ctl")
+# two PPPoE sessions for `discover`: in flets-east-dyn-1, and in no pool (a hole)
+SESSIONS = ("192.0.2.20", "192.0.2.220")
+GW_PPP = "192.0.2.253"  # the gateway's side of each session
 
 
 def _say(text: str) -> None:
@@ -78,6 +82,21 @@ def run(policy: Path) -> int:
         _say(f"op25b-ctl status --policy {policy}")
         cp = lab.run(lab.ns_gw, [CTL, "status", "--policy", str(policy), *state], check=False)
         print(cp.stdout.rstrip() or cp.stderr.rstrip())
+
+        _say("op25b-ctl offenders   (who tried TCP/25, from the kernel's offender sets)")
+        cp = lab.run(lab.ns_gw, [CTL, "offenders", "--policy", str(policy), *state], check=False)
+        print(cp.stdout.rstrip() or cp.stderr.rstrip())
+
+        # PPPoE sessions stand in as an ifb interface with peer addresses (no PPP here), none
+        # of them a lab source: one subscriber in a pool, one in no pool (a hole)
+        lab.run(lab.ns_gw, ["ip", "link", "add", "ppp0", "type", "ifb"])
+        lab.run(lab.ns_gw, ["ip", "link", "set", "ppp0", "up"])
+        for peer in SESSIONS:
+            lab.run(lab.ns_gw, ["ip", "addr", "add", GW_PPP, "peer", f"{peer}/32", "dev", "ppp0"])
+        _say(f"op25b-ctl discover   (PPPoE session peers on ppp0: {', '.join(SESSIONS)})")
+        cp = lab.run(lab.ns_gw, [CTL, "discover", "--policy", str(policy), *state], check=False)
+        print(cp.stdout.rstrip())
+        print(f"  exit status {cp.returncode} (5: a hole)")
 
         _say(f"nft list table inet op25b   (in {lab.ns_gw})")
         print(lab.run(lab.ns_gw, ["nft", "list", "table", "inet", "op25b"]).stdout.rstrip())
