@@ -291,8 +291,16 @@ MAX_RETENTION = 90 * 86400
 MIN_RETENTION = 60
 
 
+def _zero(value: Any) -> bool:
+    """`0m`, `00d`: a duration of nothing, which deserves its own message (it is not badly
+    written, only too short)."""
+    return isinstance(value, str) and re.fullmatch(r"0+[smhd]", value.strip()) is not None
+
+
 def _retention(value: Any) -> int:
     seconds = duration_seconds(value.strip() if isinstance(value, str) else value)
+    if seconds is None and _zero(value):
+        raise ValueError(f"{value!r} is outside 1m..90d")
     if seconds is None:
         raise ValueError(f"{value!r} is not a duration like 7d, 36h or 90m")
     if not MIN_RETENTION <= seconds <= MAX_RETENTION:
@@ -369,6 +377,8 @@ def _warn_seconds(text: str) -> int:
 def _warn_before(value: str) -> str:
     """`90m`, `36h`, `7d`: a duration with its unit, at most a year."""
     seconds = duration_seconds(value, units="mhd")
+    if seconds is None and _zero(value):
+        raise ValueError(f"{value!r}: warn at least 1m before the stage (or drop warn_before)")
     if seconds is None:
         raise ValueError(
             f"{value!r} is not a duration like 90m, 36h or 7d (a whole number and m, h or d)"

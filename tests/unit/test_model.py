@@ -294,3 +294,32 @@ def test_a_wrong_shape_is_said_in_yaml_terms_and_shows_what_was_read(
     found = problems(d)
     assert any(expected in p for p in found), found
     assert not any("instance of" in p or "pattern '^" in p for p in found), found
+
+
+@pytest.mark.parametrize(
+    ("file", "old", "new", "expected"),
+    [
+        (
+            "gateway.yaml",
+            "  discovery:\n",
+            "  offenders: {retention: 0m}\n  discovery:\n",
+            "gateway.offenders.retention: '0m' is outside 1m..90d",
+        ),
+        (
+            "rollout.yaml",
+            "    pools: [flets-east-dyn-1]\n    mode: enforce\n",
+            "    pools: [flets-east-dyn-1]\n    mode: enforce\n    warn_before: 0h\n",
+            "warn_before: '0h': warn at least 1m before the stage",
+        ),
+    ],
+)
+def test_a_zero_duration_is_too_short_not_malformed(
+    tmp_path: Path, file: str, old: str, new: str, expected: str
+) -> None:
+    """`0m` is a whole number with its unit: "not a duration like 90m" sent people looking
+    for a typo that is not there."""
+    d = example_policy(tmp_path)
+    edit(d / file, old, new)
+    found = problems(d)
+    assert any(expected in p for p in found), found
+    assert not any("not a duration" in p for p in found), found

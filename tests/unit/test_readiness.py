@@ -117,7 +117,7 @@ def test_describe_says_who_and_how_long(tmp_path: Path) -> None:
         ("    warn_before: 7\n", "rollout.yaml:{line}: stages[1].warn_before: Input should be a valid string"),
         ("    warn_before: 7 days\n", "rollout.yaml:{line}: stages[1].warn_before: '7 days' is not a duration like 90m"),
         ("    warn_before: 400d\n", "rollout.yaml:{line}: stages[1].warn_before: '400d' is longer than 366d"),
-        ("    warn_before: 0h\n", "rollout.yaml:{line}: stages[1].warn_before: '0h' is not a duration"),
+        ("    warn_before: 0h\n", "rollout.yaml:{line}: stages[1].warn_before: '0h': warn at least 1m before the stage"),
     ],
 )  # fmt: skip
 def test_readiness_settings_are_strict(tmp_path: Path, new: str, message: str) -> None:
