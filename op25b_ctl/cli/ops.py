@@ -155,6 +155,13 @@ def _live_modes_or_none(ctx: Context, policy: Policy) -> dict[str, Any] | None:
     return operate.live_modes(policy, live) if live is not None else None
 
 
+def _here(policy: Policy, stage: Any, state: str) -> str:
+    """A group stage seen without a gateway identity never fires here: not "due"."""
+    if policy.applies(stage) or state not in ("due", "due by then", "done"):
+        return state
+    return "groups only"
+
+
 def _stage_state(
     at: datetime | None, name: str, when: datetime, done: dict[str, str], now: datetime
 ) -> str:
@@ -213,7 +220,7 @@ def cmd_rollout_status(ctx: Context) -> int:
             "mode": s.mode,
             "pools": policy.stage_pools(s),
             "description": s.description,
-            "state": _stage_state(s.scheduled, s.name, when, done, ctx.now),
+            "state": _here(policy, s, _stage_state(s.scheduled, s.name, when, done, ctx.now)),
             "applied_at": done.get(s.name),
         }
         for s in policy.stages

@@ -271,8 +271,24 @@ def test_rollout_status_columns_fit_long_names_and_a_stage_minutes_away(gw: Gw) 
     )
     assert len(table) == 6, out
     assert "in 25m" in next(r for r in table if "east-2-back-to-monitor" in r)
-    state = gw.json("rollout", "status", now="2011-01-25T09:59:30+09:00")["stages"][3]["state"]
-    assert state == "in 1m"
+    stages = gw.json("rollout", "status", now="2011-01-25T09:59:30+09:00")["stages"]
+    assert stages[3]["state"] == "in 1m"
+
+
+def test_rollout_status_does_not_call_a_group_stage_due_where_it_never_fires(gw: Gw) -> None:
+    """docs/examples' enforce-east is for group east: with --policy alone (no gateway) it
+    never fires, so "due" (a tick will apply it) was wrong; the modes agree."""
+    gw.policy = EXAMPLE.parent.parent / "docs" / "examples"
+    data = gw.json("rollout", "status", now="2011-01-20T09:00:00+09:00")
+    states = {s["name"]: s["state"] for s in data["stages"]}
+    assert states == {
+        "settings-change": "due",
+        "enforce-east": "groups only",
+        "enforce-west": "in 4d 1h",
+        "east-2-back-to-monitor": "in 5d 1h",  # when it would fire on an east gateway
+        "enforce-east-2-again": "tbd",
+    }
+    assert data["modes"]["flets-east-dyn-1"]["mode"] == "monitor"
 
 
 def test_audit_filters_by_pool(gw: Gw) -> None:
