@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import BinaryIO
 
+from op25b_ctl.codestamp import code_stamp
 from op25b_ctl.errors import DaemonUnavailable  # the package's own import: no extra cost
 from op25b_ctl.netns import netns_cookie
 
@@ -98,6 +99,7 @@ def _forward(argv: list[str]) -> int:
         request = json.dumps(
             {
                 "argv": argv,
+                "code": code_stamp(),
                 "cwd": os.getcwd(),
                 "env": dict(os.environ),
                 "netns": netns_cookie(),

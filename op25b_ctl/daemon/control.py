@@ -10,7 +10,8 @@ same code, same state lock, same audit trail, same output. Only the start-up is 
 
 Who may ask: the socket is 0600 in the state directory (0750, root's), and a peer whose
 uid differs from the daemon's (SO_PEERCRED) is refused; so is a caller in another network
-namespace (it would otherwise act on the daemon's gateway), one naming another policy
+namespace (it would otherwise act on the daemon's gateway), one running other code than the
+daemon loaded (an upgrade before the restart: `codestamp.py`), one naming another policy
 directory, or one whose working directory the daemon cannot see (the unit's sandbox hides
 /home and /tmp), as the command would not do there what it does in its own process. Refused or unreachable, the
 client runs the command itself, so the socket is only ever a short cut.
@@ -41,6 +42,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from op25b_ctl.codestamp import code_stamp
 from op25b_ctl.netns import netns_cookie
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,7 @@ class ControlServer:
         self.path = path
         self.run = run
         self.policy_dir = os.path.realpath(policy_dir)
+        self.code = code_stamp()  # the code this daemon loaded: a command must run the same
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -144,6 +147,9 @@ class ControlServer:
             request = _receive(conn)
             if request.get("netns") != netns_cookie():
                 conn.sendall(b"no: another network namespace\n")
+                return
+            if request.get("code") != self.code:
+                conn.sendall(b"no: the daemon runs other code (restart it after an upgrade)\n")
                 return
             if os.path.realpath(str(request.get("policy"))) != self.policy_dir:
                 conn.sendall(b"no: another policy directory\n")

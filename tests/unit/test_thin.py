@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from op25b_ctl.cli import thin
+from op25b_ctl.codestamp import code_stamp
 from op25b_ctl.daemon.control import ControlServer
 from op25b_ctl.policy.loader import DEFAULT_POLICY_DIR
 from op25b_ctl.source.state import DEFAULT_STATE_DIR
@@ -78,6 +79,23 @@ def test_a_command_runs_in_the_daemons_fork_on_our_streams(
     assert thin.forward(["audit", "0", "--state-dir", str(tmp_path), "--policy", "/elsewhere"]) == 1
     assert "another policy directory" in capfd.readouterr().err
     assert server.served == 2
+    # other code than the daemon loaded (an upgrade before its restart): refused too
+    monkeypatch.setattr(thin, "code_stamp", lambda: "another-version")
+    assert thin.forward(["audit", "0", *state]) == 1
+    assert "the daemon runs other code" in capfd.readouterr().err
+    assert server.served == 2
+
+
+def test_the_code_stamp_follows_the_source_files(tmp_path: Path) -> None:
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    (tmp_path / "pkg" / "__pycache__").mkdir()
+    before = code_stamp(tmp_path)
+    (tmp_path / "pkg" / "__pycache__" / "a.pyc").write_bytes(b"compiled")
+    assert code_stamp(tmp_path) == before  # byte code is no source
+    (tmp_path / "pkg" / "a.py").write_text("x = 22\n")  # an upgraded file
+    assert code_stamp(tmp_path) != before
+    assert code_stamp() == code_stamp()  # the package's own: stable while nothing changes
 
 
 def test_a_live_socket_is_kept_and_a_stale_one_replaced(tmp_path: Path) -> None:
