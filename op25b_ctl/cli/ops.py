@@ -27,6 +27,7 @@ from op25b_ctl.plan.modes import local, upcoming
 from op25b_ctl.plan.ruleset import (
     BASE_CHAIN,
     DISPATCH_CHAIN,
+    EXEMPT_CHAIN,
     FAMILY,
     FINGERPRINT_PREFIX,
     pool_chain,
@@ -375,7 +376,8 @@ def _live_check(
     """Does the live table implement `want` where it matters? (cheap: no element listing)
 
     The elements-fingerprint counter proves the kernel's sets hold exactly the desired
-    prefixes (pools, relays, exemptions); chain rule ids prove the modes and the dispatch.
+    prefixes (pools, relays); chain rule ids prove the modes, the exemptions (the `exempt`
+    chain's rules hold them) and the dispatch.
     `known` is the table as our last command left it, nothing committed since: no read.
     """
     live = known if known is not None else ctx.kernel.read(FAMILY, want.table.name, elements=False)
@@ -385,7 +387,7 @@ def _live_check(
     fp = {c for c in want.table.counters if c.startswith(FINGERPRINT_PREFIX)}
     if not fp <= live.counters:
         problems.append("live set elements differ from the model (run `op25b-ctl apply`)")
-    chains = [BASE_CHAIN, DISPATCH_CHAIN] + ([pool_chain(pool)] if pool else [])
+    chains = [BASE_CHAIN, DISPATCH_CHAIN, EXEMPT_CHAIN] + ([pool_chain(pool)] if pool else [])
     for name in chains:
         wanted = want.table.chains.get(name)
         got = live.chains.get(name)

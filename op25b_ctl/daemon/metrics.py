@@ -47,8 +47,6 @@ from op25b_ctl.daemon.view import READS, ReconcileResult, View
 from op25b_ctl.kernel import base as kernel
 from op25b_ctl.plan.desired import Desired
 from op25b_ctl.plan.ruleset import (
-    EXEMPT_V4,
-    EXEMPT_V6,
     EXEMPTED_COUNTER,
     FINGERPRINT_PREFIX,
     RELAYED_COUNTER,
@@ -64,17 +62,15 @@ DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 def exemptions_in_force(want: Desired) -> dict[str, int]:
     """Exempted prefixes in force per pool.
 
-    The desired table's exempt sets hold exactly the exemptions in force at `now` (expired
-    ones are left out by desired.from_policy); the policy's one prefix index says which pool
-    holds each.
+    `Desired.exemptions` are exactly the exemptions in force at `now`, the ones the desired
+    table's `exempt` rules hold (expired ones are left out by desired.from_policy); the
+    policy's one prefix index says which pool holds each.
     """
     counts = dict.fromkeys((pool.name for pool in want.policy.pools), 0)
-    for name in (EXEMPT_V4, EXEMPT_V6):
-        exempt = want.table.sets.get(name)
-        for prefix in exempt.elements if exempt is not None else ():
-            pool = want.policy.pool_of(parse_net(prefix))
-            if pool is not None:
-                counts[pool.name] += 1
+    for exemption in want.exemptions:
+        pool = want.policy.pool_of(parse_net(exemption.prefix))
+        if pool is not None:
+            counts[pool.name] += 1
     return counts
 
 

@@ -76,6 +76,11 @@ class Kernel(Protocol):
         keeps our comment changes its digest. Only `chains` if given; {} if no such table."""
         ...
 
+    def rule_elements(self, family: str, name: str, chain: str) -> list[str]:
+        """The elements of the anonymous sets the rules of `chain` match (the exemptions in
+        force: plan/ruleset.py), in rule order; [] if there is no such table or chain."""
+        ...
+
     def offender_elements(self, family: str, name: str, set_name: str) -> list[Element]:
         """The elements of one of our dynamic (offender) sets, written by the packet path:
         (key, attempts, timeout ms or 0, ms until expiry). TableNotFound if no such set."""

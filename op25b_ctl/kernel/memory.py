@@ -98,6 +98,17 @@ class MemoryKernel:
                 out.setdefault((c.name, r.comment), []).append(digest)
         return {k: tuple(v) for k, v in out.items()}
 
+    def rule_elements(self, family: str, name: str, chain: str) -> list[str]:
+        t = self.tables.get((family, name))
+        c = t.chains.get(chain) if t is not None else None
+        out: list[str] = []
+        for r in c.rules if c is not None else ():
+            text = r.text or ""
+            if "{" in text and "}" in text:  # `... { a, b } ...`: one anonymous set a rule
+                inner = text[text.index("{") + 1 : text.index("}")]
+                out += [item.strip() for item in inner.split(",") if item.strip()]
+        return out
+
     def offender_elements(self, family: str, name: str, set_name: str) -> list[Element]:
         t = self.tables.get((family, name))
         if t is None or set_name not in t.sets:

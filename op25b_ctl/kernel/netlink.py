@@ -37,6 +37,7 @@ __all__ = [
     "read_dynamic",
     "read_elements",
     "read_rule_digests",
+    "read_rule_elements",
     "read_skeleton",
     "ruleset_generation",
     "ruleset_identity",
@@ -121,6 +122,23 @@ def read_elements(table: str, set_name: str, family: str = "inet") -> dict[str, 
     """One interval set's (or verdict map's) elements as {canonical CIDR: jump target or None};
     raise TableNotFound if the table or the set does not exist. See `nlcodec.element_dump`."""
     return nlcodec.element_dump(table, set_name, family)
+
+
+def read_rule_elements(table: str, chain: str, family: str = "inet") -> list[str]:
+    """The elements of the (anonymous) sets that the rules of `chain` look up, as canonical
+    CIDRs in rule order; [] if there is no such chain. One rule dump of the chain and one
+    element dump per set: the exemptions, not the 110,000 prefixes."""
+    for _ in range(_SKELETON_ATTEMPTS):
+        before = _generation()
+        out: list[str] = []
+        try:
+            for name in nlcodec.looked_up_sets(table, family, chain):
+                out += nlcodec.element_dump(table, name, family)
+        except TableNotFound:
+            continue  # the rule (and its set) went between the two dumps
+        if _generation() == before:
+            return out
+    raise KernelError(f"ruleset kept changing while reading chain {family} {table} {chain}")
 
 
 def read_dynamic(table: str, set_name: str, family: str = "inet") -> list[Element]:

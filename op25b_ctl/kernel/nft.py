@@ -166,6 +166,9 @@ class NftKernel:
     ) -> RuleDigests:
         return netlink.read_rule_digests(name, family, chains)
 
+    def rule_elements(self, family: str, name: str, chain: str) -> list[str]:
+        return netlink.read_rule_elements(name, chain, family)
+
     def offender_elements(self, family: str, name: str, set_name: str) -> list[Element]:
         return netlink.read_dynamic(name, set_name, family)
 

@@ -422,6 +422,34 @@ def expressions_digest(raw: bytes) -> str:
     return h.hexdigest()[:16] if seen else UNREADABLE
 
 
+def looked_up_sets(table: str, family: str, chain: str) -> list[str]:
+    """The names of the sets the rules of one chain look up (anonymous `__set<n>` ones
+    included), in rule order; [] if there is no such table or chain."""
+    body = struct.pack("=BBH", family_number(family), 0, 0)
+    body += nla(_NFTA_RULE_TABLE, table.encode() + b"\0")
+    body += nla(_NFTA_RULE_CHAIN, chain.encode() + b"\0")
+    out: list[str] = []
+    try:
+        for msg in dump(NFT_MSG_GETRULE, body, f"rules of chain {family} {table} {chain}"):
+            a = pick(msg, _RULE_DIGEST_KINDS)
+            if a.get(_NFTA_RULE_CHAIN, b"").rstrip(b"\0").decode() != chain:
+                continue
+            for _, elem in attrs(a.get(_NFTA_RULE_EXPRESSIONS, b"")):
+                expr = dict(attrs(elem))
+                if expr.get(_NFTA_EXPR_NAME, b"").rstrip(b"\0") != b"lookup":
+                    continue
+                data = dict(attrs(expr.get(_NFTA_EXPR_DATA, b"")))
+                name = data.get(_NFTA_LOOKUP_SET, b"").rstrip(b"\0").decode()
+                if name:
+                    out.append(name)
+    except TableNotFound:
+        return []
+    return out
+
+
+_NFTA_LOOKUP_SET = 1
+
+
 def rule_comment(udata: bytes | None) -> str | None:
     """The NFTNL_UDATA_RULE_COMMENT TLV (u8 type, u8 length, NUL-terminated value)."""
     if not udata:

@@ -29,8 +29,7 @@ from op25b_ctl.kernel.base import Kernel
 from op25b_ctl.ops import applier
 from op25b_ctl.plan.desired import Desired, from_policy
 from op25b_ctl.plan.ruleset import (
-    EXEMPT_V4,
-    EXEMPT_V6,
+    EXEMPT_CHAIN,
     FINGERPRINT_PREFIX,
     elements_fingerprint,
     mode_of_rules,
@@ -38,7 +37,7 @@ from op25b_ctl.plan.ruleset import (
     tracking_of,
 )
 from op25b_ctl.plan.table import Table
-from op25b_ctl.plan.transaction import Transaction
+from op25b_ctl.plan.transaction import AddRule, FlushChain, Transaction
 from op25b_ctl.policy.model import Mode, Policy
 from op25b_ctl.policy.overrides import Action, Override, check, check_reason
 from op25b_ctl.source import audit, rulerefs
@@ -56,12 +55,20 @@ class Outcome:
     applied: bool
     new_stages: list[str] = field(default_factory=list)
     expired: list[Override] = field(default_factory=list)
+    # what the live `exempt` chain held before, read when the transaction rewrites it
+    exempt_before: tuple[str, ...] = ()
 
     def exemptions_added(self) -> list[str]:
-        return [k for s in (EXEMPT_V4, EXEMPT_V6) for k in self.tx.element_delta(s)[0]]
+        if not rewrites(self.tx, EXEMPT_CHAIN):
+            return []
+        before = set(self.exempt_before)
+        return [e.prefix for e in self.desired.exemptions if e.prefix not in before]
 
     def exemptions_removed(self) -> list[str]:
-        return [k for s in (EXEMPT_V4, EXEMPT_V6) for k in self.tx.element_delta(s)[1]]
+        if not rewrites(self.tx, EXEMPT_CHAIN):
+            return []
+        now = {e.prefix for e in self.desired.exemptions}
+        return [p for p in self.exempt_before if p not in now]
 
     def summary(self) -> str:
         """The one-line log of what changed: `pool before->after, ...; N nft op(s)`."""
@@ -168,6 +175,13 @@ def converge(
             want = from_policy(policy, now, overrides)
             live = applier.read_live(kernel, want.table, trust_fingerprint=True)
     before = live_modes(policy, live)
+    # the exemptions in force before, for the log line: the live chain's (small) sets
+    had = live.chains.get(EXEMPT_CHAIN) if live is not None else None
+    exempt_before = (
+        tuple(kernel.rule_elements(want.table.family, want.table.name, EXEMPT_CHAIN))
+        if had is not None and had.rule_ids != want.table.chains[EXEMPT_CHAIN].rule_ids
+        else ()
+    )
     tx = applier.apply_to(kernel, live, want.table, dry_run=dry_run)
     if state is not None and not dry_run:
         commits = len(tx.batches) if tx else 0  # one generation per batch
@@ -183,7 +197,16 @@ def converge(
         for name, d in want.decisions.items()
         if name in before and before[name] != d.mode
     }
-    return Outcome(want, tx, changes, applied=bool(tx) and not dry_run)
+    return Outcome(want, tx, changes, applied=bool(tx) and not dry_run, exempt_before=exempt_before)
+
+
+def rewrites(tx: Transaction, chain: str) -> bool:
+    """Whether `tx` flushes `chain` or adds rules to it."""
+    return any(
+        (isinstance(op, FlushChain) and op.name == chain)
+        or (isinstance(op, AddRule) and op.chain == chain)
+        for op in tx.ops
+    )
 
 
 def same_declarations(a: Table, b: Table) -> bool:
@@ -303,7 +326,7 @@ def _record(
     here, after the commit, is NotRecordedError: the caller must not say "nothing changed"."""
     try:
         new = state.mark_applied(due_stages(out.desired.policy, now), now)
-        out = Outcome(out.desired, out.tx, out.changes, out.applied, new, out.expired)
+        out = replace(out, new_stages=new)
         if out.tx or out.expired or new or force:
             source.record(
                 audit.Entry(
@@ -345,7 +368,7 @@ def tick(
     active = {p: o for p, o in overrides.items() if o.active(now)}
     expired = [o for o in overrides.values() if not o.active(now)]
     out = converge(kernel, policy, now, active.values(), dry_run=dry_run, state=state)
-    out = Outcome(out.desired, out.tx, out.changes, out.applied, [], expired)
+    out = replace(out, new_stages=[], expired=expired)
     if dry_run:
         return out
     try:

@@ -50,7 +50,7 @@ def from_policy(
     decisions = decide(policy, now, overrides)
     exempt = tuple(active_exemptions(policy, now))
     prefixes = [e.prefix for e in exempt]
-    key = sets_key(policy, prefixes)
+    key = sets_key(policy)
     hollow = (
         ""
         if shape_only

@@ -1,8 +1,9 @@
 """Desired table for a policy and the pools' modes: the rule design lives here.
 
     chain gate   (base, hook forward)   [iifname {...}] tcp dport 25 jump smtp
-    chain smtp   relay-bound -> accept; exempt source -> accept;
+    chain smtp   relay-bound -> accept; jump exempt;
                  ip saddr vmap @pools_v4 / ip6 saddr vmap @pools_v6
+    chain exempt ip saddr { <exemptions> } counter name exempted accept (and the v6 twin)
     chain pool_<name>   off: empty | monitor: count SYNs | enforce: counter + drop/reject
 
 Per-packet cost is one interval-map lookup (an rbtree: O(log n)) whatever the number of
@@ -11,6 +12,12 @@ and never the 100,000-element map; its counters are named objects, so they survi
 The kernel still visits every map element when it validates such a commit (its loop check),
 which nft 1.0.6 gives no way around without moving the mode out of the rules
 (docs/performance.md, "One-pool change and the kernel's loop walk").
+
+The exemptions are the rules' own anonymous sets, not named sets: a rule's id is the hash of
+its text, so a change of the exemptions in force rewrites the one small `exempt` chain, and
+nft adds no element to any named set (before any element command nft 1.0.6 loads every
+element of the table's sets into its cache: 0.8 s next to 100,000 prefixes; the chain
+rewrite takes milliseconds, docs/performance.md "After adding an exemption").
 """
 
 from __future__ import annotations
@@ -28,13 +35,13 @@ from op25b_ctl.policy.model import Mode, Policy, Pool, split_families
 FAMILY = "inet"
 BASE_CHAIN = "gate"
 DISPATCH_CHAIN = "smtp"
+EXEMPT_CHAIN = "exempt"
 RELAYED_COUNTER = "relayed"
 EXEMPTED_COUNTER = "exempted"
 SMTP_PORT = 25
 FINGERPRINT_PREFIX = "elements_"
 # The named sets, one per address family; every other module uses these names.
 RELAYS_V4, RELAYS_V6 = "relays_v4", "relays_v6"
-EXEMPT_V4, EXEMPT_V6 = "exempt_v4", "exempt_v6"
 POOLS_V4, POOLS_V6 = "pools_v4", "pools_v6"  # verdict maps: prefix -> jump pool_<name>
 
 
@@ -181,8 +188,6 @@ def mode_of_rules(
 _DECLARED = (
     NamedSet(RELAYS_V4, "ipv4_addr"),
     NamedSet(RELAYS_V6, "ipv6_addr"),
-    NamedSet(EXEMPT_V4, "ipv4_addr"),
-    NamedSet(EXEMPT_V6, "ipv6_addr"),
     NamedSet(POOLS_V4, "ipv4_addr", verdict_map=True),
     NamedSet(POOLS_V6, "ipv6_addr", verdict_map=True),
 )
@@ -190,7 +195,7 @@ _DECLARED = (
 
 @dataclass(frozen=True)
 class _Sets:
-    """The part of the table that depends only on the policy and the exemptions, not on modes."""
+    """The part of the table that depends only on the policy's pools and relays."""
 
     sets: dict[str, NamedSet]
     fingerprint: str
@@ -200,32 +205,32 @@ class _Sets:
 # changes, for the same policy object; rebuilding 110,000 elements and their digest each time
 # costs a noticeable part of a second (docs/benchmarks.md), reusing them nothing (and keeps
 # the sets the *same objects*, so diff() skips them outright).
-_sets_cache: list[tuple[Policy, tuple[str, ...], _Sets]] = []
+_sets_cache: list[tuple[Policy, _Sets]] = []
 
 
-def _sets_for(policy: Policy, exemptions: tuple[str, ...]) -> _Sets:
-    for cached_policy, cached_exemptions, cached in _sets_cache:
-        if cached_policy is policy and cached_exemptions == exemptions:
+def _sets_for(policy: Policy) -> _Sets:
+    for cached_policy, cached in _sets_cache:
+        if cached_policy is policy:
             return cached
-    filled, fingerprint = _filled_sets(policy, exemptions)
+    filled, fingerprint = _filled_sets(policy)
     # the offender sets' elements are the kernel's: not in the fingerprint, never compared
     built = _Sets({s.name: s for s in (*filled, *_offender_sets(policy))}, fingerprint)
-    _sets_cache[:] = [(policy, exemptions, built)]
+    _sets_cache[:] = [(policy, built)]
     return built
 
 
 # The sets we fill, by the files they are built from: a policy read from the same pools.yaml
 # and relays.yaml (a daemon's reload after a stage's date moved) gets the very same objects,
 # which the diff skips without comparing 110,000 elements.
-_filled_cache: list[tuple[Policy, tuple[str, ...], tuple[list[NamedSet], str]]] = []
+_filled_cache: list[tuple[Policy, tuple[list[NamedSet], str]]] = []
 
 
-def _filled_sets(policy: Policy, exemptions: tuple[str, ...]) -> tuple[list[NamedSet], str]:
-    for cached_policy, cached_exemptions, cached in _filled_cache:
+def _filled_sets(policy: Policy) -> tuple[list[NamedSet], str]:
+    for cached_policy, cached in _filled_cache:
         same = cached_policy is policy or (
             policy.sets_digest != "" and cached_policy.sets_digest == policy.sets_digest
         )
-        if same and cached_exemptions == exemptions:
+        if same:
             return cached
     map_v4: dict[str, str | None] = {}
     map_v6: dict[str, str | None] = {}
@@ -235,18 +240,15 @@ def _filled_sets(policy: Policy, exemptions: tuple[str, ...]) -> tuple[list[Name
             map_v4.update(dict.fromkeys(v4, pool_chain(pool.name)))
             map_v6.update(dict.fromkeys(v6, pool_chain(pool.name)))
     relays_v4, relays_v6 = split_families(policy.relay_prefixes())
-    exempt_v4, exempt_v6 = split_families(exemptions)
     elements: dict[str, dict[str, str | None]] = {
         RELAYS_V4: dict.fromkeys(relays_v4),
         RELAYS_V6: dict.fromkeys(relays_v6),
-        EXEMPT_V4: dict.fromkeys(exempt_v4),
-        EXEMPT_V6: dict.fromkeys(exempt_v6),
         POOLS_V4: map_v4,
         POOLS_V6: map_v6,
     }
     sets = [replace(s, elements=elements[s.name]) for s in _DECLARED]
     filled = (sets, elements_fingerprint(sets))
-    _filled_cache[:] = [(policy, exemptions, filled)]
+    _filled_cache[:] = [(policy, filled)]
     return filled
 
 
@@ -256,11 +258,11 @@ def _code() -> bytes:
     return Path(__file__).read_bytes()
 
 
-def sets_key(policy: Policy, exemptions: Iterable[str]) -> str:
+def sets_key(policy: Policy) -> str:
     """The identity of the sets `desired_table` builds, without building them ("" if unknown).
 
     The sets are a function of the files they are built from (`Policy.sets_digest`: pools and
-    relays; else `Policy.digest`, all the files), the active exemptions and this code, so
+    relays; else `Policy.digest`, all the files) and this code (the exemptions are rules), so
     equal keys mean equal sets and an equal elements fingerprint: a command that knows the
     fingerprint it made live under a key needs neither the 110,000 elements nor their
     digest again (`hollow`), whatever else was edited. No digest, no key: such a policy is
@@ -271,8 +273,6 @@ def sets_key(policy: Policy, exemptions: Iterable[str]) -> str:
         return ""
     h = hashlib.sha256(_code())
     h.update(inputs.encode())
-    for prefix in exemptions:
-        h.update(b"\0" + prefix.encode())
     return h.hexdigest()
 
 
@@ -303,6 +303,7 @@ def desired_table(
             counters |= {blocked_counter(pool.name), monitored_counter(pool.name)}
 
     chains[DISPATCH_CHAIN] = Chain(DISPATCH_CHAIN, _DISPATCH_RULES)
+    chains[EXEMPT_CHAIN] = Chain(EXEMPT_CHAIN, exempt_rules(tuple(exemptions)))
     match = f"tcp dport {SMTP_PORT} jump {DISPATCH_CHAIN}"
     if gw.subscriber_interfaces:
         names = ", ".join(f'"{name}"' for name in gw.subscriber_interfaces)
@@ -310,9 +311,7 @@ def desired_table(
     chains[BASE_CHAIN] = Chain(
         BASE_CHAIN, (Rule.of(match),), Hook("forward", gw.priority, "accept")
     )
-    fixed = (
-        _hollow_sets(policy, hollow) if hollow is not None else _sets_for(policy, tuple(exemptions))
-    )
+    fixed = _hollow_sets(policy, hollow) if hollow is not None else _sets_for(policy)
     if fixed.fingerprint:
         counters.add(fixed.fingerprint)
     return Table(
@@ -353,9 +352,23 @@ _DISPATCH_RULES = tuple(
     for text in (
         f"ip daddr @{RELAYS_V4} counter name {RELAYED_COUNTER} accept",
         f"ip6 daddr @{RELAYS_V6} counter name {RELAYED_COUNTER} accept",
-        f"ip saddr @{EXEMPT_V4} counter name {EXEMPTED_COUNTER} accept",
-        f"ip6 saddr @{EXEMPT_V6} counter name {EXEMPTED_COUNTER} accept",
+        f"jump {EXEMPT_CHAIN}",
         f"ip saddr vmap @{POOLS_V4}",
         f"ip6 saddr vmap @{POOLS_V6}",
     )
 )
+
+
+@functools.lru_cache(maxsize=2)
+def exempt_rules(exemptions: tuple[str, ...]) -> tuple[Rule, ...]:
+    """The whole `exempt` chain: one rule per family whose anonymous set holds the exemptions
+    in force (none for a family without any); the only thing an exemption change rewrites.
+
+    Validated exemptions never overlap, so the sets need no merging; the order is the
+    policy's, so the same exemptions give the same text, hence the same rule ids."""
+    v4, v6 = split_families(exemptions)
+    return tuple(
+        Rule.of(f"{match} {{ {', '.join(prefixes)} }} counter name {EXEMPTED_COUNTER} accept")
+        for match, prefixes in (("ip saddr", v4), ("ip6 saddr", v6))
+        if prefixes
+    )

@@ -130,22 +130,22 @@ def test_an_edit_of_the_sets_after_our_own_commit_lands_exactly(
     args = ["--policy", str(policy), "--state-dir", str(state)]
     assert _ns(ns, CTL, "apply", *args).returncode == 0
     assert (state / ".live-sets.json").exists()
-    exemptions = policy / "exemptions.yaml"
+    relays = policy / "relays.yaml"
     for old, new, before in (
-        ("192.0.2.48/30", "192.0.2.52/30", None),
-        ("192.0.2.52/30", "192.0.2.56/30", ["nft", "add", "table", "inet", "scratch"]),
-        ("192.0.2.56/30", "192.0.2.60/30", "damage"),
+        ("203.0.113.25", "203.0.113.26", None),
+        ("203.0.113.26", "203.0.113.27", ["nft", "add", "table", "inet", "scratch"]),
+        ("203.0.113.27", "203.0.113.28", "damage"),
     ):
-        exemptions.write_text(exemptions.read_text().replace(old, new))
+        relays.write_text(relays.read_text().replace(old, new))
         if before == "damage":
             remembered = state / ".live-sets.json"
-            remembered.write_text(remembered.read_text().replace(old, "192.0.2.40/30"))
+            remembered.write_text(remembered.read_text().replace(old, "203.0.113.29"))
         elif before:
             _ns(ns, *before)
         cp = _ns(ns, CTL, "apply", *args, "-o", "json")
         assert cp.returncode == 0, cp.stderr
         assert json.loads(cp.stdout)["applied"] is True
-        assert _elements(ns)["exempt_v4"] == {new}
+        assert _elements(ns)["relays_v4"] == {new + "/32"}
     pools = policy / "pools.yaml"
     text = pools.read_text()
     assert "192.0.2.64/26" in text

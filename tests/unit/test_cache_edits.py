@@ -301,10 +301,10 @@ def test_moving_a_date_reads_only_rollout_yaml_and_keeps_the_sets_key(
     assert parsed.names == ["rollout.yaml"]
     assert moved == loader.load_policy(directory) != first
     assert moved.digest != first.digest
-    assert sets_key(moved, ()) == sets_key(first, ())
+    assert sets_key(moved) == sets_key(first)
     pools = directory / "pools.yaml"
     pools.write_text(pools.read_text() + "\n# a comment is an edit too\n")
-    assert sets_key(cache.load(directory, where), ()) != sets_key(first, ())
+    assert sets_key(cache.load(directory, where)) != sets_key(first)
 
 
 def test_the_texts_digest_is_the_directorys(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from op25b_ctl.kernel.memory import MemoryKernel
 from op25b_ctl.plan.desired import Desired
 from op25b_ctl.plan.ruleset import desired_table
 from op25b_ctl.policy.loader import load_policy
+from op25b_ctl.policy.model import Exemption
 from op25b_ctl.source.directory import DirectorySource
 from tests.daemonpolicy import EAST1, EAST2, WEST1, break_prefix, daemon_policy, set_mode
 
@@ -192,16 +193,15 @@ def test_a_deleted_table_comes_back_with_the_counters_prometheus_last_saw(
     assert value(registry, "op25b_pool_blocked_packets_total", pool=WEST1) == 0
 
 
-def test_exemptions_in_force_are_counted_per_pool_from_the_desired_table(
+def test_exemptions_in_force_are_counted_per_pool_from_the_desired_state(
     policy_dir: Path,
 ) -> None:
     policy = load_policy(policy_dir)
-    table = desired_table(
-        policy,
-        {EAST1: "enforce", WEST1: "enforce"},
-        exemptions=["192.0.2.16/28", "2001:db8:1000:1::/64", "198.51.100.7/32"],
-    )
-    counts = exemptions_in_force(Desired(policy=policy, decisions={}, table=table))
+    prefixes = ["192.0.2.16/28", "2001:db8:1000:1::/64", "198.51.100.7/32"]
+    table = desired_table(policy, {EAST1: "enforce", WEST1: "enforce"}, exemptions=prefixes)
+    exempt = tuple(Exemption(prefix=p, ticket=f"T-{i}") for i, p in enumerate(prefixes))
+    want = Desired(policy=policy, decisions={}, table=table, exemptions=exempt)
+    counts = exemptions_in_force(want)
     assert counts == {EAST1: 2, EAST2: 0, WEST1: 1, "static-biz": 0}
 
 

@@ -324,12 +324,16 @@ def test_new_commands_have_help(capsys: pytest.CaptureFixture[str], argv: list[s
 def test_tick_removes_expired_exemption(gw: Gw) -> None:
     gw("rollout", "tick", now="2011-03-31T23:59:00+09:00")
     table = gw.backend.tables[("inet", "op25b")]
-    assert "2001:db8:1000:ff00::/56" in table.sets["exempt_v6"].elements
+    assert gw.backend.rule_elements("inet", "op25b", "exempt") == [
+        "192.0.2.48/30",
+        "2001:db8:1000:ff00::/56",
+    ]
     code, out, _ = gw("rollout", "tick", now="2011-03-31T23:59:59+09:00")
     assert code == 0 and "exemption 2001:db8:1000:ff00::/56 removed" in out
+    assert "192.0.2.48/30" not in out  # still in force: neither added nor removed
+    assert gw.backend.rule_elements("inet", "op25b", "exempt") == ["192.0.2.48/30"]
     table = gw.backend.tables[("inet", "op25b")]
-    assert table.sets["exempt_v6"].elements == {}
-    assert table.sets["exempt_v4"].elements.keys() == {"192.0.2.48/30"}
+    assert not {"exempt_v4", "exempt_v6"} & table.sets.keys()  # rules' own sets, no named ones
 
 
 def test_moved_stage_date_is_scheduled_again(gw: Gw, tmp_path: Path) -> None:
@@ -477,14 +481,14 @@ def test_changed_sets_are_diffed_against_the_elements_our_last_commit_wrote(
     commit, its remembered elements are the kernel's, and nothing is read back."""
     gw.policy = example_policy(tmp_path / "p")
     assert gw("apply")[0] == 0
-    edit(gw.policy / "exemptions.yaml", "192.0.2.48/30", "192.0.2.52/30")
+    edit(gw.policy / "relays.yaml", "203.0.113.25", "203.0.113.26")
     gw.backend.reads.clear()
     code, out, err = gw("apply")
     assert code == 0, err
     assert gw.backend.reads == []
-    assert "192.0.2.52/30" in out  # the diff says what changed, as after a read
+    assert "203.0.113.26/32" in out  # the diff says what changed, as after a read
     table = gw.backend.tables[("inet", "op25b")]
-    assert set(table.sets["exempt_v4"].elements) == {"192.0.2.52/30"}
+    assert set(table.sets["relays_v4"].elements) == {"203.0.113.26/32"}
 
 
 def test_changed_sets_are_read_after_another_commit_or_a_damaged_memory(
@@ -492,24 +496,24 @@ def test_changed_sets_are_read_after_another_commit_or_a_damaged_memory(
 ) -> None:
     gw.policy = example_policy(tmp_path / "p")
     assert gw("apply")[0] == 0
-    edit(gw.policy / "exemptions.yaml", "192.0.2.48/30", "192.0.2.52/30")
+    edit(gw.policy / "relays.yaml", "203.0.113.25", "203.0.113.26")
     gw.backend.gen += 1  # someone else's commit: the kernel may hold anything now
     gw.backend.reads.clear()
     assert gw("apply")[0] == 0
     assert gw.backend.reads[0] is False  # the skeleton; the new fingerprint differs: elements
     table = gw.backend.tables[("inet", "op25b")]
-    assert set(table.sets["exempt_v4"].elements) == {"192.0.2.52/30"}
+    assert set(table.sets["relays_v4"].elements) == {"203.0.113.26/32"}
     # remembered elements that are not the ones the fingerprint names are never trusted
     remembered = gw.state.live_sets_file
     text = remembered.read_text()
-    assert "192.0.2.52/30" in text
-    remembered.write_text(text.replace("192.0.2.52/30", "192.0.2.56/30"))
-    edit(gw.policy / "exemptions.yaml", "192.0.2.52/30", "192.0.2.60/30")
+    assert "203.0.113.26/32" in text
+    remembered.write_text(text.replace("203.0.113.26/32", "203.0.113.27/32"))
+    edit(gw.policy / "relays.yaml", "203.0.113.26", "203.0.113.28")
     gw.backend.reads.clear()
     assert gw("apply")[0] == 0
     assert gw.backend.reads and gw.backend.reads[-1] is True  # every element read
     table = gw.backend.tables[("inet", "op25b")]
-    assert set(table.sets["exempt_v4"].elements) == {"192.0.2.60/30"}
+    assert set(table.sets["relays_v4"].elements) == {"203.0.113.28/32"}
 
 
 def test_after_another_commit_unchanged_sets_are_not_built_again(
