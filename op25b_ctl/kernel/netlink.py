@@ -17,6 +17,7 @@ it before returning.
 
 from __future__ import annotations
 
+import ipaddress
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ __all__ = [
 
 FAMILIES = nlcodec.FAMILIES
 NFT_SET_ANONYMOUS = 0x1
+NFT_SET_INTERVAL = 0x4
 NFT_SET_MAP = 0x8
 NFT_SET_OBJECT = 0x40
 NFT_DATA_VERDICT = 0xFFFFFF00
@@ -132,13 +134,26 @@ def read_rule_elements(table: str, chain: str, family: str = "inet") -> list[str
         before = _generation()
         out: list[str] = []
         try:
-            for name in nlcodec.looked_up_sets(table, family, chain):
-                out += nlcodec.element_dump(table, name, family)
+            for match in nlcodec.chain_matches(table, family, chain):
+                if isinstance(match, tuple):  # one address or prefix, compared directly
+                    value, mask = match
+                    bits = sum(bin(b).count("1") for b in mask)
+                    net = ipaddress.ip_network((value, bits), strict=False)
+                    out.append(str(net))
+                    continue
+                interval = bool(_set_flags(table, match, family) & NFT_SET_INTERVAL)
+                out += nlcodec.element_dump(table, match, family, interval=interval)
         except TableNotFound:
             continue  # the rule (and its set) went between the two dumps
         if _generation() == before:
             return out
     raise KernelError(f"ruleset kept changing while reading chain {family} {table} {chain}")
+
+
+def _set_flags(table: str, name: str, family: str) -> int:
+    body = _body(family, (_SET_TABLE, table), (_SET_NAME, name))
+    (reply,) = nlcodec.request(NFT_MSG_GETSET, body, f"set {name} of table {table}")
+    return _be32(dict(nlcodec.attrs(reply)).get(_SET_FLAGS))
 
 
 def read_dynamic(table: str, set_name: str, family: str = "inet") -> list[Element]:

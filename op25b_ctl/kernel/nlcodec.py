@@ -174,12 +174,16 @@ def _add_counter(counters: dict[str, Counter], msg: bytes, table: str) -> None:
 # -- set elements ------------------------------------------------------------------------------
 
 
-def element_dump(table: str, set_name: str, family: str) -> dict[str, str | None]:
+def element_dump(
+    table: str, set_name: str, family: str, *, interval: bool = True
+) -> dict[str, str | None]:
     """One interval set's (or verdict map's) elements as {canonical CIDR: jump target or None}.
 
     The kernel keeps an interval set as start elements and end elements (flag INTERVAL_END,
     key = last address + 1); they are paired back into ranges, and each range into its
-    prefixes. Raises TableNotFound if the table or the set does not exist.
+    prefixes. Without `interval` (an anonymous set of host addresses, which nft makes a plain
+    set) each element is one address: a /32 or /128. Raises TableNotFound if the table or the
+    set does not exist.
     """
     body = struct.pack("=BBH", family_number(family), 0, 0)
     body += nla(_NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
@@ -196,6 +200,8 @@ def element_dump(table: str, set_name: str, family: str) -> dict[str, str | None
             )
             points.append((int.from_bytes(raw, "big"), 0 if flags & 1 else 1, _verdict(e)))
     out: dict[str, str | None] = {}
+    if not interval:
+        return {_prefixes(key, key, width)[0]: target for key, _, target in sorted(points)}
     top = (1 << (8 * width)) - 1
     points.sort(key=lambda p: (p[0], p[1]))  # at one key an interval's end precedes the next start
     start: tuple[int, str | None] | None = None
@@ -422,32 +428,56 @@ def expressions_digest(raw: bytes) -> str:
     return h.hexdigest()[:16] if seen else UNREADABLE
 
 
-def looked_up_sets(table: str, family: str, chain: str) -> list[str]:
-    """The names of the sets the rules of one chain look up (anonymous `__set<n>` ones
-    included), in rule order; [] if there is no such table or chain."""
+def chain_matches(table: str, family: str, chain: str) -> list[str | tuple[bytes, bytes]]:
+    """What the rules of one chain match an address against, in rule order: the name of a
+    looked-up set (anonymous `__set<n>` ones included), or (value, mask) for the single
+    address or prefix nft compares directly (it makes a one-element `{ x }` a comparison;
+    the mask is all ones for an address). [] if there is no such table or chain."""
     body = struct.pack("=BBH", family_number(family), 0, 0)
     body += nla(_NFTA_RULE_TABLE, table.encode() + b"\0")
     body += nla(_NFTA_RULE_CHAIN, chain.encode() + b"\0")
-    out: list[str] = []
+    out: list[str | tuple[bytes, bytes]] = []
     try:
         for msg in dump(NFT_MSG_GETRULE, body, f"rules of chain {family} {table} {chain}"):
             a = pick(msg, _RULE_DIGEST_KINDS)
             if a.get(_NFTA_RULE_CHAIN, b"").rstrip(b"\0").decode() != chain:
                 continue
+            width, mask = 0, b""  # the address loaded last (4 or 16 bytes), its mask
             for _, elem in attrs(a.get(_NFTA_RULE_EXPRESSIONS, b"")):
                 expr = dict(attrs(elem))
-                if expr.get(_NFTA_EXPR_NAME, b"").rstrip(b"\0") != b"lookup":
-                    continue
+                name = expr.get(_NFTA_EXPR_NAME, b"").rstrip(b"\0")
                 data = dict(attrs(expr.get(_NFTA_EXPR_DATA, b"")))
-                name = data.get(_NFTA_LOOKUP_SET, b"").rstrip(b"\0").decode()
-                if name:
-                    out.append(name)
+                if name == b"lookup" and data.get(_NFTA_LOOKUP_SET):
+                    out.append(data[_NFTA_LOOKUP_SET].rstrip(b"\0").decode())
+                elif name == b"payload":
+                    # the network header's source address, or the prefix's leading bytes of it
+                    base = struct.unpack("!I", data.get(_NFTA_PAYLOAD_BASE, bytes(4)))[0]
+                    at = struct.unpack("!I", data.get(_NFTA_PAYLOAD_OFFSET, bytes(4)))[0]
+                    width = {12: 4, 8: 16}.get(at, 0) if base == _NFT_PAYLOAD_NETWORK else 0
+                    mask = b""
+                elif name == b"bitwise":
+                    mask = _data_value(data.get(_NFTA_BITWISE_MASK))
+                elif name == b"cmp" and width:
+                    value = _data_value(data.get(_NFTA_CMP_DATA))
+                    ones = mask if len(mask) == len(value) else b"\xff" * len(value)
+                    out.append((value.ljust(width, b"\0"), ones.ljust(width, b"\0")))
+                    width, mask = 0, b""
+                else:
+                    width, mask = 0, b""
     except TableNotFound:
         return []
     return out
 
 
+def _data_value(raw: bytes | None) -> bytes:
+    return dict(attrs(raw or b"")).get(_NFTA_DATA_VALUE, b"")
+
+
 _NFTA_LOOKUP_SET = 1
+_NFTA_BITWISE_MASK = 4
+_NFTA_CMP_DATA = 3
+_NFTA_PAYLOAD_BASE, _NFTA_PAYLOAD_OFFSET = 2, 3
+_NFT_PAYLOAD_NETWORK = 1
 
 
 def rule_comment(udata: bytes | None) -> str | None:
