@@ -24,6 +24,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
+import netaddr
+
 from op25b_ctl.errors import NotRecordedError, OverrideError, StateError
 from op25b_ctl.kernel.base import Kernel
 from op25b_ctl.ops import applier
@@ -61,14 +63,21 @@ class Outcome:
     def exemptions_added(self) -> list[str]:
         if not rewrites(self.tx, EXEMPT_CHAIN):
             return []
-        before = set(self.exempt_before)
-        return [e.prefix for e in self.desired.exemptions if e.prefix not in before]
+        before = netaddr.IPSet(self.exempt_before)
+        return [
+            e.prefix for e in self.desired.exemptions if netaddr.IPNetwork(e.prefix) not in before
+        ]
 
     def exemptions_removed(self) -> list[str]:
+        """What the live chain let through that no exemption in force does now. nft merges
+        adjacent prefixes of an anonymous set, so two adjacent removed exemptions may be
+        told as the one prefix they make up."""
         if not rewrites(self.tx, EXEMPT_CHAIN):
             return []
-        now = {e.prefix for e in self.desired.exemptions}
-        return [p for p in self.exempt_before if p not in now]
+        gone = netaddr.IPSet(self.exempt_before) - netaddr.IPSet(
+            e.prefix for e in self.desired.exemptions
+        )
+        return [str(c) for c in gone.iter_cidrs()]
 
     def summary(self) -> str:
         """The one-line log of what changed: `pool before->after, ...; N nft op(s)`."""
