@@ -328,11 +328,15 @@ EDIT_TARGETS: dict[str, tuple[str, tuple[str, float], str | None]] = {
     ),
     "apply_cold": ("`apply` into an empty table, warm cache / `nft -f`", ("ratio", 1.1), "nft_f"),
 }
-# in the same rounds, for comparison: nothing edited
+MANY_EXEMPTIONS = 10_000
+# in the same rounds, for comparison: nothing edited; thousands of exemptions
 EDIT_CONTEXT = {
     "validate": "`validate`, nothing edited",
     "apply_noop": "`apply`, nothing edited",
     "nft_f": "`nft -f` of the same table into an empty namespace",
+    "exempt_many_apply": f"`apply` after adding {MANY_EXEMPTIONS:,} exemptions (one rule each family)",
+    "exempt_many_noop": f"`apply`, nothing edited, {MANY_EXEMPTIONS:,} exemptions in force",
+    "exempt_many_add": f"`apply` after adding one exemption to {MANY_EXEMPTIONS:,}",
 }
 EDIT_STAGE_POOL = 9  # monitored; the stage enforces it at a date always in the future
 FUTURE = ("2030-01-07T10:00:00+09:00", "2030-01-14T10:00:00+09:00", "2030-01-21T10:00:00+09:00")
@@ -358,7 +362,8 @@ def _rollout(at: str) -> str:
 
 
 def _exemptions(count: int) -> str:
-    """`count` exemptions, each a /32 inside a prefix of pool 2 (never the whole of one)."""
+    """`count` exemptions, each a /32 at the start of a prefix, from pool 2 on (never the
+    whole of one)."""
     lines = ["exemptions:"] if count else ["exemptions: []"]
     base = ipaddress.IPv4Address(inv.V4_BASE)
     per = inv.MAIN.v4 // inv.POOL_COUNT
@@ -424,6 +429,19 @@ def edits_round(runner: Runner, res: Edits, script: Path, files: dict[str, str])
         res.add("pools_validate", runner.ctl(ns, "edits", "validate")[0])
         write("pools.yaml", _without_v4(_without_v4(files["pools.yaml"], 3), 4))
         res.add("pools_apply", runner.ctl(ns, "edits", "apply")[0])
+    finally:
+        runner.nss.remove(ns)
+    ns = runner.nss.create()
+    try:  # the exempt chain's rule with thousands of elements (plan/ruleset.py)
+        for name, text in files.items():
+            write(name, text)
+        runner.fresh_state()
+        runner.ctl(ns, "edits", "apply")
+        write("exemptions.yaml", _exemptions(MANY_EXEMPTIONS))
+        res.add("exempt_many_apply", runner.ctl(ns, "edits", "apply")[0])
+        res.add("exempt_many_noop", runner.ctl(ns, "edits", "apply")[0])
+        write("exemptions.yaml", _exemptions(MANY_EXEMPTIONS + 1))
+        res.add("exempt_many_add", runner.ctl(ns, "edits", "apply")[0])
     finally:
         runner.nss.remove(ns)
     res.load.append(os.getloadavg())
