@@ -553,3 +553,27 @@ def test_after_another_commit_unchanged_sets_are_not_built_again(
     assert gw("apply")[0] == 0
     assert gw.backend.reads == [False, False, True] and len(built) == 1
     assert any(c.startswith("elements_") for c in gw.backend.tables[key].counters)
+
+
+def test_an_added_exemption_rewrites_only_the_exempt_chain(gw: Gw, tmp_path: Path) -> None:
+    """Adding an exemption: one rewrite of chain exempt (no element op, no set touched, no
+    table read: the sets' key is unchanged)."""
+    gw.policy = example_policy(tmp_path / "p")
+    assert gw("apply")[0] == 0
+    before = gw.backend.tables[("inet", "op25b")]
+    edit(gw.policy / "exemptions.yaml", "192.0.2.48/30", "192.0.2.48/30\n    ticket: NMT-T-1\n"
+         "  - prefix: 192.0.2.52/30")  # fmt: skip
+    gw.backend.reads.clear()
+    code, out, err = gw("apply")
+    assert code == 0, err
+    assert "+ rule exempt: ip saddr { 192.0.2.48/30, 192.0.2.52/30 } counter" in out
+    assert gw.backend.reads == []
+    (tx,) = gw.backend.applied[-1:]
+    assert {op.chain if isinstance(op, AddRule) else op.name for op in tx.ops} == {"exempt"}
+    assert [type(op) for op in tx.ops] == [FlushChain, AddRule]  # the v6 one has expired
+    after = gw.backend.tables[("inet", "op25b")]
+    assert after.sets == before.sets and after.counters == before.counters
+    assert gw.backend.rule_elements("inet", "op25b", "exempt") == [
+        "192.0.2.48/30",
+        "192.0.2.52/30",
+    ]
