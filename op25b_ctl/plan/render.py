@@ -114,6 +114,16 @@ def _sample(keys: Iterable[str], limit: int = 4) -> str:
     return f"{shown} (+{len(items) - limit} more)" if len(items) > limit else shown
 
 
+def _brief(text: str) -> str:
+    """A rule's text with its anonymous set abbreviated (the exempt chain's may hold
+    thousands of prefixes)."""
+    start, end = text.find("{ "), text.find(" }")
+    if start < 0 or end < start:
+        return text
+    items = text[start + 2 : end].split(", ")
+    return text if len(items) <= 4 else f"{text[: start + 2]}{_sample(items)}{text[end:]}"
+
+
 def describe(tx: Transaction) -> list[str]:
     """A human-readable diff: one line per change, element lists abbreviated."""
     out: list[str] = []
@@ -159,7 +169,7 @@ def describe(tx: Transaction) -> list[str]:
             case FlushChain(name=n):
                 out.append(f"~ chain {n}: rules replaced")
             case AddRule(chain=c, rule=r):
-                out.append(f"  + rule {c}: {r.text}")
+                out.append(f"  + rule {c}: {_brief(r.text or '')}")
             case AddElements(set=n, elements=e):
                 items = [_element(k, v) for k, v in e.items()]
                 out.append(f"+ {len(items)} element(s) in {n}: {_sample(items)}")

@@ -227,3 +227,25 @@ def test_cached_policy_is_reloaded_when_a_file_changes(tmp_path: Path) -> None:
     edit(d / "relays.yaml", "203.0.113.25", "203.0.113.26")
     again = load_policy_cached(d)
     assert again is not first and again.relay_prefixes()[0] == "203.0.113.26/32"
+
+
+def test_exemptions_are_the_exempt_chain_and_a_change_rewrites_only_it(policy: Policy) -> None:
+    """The exemptions in force are one rule per family in chain exempt, in no named set and
+    not in the elements fingerprint: a change is one chain rewrite, the sets untouched; the
+    diff's text abbreviates thousands of them, the script carries all."""
+    few = desired_table(policy, {}, exemptions=["192.0.2.48/30"])
+    many_prefixes = [f"2001:db8:1000:{k:x}::/64" for k in range(1, 1001)]
+    many = desired_table(policy, {}, exemptions=["192.0.2.48/30", *many_prefixes])
+    assert "exempt_v4" not in few.sets and few.sets == many.sets
+    assert few.counters == many.counters  # the same elements fingerprint
+    assert [r.text for r in few.chains["exempt"].rules] == [
+        "ip saddr { 192.0.2.48/30 } counter name exempted accept"
+    ]
+    tx = diff(few, many)
+    assert all(isinstance(op, FlushChain | AddRule) for op in tx.ops), tx.ops
+    assert {op.chain for op in tx.ops if isinstance(op, AddRule)} == {"exempt"}
+    assert {op.name for op in tx.ops if isinstance(op, FlushChain)} <= {"exempt"}
+    shown = describe(tx)
+    assert any("2001:db8:1000:1::/64" in line and "(+996 more)" in line for line in shown)
+    assert max(len(line) for line in shown) < 300
+    assert all(p in render(tx) for p in many_prefixes)
