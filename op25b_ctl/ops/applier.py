@@ -10,11 +10,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
+import netaddr
+
 from op25b_ctl.errors import NotOurTableError
 from op25b_ctl.kernel.base import Kernel
 from op25b_ctl.plan.diff import diff
-from op25b_ctl.plan.ruleset import FINGERPRINT_PREFIX
-from op25b_ctl.plan.table import Table
+from op25b_ctl.plan.ruleset import EXEMPT_CHAIN, FINGERPRINT_PREFIX, exempt_prefixes
+from op25b_ctl.plan.table import Rule, Table
 from op25b_ctl.plan.transaction import AddRule, DeleteTable, FlushChain, Op, Transaction
 from op25b_ctl.source import rulerefs
 
@@ -59,7 +61,23 @@ def read_live(kernel: Kernel, desired: Table, *, trust_fingerprint: bool = False
             and all(s.same_shape(desired.sets[n]) for n, s in live.sets.items())
         ):
             return replace(live, sets=desired.sets, elements_known=True)
-    return kernel.read(desired.family, desired.name)
+    return _exemptions_checked(kernel, kernel.read(desired.family, desired.name), desired)
+
+
+def _exemptions_checked(kernel: Kernel, live: Table | None, desired: Table) -> Table | None:
+    """A full read covers the `exempt` chain's anonymous sets too: their rule digests name
+    the set, not its elements, and the elements fingerprint covers named sets only. If the
+    live chain has the desired rule ids but its sets hold other addresses, its rules are
+    marked foreign, so the diff rewrites the chain (a drift repair)."""
+    have = live.chains.get(EXEMPT_CHAIN) if live is not None else None
+    want = desired.chains.get(EXEMPT_CHAIN)
+    if live is None or have is None or want is None or have.rule_ids != want.rule_ids:
+        return live  # absent, or other rules: the diff rewrites it anyway
+    held = netaddr.IPSet(kernel.rule_elements(live.family, live.name, EXEMPT_CHAIN))
+    if held == netaddr.IPSet(exempt_prefixes(desired)):
+        return live
+    edited = tuple(Rule(f"foreign:elements-{r.id}") for r in have.rules)
+    return replace(live, chains={**live.chains, EXEMPT_CHAIN: replace(have, rules=edited)})
 
 
 def plan(kernel: Kernel, desired: Table, *, trust_fingerprint: bool = False) -> Transaction:

@@ -372,3 +372,15 @@ def exempt_rules(exemptions: tuple[str, ...]) -> tuple[Rule, ...]:
         for match, prefixes in (("ip saddr", v4), ("ip6 saddr", v6))
         if prefixes
     )
+
+
+def exempt_prefixes(table: Table) -> list[str]:
+    """The exemptions a desired table's `exempt` rules hold, from their text."""
+    chain = table.chains.get(EXEMPT_CHAIN)
+    out: list[str] = []
+    for rule in chain.rules if chain is not None else ():
+        text = rule.text or ""
+        start, end = text.find("{ "), text.find(" }")
+        if 0 <= start < end:
+            out += text[start + 2 : end].split(", ")
+    return out

@@ -197,7 +197,28 @@ def _delete_exempt_rule(gw: Gateway) -> None:
     gw.nft("delete", "rule", "inet", "op25b", EXEMPT_CHAIN, "handle", str(rule["handle"]))
 
 
-@pytest.mark.parametrize("edit", ["replaced", "deleted"])
+def _swap_exempt_elements(gw: Gateway) -> None:
+    """Delete the v4 rule (one commit), then insert one with the same comment at its place
+    and DYN_A's whole /26 in its set: the freed set name `__set<n>` is reused, so the
+    rule's digest is the same; only a full read of the set's elements sees it."""
+    listing = json.loads(gw.nft("-a", "-j", "list", "chain", "inet", "op25b", EXEMPT_CHAIN))
+    first, second = [i["rule"] for i in listing["nftables"] if "rule" in i][:2]
+    gw.nft("delete", "rule", "inet", "op25b", EXEMPT_CHAIN, "handle", str(first["handle"]))
+    gw.nft(
+        "insert", "rule", "inet", "op25b", EXEMPT_CHAIN, "handle", str(second["handle"]),
+        "ip", "saddr", "{", "192.0.2.0/26,", f"{DYN_W.v4}", "}", "counter", "name",
+        EXEMPTED_COUNTER, "accept", "comment", f'"{first["comment"]}"',
+    )  # fmt: skip
+
+
+EDITS = {
+    "replaced": _replace_exempt_rule,
+    "deleted": _delete_exempt_rule,
+    "elements swapped": _swap_exempt_elements,
+}
+
+
+@pytest.mark.parametrize("edit", sorted(EDITS))
 def test_a_hand_edit_of_the_exempt_chain_is_repaired(
     lab: Lab,  # noqa: F811
     tmp_path: Path,
@@ -210,10 +231,11 @@ def test_a_hand_edit_of_the_exempt_chain_is_repaired(
     gw = Gateway(lab, tmp_path)
     write_exemptions(gw.policy, EXEMPT)
     _apply(lab, gw.policy, gw.state)
-    gw.start()
+    # a same-digest edit is seen by the periodic full read only
+    gw.start(*(["--verify-interval", "1"] if edit == "elements swapped" else []))
     try:
         good = gw.nft("list", "chain", "inet", "op25b", EXEMPT_CHAIN)
-        (_replace_exempt_rule if edit == "replaced" else _delete_exempt_rule)(gw)
+        EDITS[edit](gw)
         start = time.monotonic()
         assert gw.nft("list", "chain", "inet", "op25b", EXEMPT_CHAIN) != good
         wait_for(
@@ -230,11 +252,13 @@ def test_a_hand_edit_of_the_exempt_chain_is_repaired(
         gw.stop()
     record(
         f"exempt rule {edit} by hand",
-        done=(
-            "nft replace rule ... exempt ... ip saddr { 192.0.2.0/26 } ... comment <ours>"
-            if edit == "replaced"
-            else "nft delete rule ... exempt handle <n>"
-        ),
+        done={
+            "replaced": "nft replace rule ... exempt ... ip saddr { 192.0.2.0/26 } ... "
+            "comment <ours>",
+            "deleted": "nft delete rule ... exempt handle <n>",
+            "elements swapped": "delete the v4 rule, then insert it again under our comment "
+            "with 192.0.2.0/26 in its set (same set name, same digest); --verify-interval 1",
+        }[edit],
         expected="the daemon rewrites chain exempt; DYN_A refused, DYN_W exempted",
         observed=f"repaired in {took:.2f} s",
         figure=f"{took:.2f} s",
