@@ -249,3 +249,21 @@ def test_exemptions_are_the_exempt_chain_and_a_change_rewrites_only_it(policy: P
     assert any("2001:db8:1000:1::/64" in line and "(+996 more)" in line for line in shown)
     assert max(len(line) for line in shown) < 300
     assert all(p in render(tx) for p in many_prefixes)
+
+
+def test_a_full_read_rewrites_an_exempt_chain_whose_set_was_swapped(policy: Policy) -> None:
+    """Same rule ids (so the same comments), other addresses in the set: a trusted read
+    cannot tell, a full read marks the chain and the diff rewrites it."""
+    want = desired_table(policy, {}, exemptions=["192.0.2.48/30"])
+    kernel = MemoryKernel()
+    applier.apply(kernel, want)
+    live = kernel.tables[(want.family, want.name)]
+    (rule,) = live.chains["exempt"].rules
+    assert rule.text is not None
+    wide = Rule(rule.id, rule.text.replace("192.0.2.48/30", "192.0.2.0/26"))
+    chains = {**live.chains, "exempt": Chain("exempt", (wide,))}
+    kernel.edit(want.family, want.name, replace(live, chains=chains))
+    assert not applier.plan(kernel, want, trust_fingerprint=True)
+    tx = applier.plan(kernel, want)
+    assert [type(op) for op in tx.ops] == [FlushChain, AddRule]
+    assert {op.chain for op in tx.ops if isinstance(op, AddRule)} == {"exempt"}
