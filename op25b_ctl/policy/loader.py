@@ -246,18 +246,23 @@ def policy_files(root: Path) -> list[Path]:
 
 def read_text(path: Path) -> str:
     """A policy file's text: a regular file (symlinks to one are fine), at most
-    MAX_FILE_BYTES, UTF-8. Raises ValueError with a message fit for `file: message`."""
+    MAX_FILE_BYTES, UTF-8. Raises PolicyError naming the file, and for a byte that is not
+    UTF-8 its line (`pools.yaml:16: not UTF-8`, like every other located problem)."""
+
+    def refuse(message: str, line: int | None = None) -> PolicyError:
+        return PolicyError([Problem(path.name, "", message, line)])
+
     try:
         data = read_bounded(path, MAX_FILE_BYTES)
     except UnsafeFileError as exc:
-        raise ValueError(str(exc).removeprefix(f"{path}: ")) from None
+        raise refuse(str(exc).removeprefix(f"{path}: ")) from None
     except OSError as exc:
-        raise ValueError(f"cannot read: {describe_oserror(exc)}") from None
+        raise refuse(f"cannot read: {describe_oserror(exc)}") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise ValueError(f"line {line}: not UTF-8 (byte 0x{data[exc.start]:02x})") from None
+        raise refuse(f"not UTF-8 (byte 0x{data[exc.start]:02x})", line) from None
 
 
 def read_policy_files(directory: Path | str) -> dict[str, str]:
@@ -269,8 +274,8 @@ def read_policy_files(directory: Path | str) -> dict[str, str]:
     for path in policy_files(Path(directory)):
         try:
             texts[path.name] = read_text(path)
-        except ValueError as exc:
-            problems.append(Problem(path.name, "", str(exc)))
+        except PolicyError as exc:
+            problems.extend(exc.problems)
     if problems:
         raise PolicyError(problems)
     return texts
