@@ -910,6 +910,7 @@ def _check_rollout(policy: Policy) -> list[Finding]:
             )
         if at is not None:
             last = (i, at) if last is None or at >= last[1] else last
+    found += _same_instant(policy)
     # Backwards moves, judged as each group sees the stages (a stage for `east` and a later
     # one for `west` do not follow each other on any gateway).
     reported: set[tuple[int, str]] = set()
@@ -937,6 +938,45 @@ def _check_rollout(policy: Policy) -> list[Finding]:
                         )
                     )
                 current[name] = stage.mode
+    return found
+
+
+def _same_instant(policy: Policy) -> list[Finding]:
+    """Two stages at the same instant that move a pool to different modes on one gateway.
+
+    "The latest stage at or before T" (plan/modes.py) has no latest among equals: the one
+    listed last would win without anyone having said so. Stages for disjoint groups never
+    meet on a gateway, so they may differ; the same mode twice is redundant, not ambiguous.
+    """
+    found: list[Finding] = []
+    by_time: dict[datetime, list[int]] = {}
+    for i, stage in enumerate(policy.stages):
+        if stage.scheduled is not None:
+            by_time.setdefault(stage.scheduled, []).append(i)
+    for at, indices in by_time.items():
+        for k, i in enumerate(indices):
+            later = policy.stages[i]
+            pools = set(policy.stage_pools(later))
+            for j in indices[:k]:
+                earlier = policy.stages[j]
+                if earlier.mode == later.mode or (
+                    earlier.groups and later.groups and not set(earlier.groups) & set(later.groups)
+                ):
+                    continue
+                common = [n for n in policy.stage_pools(earlier) if n in pools]
+                if common:
+                    found.append(
+                        Finding(
+                            "rollout.yaml",
+                            ("stages", i, "at"),
+                            f"stage {later.name!r} ({later.mode}) and stage {earlier.name!r} "
+                            f"(stages[{j}], {earlier.mode}) are both at "
+                            f"{at.isoformat()} and "
+                            f"select {', '.join(repr(n) for n in common)}: which mode wins is "
+                            "ambiguous; move one stage or select disjoint pools",
+                        )
+                    )
+                    break
     return found
 
 

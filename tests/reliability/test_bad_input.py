@@ -277,7 +277,7 @@ CASES: list[Case] = [
         "a Latin-1 byte (0xe9) in a description",
         then(latin1),
         2,
-        r"pools\.yaml: line \d+: not UTF-8 \(byte 0xe9\)",
+        r"pools\.yaml:\d+: not UTF-8 \(byte 0xe9\)",
     ),
     Case(
         "FIFO as pools.yaml",
@@ -629,6 +629,23 @@ CASES: list[Case] = [
         then(edit(R, "at: 2011-01-17T10:00:00+09:00", "at: 2011-01-17")),
         2,
         r"rollout\.yaml:\d+: stages\[1\]\.at: .*date without a time",
+    ),
+    Case(
+        "two stages, one instant, one pool, two modes",
+        "schedule",
+        "a monitor stage for flets-west-dyn-1 at enforce-west-1's instant, listed before it",
+        then(
+            edit(
+                R,
+                "  - name: enforce-west-1\n",
+                "  - name: monitor-west-1\n    at: 2011-01-24T10:00:00+09:00\n"
+                "    pools: [flets-west-dyn-1]\n    mode: monitor\n\n"
+                "  - name: enforce-west-1\n",
+            )
+        ),
+        2,
+        r"rollout\.yaml:\d+: stages\[3\]\.at: stage 'enforce-west-1' \(enforce\) and stage "
+        r"'monitor-west-1' \(stages\[2\], monitor\) are both at .*ambiguous",
     ),
     Case(
         "stage names unknown pool",

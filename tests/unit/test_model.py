@@ -323,3 +323,55 @@ def test_a_zero_duration_is_too_short_not_malformed(
     found = problems(d)
     assert any(expected in p for p in found), found
     assert not any("not a duration" in p for p in found), found
+
+
+MONITOR_WEST_FIRST = (
+    "  - name: monitor-west-1\n    at: 2011-01-24T10:00:00+09:00\n"
+    "    pools: [flets-west-dyn-1]\n    mode: {mode}\n\n  - name: enforce-west-1\n"
+)
+
+
+def test_two_stages_at_one_instant_moving_a_pool_to_two_modes_are_refused(
+    tmp_path: Path,
+) -> None:
+    d = example_policy(tmp_path)
+    edit(
+        d / "rollout.yaml", "  - name: enforce-west-1\n", MONITOR_WEST_FIRST.format(mode="monitor")
+    )
+    found = problems(d)
+    assert len(found) == 1, found
+    assert found[0].startswith("rollout.yaml:35: stages[3].at: "), found
+    assert "'enforce-west-1' (enforce)" in found[0] and "'monitor-west-1'" in found[0], found
+    assert "'flets-west-dyn-1'" in found[0] and "ambiguous" in found[0], found
+
+
+def test_two_stages_at_one_instant_with_the_same_mode_are_redundant_not_ambiguous(
+    tmp_path: Path,
+) -> None:
+    d = example_policy(tmp_path)
+    edit(
+        d / "rollout.yaml", "  - name: enforce-west-1\n", MONITOR_WEST_FIRST.format(mode="enforce")
+    )
+    assert [s.name for s in load_policy(d).stages][2:4] == ["monitor-west-1", "enforce-west-1"]
+
+
+def test_a_byte_that_is_not_utf8_is_located_file_colon_line(tmp_path: Path) -> None:
+    d = example_policy(tmp_path)
+    path = d / "pools.yaml"
+    text = path.read_bytes()
+    path.write_bytes(text.replace(b"PPPoE pool 2", b"PPPoE pool \xe9"))
+    line = text[: text.index(b"PPPoE pool 2")].count(b"\n") + 1
+    assert problems(d) == [f"pools.yaml:{line}: not UTF-8 (byte 0xe9)"]
+
+
+def test_cross_file_checks_wait_until_every_file_is_valid_on_its_own(tmp_path: Path) -> None:
+    """As README and docs/policy.md say: a field error anywhere holds back the cross-file
+    round, and fixing it brings the cross-file problem to light."""
+    d = example_policy(tmp_path)
+    edit(d / "pools.yaml", "192.0.2.0/26", "192.0.2.1/26")
+    edit(d / "rollout.yaml", "pools: [flets-east-dyn-1]", "pools: [no-such-pool]")
+    first = problems(d)
+    assert len(first) == 1 and first[0].startswith("pools.yaml:13: "), first
+    edit(d / "pools.yaml", "192.0.2.1/26", "192.0.2.0/26")
+    second = problems(d)
+    assert len(second) == 1 and "unknown pool 'no-such-pool'" in second[0], second
