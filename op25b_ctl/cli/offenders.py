@@ -144,7 +144,7 @@ def _text(
                 str(r.attempts),
                 _when(r.first_seen, policy, r.first_seen_exact),
                 _when(r.last_seen, policy, True),
-                "yes" if r.exempted else "no",
+                "yes" if r.exempted else "partly" if r.partly_exempted else "no",
                 *((leases.text(r),) if with_lease else ()),
             )
             for r in rows
@@ -278,7 +278,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help=help,
         description=help + ". Read from the kernel's offender sets (gateway.yaml offenders: "
         "size, retention); metadata only: source address or IPv6 subscriber prefix, pool, "
-        "mode, attempts (SYNs), first and last seen, whether it is exempted. First seen is "
+        "mode, attempts (SYNs), first and last seen, whether it is exempted (yes, partly: "
+        "an exemption inside the source, no). First seen is "
         "known while the daemon runs (<= marks a bound: the source was there when the "
         "daemon first looked).",
     )

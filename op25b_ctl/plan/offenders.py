@@ -19,7 +19,7 @@ import socket
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import netaddr
 
@@ -63,7 +63,8 @@ class Offender:
     # False: the source was already recorded when the daemon first looked; first_seen is then
     # an upper bound. None first_seen: no daemon kept a record (a standalone command).
     first_seen_exact: bool = False
-    exempted: bool = False
+    exempted: bool = False  # all of the source lies in active exemptions
+    partly_exempted: bool = False  # some of it does (a /60 exempted in a /56 source)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -75,6 +76,7 @@ class Offender:
             "first_seen_exact": self.first_seen_exact,
             "last_seen": self.last_seen.isoformat(),
             "exempted": self.exempted,
+            "partly_exempted": self.partly_exempted,
         }
 
 
@@ -130,17 +132,41 @@ class FirstSeen:
         return datetime.fromtimestamp(entry[0] / 1000, UTC), entry[1]
 
 
+Coverage = Literal["all", "part", "none"]
+
+
 class Exemptions:
-    """Which sources lie in (or cover) an active exemption of exemptions.yaml."""
+    """How much of a source an active exemption of exemptions.yaml covers.
+
+    A source is an address or a subscriber prefix (an IPv6 /56 holds sixteen /60s): an
+    exemption inside it lets only a part of it through, and the rest is still blocked, so
+    "exempted" alone would tell the support desk the wrong thing.
+    """
 
     def __init__(self, prefixes: Iterable[str]) -> None:
         self._nets = [netaddr.IPNetwork(p) for p in prefixes]
 
-    def covers(self, source: str) -> bool:
+    def coverage(self, source: str) -> Coverage:
+        """`all` when the source lies inside exemptions (one, or several that fill it; they
+        never overlap, as validation ensures), `part` when some lie inside it, else `none`."""
         if not self._nets:
-            return False
+            return "none"
         net = netaddr.IPNetwork(source)
-        return any(n.version == net.version and (net in n or n in net) for n in self._nets)
+        inside = 0
+        for n in self._nets:
+            if n.version != net.version:
+                continue
+            if net in n:
+                return "all"
+            if n in net:
+                inside += n.size
+        if inside == 0:
+            return "none"
+        return "all" if inside >= net.size else "part"
+
+    def covers(self, source: str) -> bool:
+        """All of the source is exempted."""
+        return self.coverage(source) == "all"
 
 
 def ranked(
@@ -175,6 +201,7 @@ def ranked(
         exact = False
         if first_seen is not None:
             first, exact = first_seen.lookup(offender_set(pool, version), element[0])
+        covered = exemptions.coverage(source) if exemptions is not None else "none"
         rows.append(
             Offender(
                 source=source,
@@ -184,7 +211,8 @@ def ranked(
                 last_seen=now + timedelta(milliseconds=neg_age),
                 first_seen=first,
                 first_seen_exact=exact,
-                exempted=exemptions.covers(source) if exemptions is not None else False,
+                exempted=covered == "all",
+                partly_exempted=covered == "part",
             )
         )
     return rows

@@ -39,7 +39,7 @@ from op25b_ctl.plan.table import hollow_from_json, hollow_to_json
 from op25b_ctl.plan.transaction import AddRule, AddSet, DeleteSet, FlushChain, FlushSet
 from op25b_ctl.policy.loader import load_policy
 from op25b_ctl.policy.model import Gateway, Mode, Policy
-from tests.policytools import EXAMPLE, example_policy
+from tests.policytools import EXAMPLE, edit, example_policy
 
 EAST1, EAST2 = "flets-east-dyn-1", "flets-east-dyn-2"
 NOW = datetime(2011, 1, 20, 9, 0, tzinfo=UTC)
@@ -245,8 +245,53 @@ def test_sources_are_addresses_or_subscriber_prefixes() -> None:
 def test_exempted_sources_are_marked() -> None:
     ex = Exemptions(["192.0.2.48/30", "2001:db8:1:2::/64"])
     assert ex.covers("192.0.2.49") and not ex.covers("192.0.2.52")
-    assert ex.covers("2001:db8:1:2::/64") and ex.covers("2001:db8:1::/56")
+    assert ex.covers("2001:db8:1:2::/64") and ex.coverage("2001:db8:1:2::/64") == "all"
     assert not Exemptions([]).covers("192.0.2.49")
+
+
+def test_a_source_with_only_a_part_exempted_is_partly_exempted_not_exempted() -> None:
+    """A /56 subscriber prefix with one /60 exempted: the other fifteen /60s are blocked."""
+    ex = Exemptions(["2001:db8:1:10::/60", "192.0.2.48/30"])
+    assert ex.coverage("2001:db8:1::/56") == "part" and not ex.covers("2001:db8:1::/56")
+    assert ex.coverage("2001:db8:1:10::/64") == "all"  # inside the /60
+    assert ex.coverage("2001:db8:2::/56") == "none"
+    # exemptions that fill the source between them exempt all of it
+    halves = Exemptions(["2001:db8:1::/57", "2001:db8:1:80::/57"])
+    assert halves.coverage("2001:db8:1::/56") == "all"
+
+
+def test_offenders_says_partly_when_an_exemption_lies_inside_the_source(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """exemptions.yaml exempts 2001:db8:1000:ff00::/56; with /48 subscriber prefixes the
+    source 2001:db8:1000::/48 holds it: JSON keeps `exempted` a boolean (false: not all of
+    it) and adds `partly_exempted`; the text column says `partly`."""
+    from op25b_ctl.cli.main import main
+
+    d = example_policy(tmp_path)
+    edit(
+        d / "pools.yaml",
+        "    prefixes: [192.0.2.0/26, 2001:db8:1000::/40]",
+        "    prefixes: [192.0.2.0/26, 2001:db8:1000::/40]\n    subscriber_prefix_v6: 48",
+    )
+    kernel = MemoryKernel()
+    at = ["--policy", str(d), "--now", "2011-01-20T09:00+09:00"]  # before the /56's expiry
+    assert main(["apply", *at], kernel=kernel) == 0
+    key = bytes.fromhex("20010db8100000000000000000000000")
+    kernel.seen[offender_set(EAST1, 6)] = [(key, 5, 0, 3_000_000)]
+    kernel.seen[offender_set(EAST1, 4)] = [v4(49, 7, 2000)]
+    capsys.readouterr()
+    assert main(["offenders", *at, "-o", "json"], kernel=kernel) == 0
+    rows = {r["source"]: r for r in json.loads(capsys.readouterr().out)["offenders"]}
+    part = rows["2001:db8:1000::/48"]
+    assert (part["exempted"], part["partly_exempted"]) == (False, True)
+    assert (rows["192.0.2.49"]["exempted"], rows["192.0.2.49"]["partly_exempted"]) == (True, False)
+    assert main(["offenders", *at], kernel=kernel) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split()[-1] for ln in lines if ln.startswith(("2001:", "192.0.2.49"))] == [
+        "yes",
+        "partly",
+    ]
 
 
 def test_first_seen_is_a_bound_at_the_first_look_then_exact() -> None:
