@@ -391,6 +391,7 @@ def cmd_daemon(ctx: Context) -> int:
             verify_interval=None if args.verify_interval == 0 else args.verify_interval,
             metrics_address=args.metrics_address,
             fleet=fleet,
+            control=server,
         )
     finally:
         if server is not None:

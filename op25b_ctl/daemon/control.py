@@ -63,6 +63,10 @@ class ControlServer:
         self._stop = threading.Event()
         self._children: set[int] = set()
         self.served = 0
+        # called (from this server's thread) when a command's child has ended: the daemon
+        # wakes its loop, so its metrics follow what the command changed without waiting
+        # for the next interval (`daemon.run` sets it to `Daemon.wake`)
+        self.on_done: Callable[[], None] | None = None
 
     def start(self) -> bool:
         """Listen; False (logged) if the socket cannot be made: commands then run alone."""
@@ -125,12 +129,19 @@ class ControlServer:
 
     def _reap(self) -> None:
         """Only our own children: the daemon's `nft` children belong to subprocess."""
+        ended = False
         for pid in list(self._children):
             with contextlib.suppress(ChildProcessError):
                 done, _ = os.waitpid(pid, os.WNOHANG)
                 if not done:
                     continue
             self._children.discard(pid)
+            ended = True
+        if ended and self.on_done is not None:
+            try:
+                self.on_done()
+            except Exception:  # a failed wake-up must not stop the socket
+                log.exception("command socket: wake-up after a command raised")
 
     def _serve(self, conn: socket.socket) -> None:
         conn.settimeout(5)

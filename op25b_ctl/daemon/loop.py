@@ -31,6 +31,7 @@ from types import FrameType
 from typing import Any
 
 from op25b_ctl.daemon import DEFAULT_INTERVAL, DEFAULT_VERIFY_INTERVAL, exporter, journal
+from op25b_ctl.daemon.control import ControlServer
 from op25b_ctl.daemon.discovery import DiscoveryCollector, DiscoveryWatcher
 from op25b_ctl.daemon.metrics import Metrics, build_registry
 from op25b_ctl.daemon.offenders import OffenderCollector, OffenderReader
@@ -368,9 +369,11 @@ def run(
     verify_interval: float | None = DEFAULT_VERIFY_INTERVAL,
     metrics_address: tuple[str, int] | None = None,
     fleet: FleetSource | None = None,
+    control: ControlServer | None = None,
 ) -> int:
     """The real daemon: the running kernel, the policy directory (or, with `fleet`, one
-    gateway's view of the fleet store, already started), signals, systemd, exporter."""
+    gateway's view of the fleet store, already started), signals, systemd, exporter;
+    `control`, the command socket, wakes the loop when a forwarded command has ended."""
     reconciler = Reconciler(
         NftKernel(),
         fleet if fleet is not None else DirectorySource(policy_dir, state_dir),
@@ -410,6 +413,8 @@ def run(
     )
     if fleet is not None:
         fleet.on_change = daemon.wake  # the watch wakes the loop: no polling of the store
+    if control is not None:
+        control.on_done = daemon.wake  # a forwarded command's change: metrics follow at once
     daemon.install_signal_handlers()
     # `kill -USR2 <pid>`: every thread's Python stack to stderr (the journal), to see where a
     # daemon that does not stop or pass is stuck; nothing else changes

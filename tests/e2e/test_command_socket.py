@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from op25b_lab.lab import DYN_A, FOREIGN_MX, Lab, Outcome, wait_for
-from tests.daemonpolicy import EAST1
+from tests.daemonpolicy import EAST1, EAST2
 from tests.e2e.test_daemon import CTL, Gateway, gw  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.root
@@ -83,3 +83,22 @@ def test_no_command_socket_when_asked(lab: Lab, gw: Gateway, tmp_path: Path) -> 
     assert not (gw.state / ".ctl.sock").exists()
     cp = _ctl(gw, "require", "status")
     assert cp.returncode == 1 and "no daemon took the command" in cp.stderr
+
+
+def test_metrics_follow_a_forwarded_command_without_waiting_for_the_interval(
+    lab: Lab,
+    gw: Gateway,  # noqa: F811
+) -> None:
+    """The fork changed the overrides and the table; the daemon's own view (and so every
+    metric drawn from it) would lag until its next pass, an hour here, without the wake-up."""
+    gw.start("--interval", "3600")  # the last --interval wins: no pass comes by itself
+    assert gw.sample("op25b_pool_mode", pool=EAST2, mode="monitor") == 1
+    cp = _ctl(gw, "require", "pool", "enforce", EAST2, "--reason", "through the socket")
+    assert cp.returncode == 0, cp.stderr
+    wait_for(
+        "the scrape shows the forwarded mode",
+        lambda: gw.sample("op25b_pool_mode", pool=EAST2, mode="enforce") == 1,
+        deadline=10.0,
+    )
+    assert gw.sample("op25b_pool_mode", pool=EAST2, mode="monitor") == 0
+    gw.stop()

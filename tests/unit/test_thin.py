@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,6 +85,27 @@ def test_a_command_runs_in_the_daemons_fork_on_our_streams(
     assert thin.forward(["audit", "0", *state]) == 1
     assert "the daemon runs other code" in capfd.readouterr().err
     assert server.served == 2
+
+
+def test_a_forwarded_commands_end_wakes_the_daemon(
+    server: ControlServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """The command changed overrides or the table: the loop's next pass (and so its metrics)
+    must follow now, not an `--interval` later."""
+    ended = threading.Event()
+    server.on_done = ended.set
+    monkeypatch.setenv(thin.ENV, "require")
+    state = ["--state-dir", str(tmp_path), "--policy", str(tmp_path / "policy")]
+    assert thin.forward(["audit", "0", *state]) == 0
+    assert ended.wait(10), "no wake-up after the forwarded command ended"
+    ended.clear()
+    # refused before any fork: nothing ran, nothing to wake for
+    assert thin.forward(["audit", "0", "--state-dir", str(tmp_path), "--policy", "/x"]) == 1
+    assert not ended.wait(1.5)  # three of the server's reaping rounds
+    capfd.readouterr()
 
 
 def test_the_code_stamp_follows_the_source_files(tmp_path: Path) -> None:
