@@ -13,15 +13,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
 
 from op25b_ctl.cli import leases as lease_columns
 from op25b_ctl.cli.context import EXIT_FAILED, EXIT_INVALID, EXIT_OK, Context
-from op25b_ctl.errors import TableNotFound
+from op25b_ctl.errors import Op25bError, TableNotFound
 from op25b_ctl.ops.offenders import FIRST_SEEN, read_pools
 from op25b_ctl.plan.modes import decide
 from op25b_ctl.plan.offenders import Exemptions, Offender, ranked
 from op25b_ctl.plan.ruleset import FAMILY, tracking_of
-from op25b_ctl.policy.model import Policy
+from op25b_ctl.policy.loader import check_bounds
+from op25b_ctl.policy.model import DEFAULT_TIMEZONE, Policy
 
 DEFAULT_TOP = 50
 
@@ -166,7 +170,9 @@ def _fleet(ctx: Context) -> int:
     and its bounded top list (the daemon refreshes both every 30 s). No key per address."""
     from op25b_ctl.cli.fleet import store_of  # the store client only for --store
 
-    statuses = store_of(ctx).statuses()
+    store = store_of(ctx)
+    statuses = store.statuses()
+    zone = _published_zone(store.published)
     pools: dict[str, dict[str, int]] = {}
     rows: list[dict[str, Any]] = []
     for gateway, status in sorted(statuses.items()):
@@ -214,7 +220,7 @@ def _fleet(ctx: Context) -> int:
                 str(r.get("pool")),
                 str(r.get("mode")),
                 str(r.get("attempts")),
-                str(r.get("last_seen")),
+                _shown(r.get("last_seen"), zone),
                 *((_lease_text(leases, r),) if with_lease else ()),
             )
             for r in rows
@@ -228,6 +234,33 @@ def _fleet(ctx: Context) -> int:
         text.append("(each gateway reports its own top 10; `offenders` on a gateway lists all)")
     ctx.emit(data, text)
     return EXIT_FAILED if leases.failed else EXIT_OK
+
+
+def _published_zone(published: Callable[[], Any]) -> ZoneInfo:
+    """The published policy's zone (rollout.yaml `timezone`), as the local `offenders` shows
+    times in its policy's: read from that one small file, not the 110,000-prefix rest. The
+    default zone when nothing is published or the file says none (as the policy would)."""
+    try:
+        record = published()
+        text = record.files.get("rollout.yaml") if record is not None else None
+        if text and check_bounds(text) is None:
+            data = yaml.safe_load(text)
+            if isinstance(data, dict) and isinstance(data.get("timezone"), str):
+                return ZoneInfo(data["timezone"])
+    except (Op25bError, yaml.YAMLError, ValueError, ZoneInfoNotFoundError):
+        pass  # the list stays readable; the time is then in the default zone
+    return ZoneInfo(DEFAULT_TIMEZONE)
+
+
+def _shown(value: Any, zone: ZoneInfo) -> str:
+    """A reported ISO time as the local list shows one; anything else as it came."""
+    try:
+        t = datetime.fromisoformat(str(value))
+    except ValueError:
+        return str(value)
+    if t.tzinfo is None:
+        return str(value)
+    return t.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _lease_text(leases: lease_columns.LeaseColumns, row: dict[str, Any]) -> str:

@@ -375,6 +375,9 @@ def test_fleet_offenders_with_leases(
         def statuses(self) -> dict[str, Any]:
             return statuses
 
+        def published(self) -> None:
+            return None
+
     monkeypatch.setattr(cli_fleet, "store_of", lambda ctx: Store())
     good = tmp_path / "kea-leases4.csv"
     good.write_text(f"{V4_HEADER}\n{v4row('192.0.2.40', HW_A, T0, host='pc-1')}\n")

@@ -7,6 +7,7 @@ import json
 import struct
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -484,3 +485,43 @@ def test_offenders_says_when_the_table_is_absent_or_nothing_matches_the_filters(
     assert f"{EAST1} (off)" in out
     assert main(["offenders", "--policy", str(EXAMPLE), "--pool", "static-biz"], kernel=kernel) == 0
     assert "no tracked pool matches --pool static-biz (static pools" in capsys.readouterr().out
+
+
+def test_the_store_view_shows_last_seen_in_the_published_policys_zone(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`offenders --store` shows times as the local `offenders` does: the policy's zone
+    (rollout.yaml `timezone`), not the UTC the gateways report in; JSON keeps the report."""
+
+    from op25b_ctl.cli import fleet as cli_fleet
+    from op25b_ctl.cli.main import main
+    from op25b_ctl.source.etcd import Published
+
+    seen = datetime(2011, 1, 20, 0, 30, tzinfo=UTC).isoformat()
+    top = [{"source": "192.0.2.40", "pool": "p1", "mode": "enforce", "attempts": 3,
+            "last_seen": seen}]  # fmt: skip
+    rollout = {"rollout.yaml": "timezone: America/New_York\nstages: []\n"}
+
+    class Store:
+        files: dict[str, str] = {}
+
+        def statuses(self) -> dict[str, Any]:
+            return {"gw1": {"offenders": {"pools": {"p1": 1}, "top": top}}}
+
+        def published(self) -> Published | None:
+            return Published(1, "d", self.files) if self.files else None
+
+    store = Store()
+    monkeypatch.setattr(cli_fleet, "store_of", lambda ctx: store)
+    argv = ["offenders", "--store", "etcd://127.0.0.1:9/op25b"]
+    for files, shown in (
+        ({}, "2011-01-20 09:30:00"),  # nothing published: the default zone, Asia/Tokyo
+        (rollout, "2011-01-19 19:30:00"),
+        ({"rollout.yaml": "timezone: Mars/Olympus\n"}, "2011-01-20 09:30:00"),
+    ):
+        store.files = files
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        assert shown in out and seen not in out, out
+    assert main([*argv, "-o", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["offenders"][0]["last_seen"] == seen
