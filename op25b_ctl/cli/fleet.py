@@ -338,6 +338,9 @@ def cmd_exempt(ctx: Context) -> int:
 # ---------------------------------------------------------------------------- fleet status
 
 
+NO_REPORT = "never reported, or its daemon is down (no live status key)"
+
+
 def fleet_rows(
     published: Published | None,
     policy: Policy | None,
@@ -358,7 +361,9 @@ def fleet_rows(
             "listed": name in groups,
         }
         if st is None:
-            rows.append({**row, "state": "MISSING", "problems": ["no status report (lease gone)"]})
+            # the key lives on the daemon's lease: none now is all the store can tell, so
+            # "lease gone" would be a guess (the usual case is a gateway not started yet)
+            rows.append({**row, "state": "MISSING", "problems": [NO_REPORT]})
             continue
         problems: list[str] = []
         applied = st.get("policy_revision")

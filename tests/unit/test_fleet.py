@@ -185,6 +185,9 @@ def test_fleet_rows_mark_laggards_and_missing(tmp_path: Path) -> None:
         "bras-west-1": ("MISSING", None),
         "stray": ("STALE", 0),
     }
+    # bras-west-1 never ran: no key is all the store knows, so no talk of a lost lease
+    (missing,) = [r for r in rows if r["state"] == "MISSING"]
+    assert missing["problems"] == ["never reported, or its daemon is down (no live status key)"]
 
 
 def test_ok_needs_the_gateways_watch_open(tmp_path: Path) -> None:
