@@ -116,15 +116,17 @@ def smtp_attempts(lab: Lab, src: str, dst: str, n: int) -> list[str]:
 # --------------------------------------------------------------------------- Prometheus
 
 
-def start_prometheus(lab: Lab, port: int = 9090) -> str:
-    """Debian's Prometheus in gw, on gw's loopback, scraping the daemon every second."""
+def start_prometheus(lab: Lab, port: int = 9090, rules: Path | None = None) -> str:
+    """Debian's Prometheus in gw, on gw's loopback, scraping the daemon every second (and
+    evaluating `rules` every second, if given)."""
     prom = shutil.which("prometheus") or "/usr/bin/prometheus"
     if not Path(prom).exists():
         pytest.fail("needs Debian's prometheus package (scripts/bootstrap installs it)")
-    config = lab.workdir / "prometheus.yml"
+    config = lab.workdir / f"prometheus-{port}.yml"
     config.write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        "scrape_configs:\n"
+        + (f"rule_files: ['{rules}']\n" if rules is not None else "")
+        + "scrape_configs:\n"
         "  - job_name: op25b\n"
         "    static_configs: [{targets: ['127.0.0.1:9625']}]\n"
     )
@@ -133,7 +135,7 @@ def start_prometheus(lab: Lab, port: int = 9090) -> str:
         [
             prom,
             f"--config.file={config}",
-            f"--storage.tsdb.path={lab.workdir / 'tsdb'}",
+            f"--storage.tsdb.path={lab.workdir / f'tsdb-{port}'}",
             f"--web.listen-address=127.0.0.1:{port}",
         ],
     )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import pytest
 
 from op25b_lab.lab import Lab, wait_for
-from tests.e2e.test_daemon import CTL, FETCH, PYTHON, Gateway, promql
+from tests.e2e.test_daemon import CTL, PYTHON, Gateway, promql, start_prometheus
 from tests.policytools import REPO
 
 pytestmark = pytest.mark.root
@@ -77,41 +76,6 @@ def list_the_hole(gw: Gateway) -> None:
     pools.write_text(text.replace("- 198.51.100.0/25", f"- 198.51.100.0/25\n  - {HOLE}/32"))
 
 
-def start_prometheus_with_rules(lab: Lab, port: int = 9091) -> str:
-    """Debian's Prometheus in gw, scraping the daemon every second and evaluating the
-    shipped rules every second."""
-    prom = shutil.which("prometheus") or "/usr/bin/prometheus"
-    if not Path(prom).exists():
-        pytest.fail("needs Debian's prometheus package (scripts/bootstrap installs it)")
-    config = lab.workdir / "prometheus-rules.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        f"rule_files: ['{RULES}']\n"
-        "scrape_configs:\n"
-        "  - job_name: op25b\n"
-        "    static_configs: [{targets: ['127.0.0.1:9625']}]\n"
-    )
-    proc = lab.start(
-        lab.ns_gw,
-        [
-            prom,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={lab.workdir / 'tsdb-rules'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-    )
-    api = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"prometheus exited:\n{lab.output(proc)}")
-        cp = lab.run(lab.ns_gw, [PYTHON, "-c", FETCH, f"{api}/-/ready"], check=False)
-        return cp.returncode == 0
-
-    wait_for("prometheus ready", ready)
-    return api
-
-
 def firing(lab: Lab, api: str) -> list[str]:
     result = promql(lab, api, 'ALERTS{alertname="Op25bDiscoveryHole", alertstate="firing"}')
     return [r["metric"]["instance"] for r in result]
@@ -144,7 +108,7 @@ def test_discover_reports_a_session_outside_every_pool(lab: Lab, gw: Gateway) ->
 
 def test_daemon_metric_and_prometheus_alert_follow_a_hole(lab: Lab, gw: Gateway) -> None:
     gw.start()
-    api = start_prometheus_with_rules(lab)
+    api = start_prometheus(lab, port=9091, rules=RULES)
 
     def uncovered() -> float | None:
         return gw.sample("op25b_discovery_uncovered_prefixes", family="ipv4")
