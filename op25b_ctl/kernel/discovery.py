@@ -21,13 +21,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import fnmatch
-import os
 import socket
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from op25b_ctl.errors import KernelError
+from op25b_ctl.errors import KernelError, TableNotFound
+from op25b_ctl.kernel.nlcodec import exchange
 from op25b_ctl.plan.coverage import Served
 from op25b_ctl.policy.discovery import (
     ROUTE_TYPES,
@@ -82,38 +82,12 @@ def _attrs(
 
 
 def _dump(msg_type: int, body: bytes, what: str) -> Iterator[tuple[int, bytes, int, int]]:
-    """One strict-checked dump on a fresh socket: (message type, buffer, start of the
-    payload, end of the message) per reply. ENOENT (no such table) is an empty answer."""
-    try:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
-    except OSError as e:
-        raise KernelError(f"cannot open a routing netlink socket: {e}") from e
-    with sock:
-        try:
-            with contextlib.suppress(OSError):  # before Linux 4.20: unfiltered, checked here
-                sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
-            sock.bind((0, 0))
-            sock.sendall(
-                _HDR.pack(16 + len(body), msg_type, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + body
-            )
-            while True:
-                buf = sock.recv(_RECV)
-                offset = 0
-                while offset + 16 <= len(buf):
-                    length, kind, _, _, _ = _HDR.unpack_from(buf, offset)
-                    if length < 16:
-                        raise KernelError(f"malformed netlink reply reading {what}")
-                    if kind == NLMSG_DONE:
-                        return
-                    if kind == NLMSG_ERROR:
-                        (code,) = struct.unpack_from("=i", buf, offset + 16)
-                        if code == 0 or code == -errno.ENOENT:
-                            return
-                        raise KernelError(f"reading {what} failed: {os.strerror(-code)}")
-                    yield kind, buf, offset + 16, offset + length
-                    offset += (length + 3) & ~3
-        except OSError as e:
-            raise KernelError(f"reading {what} failed: {e}") from e
+    """One strict-checked rtnetlink dump (`nlcodec.exchange`); no such table is an empty
+    answer."""
+    with contextlib.suppress(TableNotFound):
+        yield from exchange(
+            NETLINK_ROUTE, msg_type, NLM_F_REQUEST | NLM_F_DUMP, body, what, strict=True
+        )
 
 
 class _Names:

@@ -10,6 +10,7 @@ TLV formats. Used only by `netlink.py`.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -34,6 +35,7 @@ NFT_MSG_GETSETELEM = 13
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 
 _NETLINK_NETFILTER = 12
+_SOL_NETLINK, _NETLINK_GET_STRICT_CHK = 270, 12
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
 _NLM_F_ACK = 0x4
 _NFTA_OBJ_TABLE, _NFTA_OBJ_NAME, _NFTA_OBJ_TYPE, _NFTA_OBJ_DATA, _NFTA_OBJ_USE = 1, 2, 3, 4, 5
@@ -102,18 +104,31 @@ def request(msg_type: int, body: bytes, what: str) -> list[bytes]:
 
 
 def _exchange(msg_type: int, flags: int, body: bytes, what: str) -> Iterator[bytes]:
-    """One request on a fresh socket; its replies until NLMSG_DONE or the acknowledgement."""
-    request = struct.pack(
-        "=IHHII", 16 + len(body), (NFNL_SUBSYS_NFTABLES << 8) | msg_type, flags, 1, 0
-    )
+    """One nf_tables request; each reply's attributes (after its 4-byte nfgenmsg)."""
+    header = (NFNL_SUBSYS_NFTABLES << 8) | msg_type
+    for _, buf, start, end in exchange(_NETLINK_NETFILTER, header, flags, body, what):
+        yield buf[start + 4 : end]
+
+
+def exchange(
+    protocol: int, msg_type: int, flags: int, body: bytes, what: str, *, strict: bool = False
+) -> Iterator[tuple[int, bytes, int, int]]:
+    """One request on a fresh netlink socket of `protocol`; per reply until NLMSG_DONE or
+    the acknowledgement: (message type, receive buffer, start of the payload, end of the
+    message), so a caller reads what it needs in place. ENOENT raises TableNotFound, other
+    errors KernelError. `strict`: ask for kernel-filtered dumps (NETLINK_GET_STRICT_CHK,
+    Linux 4.20+; older kernels answer unfiltered, so callers check each reply anyway)."""
     try:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER)
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
     except OSError as e:
-        raise KernelError(f"cannot open an nftables netlink socket: {e}") from e
+        raise KernelError(f"cannot open a netlink socket for {what}: {e}") from e
     with sock:
         try:
+            if strict:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(_SOL_NETLINK, _NETLINK_GET_STRICT_CHK, 1)
             sock.bind((0, 0))
-            sock.sendall(request + body)
+            sock.sendall(struct.pack("=IHHII", 16 + len(body), msg_type, flags, 1, 0) + body)
             while True:
                 buf = sock.recv(1 << 20)
                 offset = 0
@@ -130,7 +145,7 @@ def _exchange(msg_type: int, flags: int, body: bytes, what: str) -> Iterator[byt
                         if code == -errno.ENOENT:
                             raise TableNotFound(f"{what} does not exist")
                         raise KernelError(f"reading {what} failed: {os.strerror(-code)}")
-                    yield buf[offset + 20 : offset + length]
+                    yield kind, buf, offset + 16, offset + length
                     offset += (length + 3) & ~3
         except OSError as e:
             raise KernelError(f"reading {what} failed: {e}") from e

@@ -33,7 +33,11 @@ BASE, LAYERS = readme_order()
 # the protocol (base.py) and everything above the kernel package never do.
 KERNEL_PRIVATE = {
     "op25b_ctl.kernel.netlink": ("op25b_ctl.kernel.nft",),
-    "op25b_ctl.kernel.nlcodec": ("op25b_ctl.kernel.netlink", "op25b_ctl.kernel.nft"),
+    "op25b_ctl.kernel.nlcodec": (
+        "op25b_ctl.kernel.netlink",
+        "op25b_ctl.kernel.nft",
+        "op25b_ctl.kernel.discovery",  # the rtnetlink reads share its request loop
+    ),
     "pyroute2": ("op25b_ctl.kernel.netlink",),
     "nftables": ("op25b_ctl.kernel.nft",),
 }
