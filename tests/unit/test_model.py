@@ -34,6 +34,13 @@ def test_example_policy_is_valid() -> None:
     assert policy.relay_prefixes() == ["203.0.113.25/32", "2001:db8:ff00::25/128"]
 
 
+def test_pool_by_name_finds_every_pool_and_refuses_unknown_names() -> None:
+    policy = load_policy(EXAMPLE)
+    assert all(policy.pool(p.name) is p for p in policy.pools)
+    with pytest.raises(KeyError):
+        policy.pool("no-such-pool")
+
+
 def test_prefixes_are_normalised(tmp_path: Path) -> None:
     d = example_policy(tmp_path)
     edit(d / "pools.yaml", "2001:db8:1000::/40", "2001:DB8:1000:0::/40")
