@@ -78,6 +78,41 @@ def _desired(ctx: Context, policy: Policy) -> tuple[Table, dict[str, Decision]]:
     return want.table, want.decisions
 
 
+def postponed_stages(policy: Policy, ctx: Context, decisions: dict[str, Decision]) -> list[str]:
+    """Stages this gateway already applied whose date now lies ahead (or is `tbd`).
+
+    Moving a fired stage later is valid, and sometimes meant, but its pools then leave the
+    stage's mode at the next apply or tick, until the new date: say so before it happens.
+    Read from this gateway's rollout record; nothing is said without a readable one."""
+    try:
+        done = ctx.state.applied_stages()
+    except StateError:
+        return []
+    out = []
+    for stage in policy.stages:
+        at = stage.scheduled
+        if (
+            stage.name not in done
+            or not policy.applies(stage)
+            or (at is not None and at <= ctx.now)
+        ):
+            continue
+        leaving = [
+            p
+            for p in policy.stage_pools(stage)
+            if p in decisions and decisions[p].mode != stage.mode
+        ]
+        if not leaving:
+            continue
+        when = "tbd" if at is None else at.astimezone(policy.zone).isoformat()
+        modes = ", ".join(f"{p} -> {decisions[p].mode}" for p in leaving)
+        out.append(
+            f"stage {stage.name} was applied here ({done[stage.name]}) and is now dated {when}: "
+            f"at the next apply or tick its pools leave {stage.mode} until then ({modes})"
+        )
+    return out
+
+
 def cmd_validate(ctx: Context) -> int:
     policy = ctx.policy()
     try:
@@ -85,6 +120,7 @@ def cmd_validate(ctx: Context) -> int:
     except StateError:  # validating the files needs no (readable) state directory
         overrides = []
     decisions = decide(policy, ctx.now, overrides)
+    warnings = postponed_stages(policy, ctx, decisions)
     pools: list[dict[str, Any]] = []
     for pool in policy.pools:
         v4, v6 = split_families(pool.prefixes)
@@ -109,7 +145,10 @@ def cmd_validate(ctx: Context) -> int:
             {"name": g.name, "group": g.group, "pools": policy.gateway_pools(g)}
             for g in policy.gateways
         ],
+        "warnings": warnings,
     }
+    for w in warnings:
+        print(f"op25b-ctl: warning: {w}", file=sys.stderr)
     n_prefixes = sum(len(p.prefixes) for p in policy.pools)
     ctx.emit(
         data,

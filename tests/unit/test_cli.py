@@ -111,3 +111,28 @@ def test_status_reads_the_live_table_through_the_kernel_it_is_given(
     assert pool["blocked"] == {"packets": 12, "bytes": 720}
     assert pool["live_mode"] == "enforce"
     assert data["relayed"] == {"packets": 3, "bytes": 180}
+
+
+def test_validate_warns_when_a_stage_applied_here_is_moved_later(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A fired stage dated later again takes its pool out of enforce at the next apply or
+    tick: `validate` says so (stderr and JSON), and stays exit 0 (it may be meant)."""
+    d = example_policy(tmp_path / "policy")
+    state = tmp_path / "state"
+    now = "2011-01-20T12:00:00+09:00"  # after enforce-east-1 (01-17), before west (01-24)
+    backend = MemoryKernel()
+    common = ("--policy", str(d), "--state-dir", str(state), "--now", now)
+    code, _, _ = run(capsys, "rollout", "tick", *common, kernel=backend)
+    assert code == 0
+    code, out, err = run(capsys, "validate", *common, "-o", "json", kernel=backend)
+    assert code == 0 and json.loads(out)["warnings"] == [] and "warning" not in err
+
+    edit(d / "rollout.yaml", "at: 2011-01-17T10:00:00+09:00", "at: 2011-01-22T10:00:00+09:00")
+    code, out, err = run(capsys, "validate", *common, "-o", "json", kernel=backend)
+    assert code == 0
+    (warning,) = json.loads(out)["warnings"]
+    assert "stage enforce-east-1 was applied here" in warning
+    assert "2011-01-22T10:00:00+09:00" in warning
+    assert "flets-east-dyn-1 -> monitor" in warning
+    assert f"op25b-ctl: warning: {warning}" in err
