@@ -53,7 +53,7 @@ from op25b_ctl.errors import (
 from op25b_ctl.kernel.base import Counter, Kernel
 from op25b_ctl.ops import applier, operate
 from op25b_ctl.plan import desired
-from op25b_ctl.plan.modes import Decision, decide
+from op25b_ctl.plan.modes import Decision, decide, local
 from op25b_ctl.plan.render import describe, render
 from op25b_ctl.plan.ruleset import (
     EXEMPTED_COUNTER,
@@ -97,17 +97,13 @@ def postponed_stages(policy: Policy, ctx: Context, decisions: dict[str, Decision
             or (at is not None and at <= ctx.now)
         ):
             continue
-        leaving = [
-            p
-            for p in policy.stage_pools(stage)
-            if p in decisions and decisions[p].mode != stage.mode
-        ]
+        leaving = [p for p in policy.stage_pools(stage) if decisions[p].mode != stage.mode]
         if not leaving:
             continue
-        when = "tbd" if at is None else at.astimezone(policy.zone).isoformat()
         modes = ", ".join(f"{p} -> {decisions[p].mode}" for p in leaving)
         out.append(
-            f"stage {stage.name} was applied here ({done[stage.name]}) and is now dated {when}: "
+            f"stage {stage.name} was applied here ({done[stage.name]}) and is now dated "
+            f"{local(policy, at)}: "
             f"at the next apply or tick its pools leave {stage.mode} until then ({modes})"
         )
     return out

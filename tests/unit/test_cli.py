@@ -133,6 +133,6 @@ def test_validate_warns_when_a_stage_applied_here_is_moved_later(
     assert code == 0
     (warning,) = json.loads(out)["warnings"]
     assert "stage enforce-east-1 was applied here" in warning
-    assert "2011-01-22T10:00:00+09:00" in warning
+    assert "2011-01-22T10:00+09:00" in warning  # the policy zone, as `rollout status` shows it
     assert "flets-east-dyn-1 -> monitor" in warning
     assert f"op25b-ctl: warning: {warning}" in err
