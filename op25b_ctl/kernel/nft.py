@@ -1,9 +1,12 @@
 """The real kernel: writes through python-nftables (libnftables), reads over netlink.
 
-libnftables is the one writer: a transaction is rendered to nft text and committed as one
-batch, which the kernel validates whole and commits or refuses whole. Every read goes over
-netlink (`netlink.py`), because a libnftables listing loads every set element into its cache
-first.
+libnftables is the writer: a transaction is rendered to nft text and committed as one batch,
+which the kernel validates whole and commits or refuses whole. The exception is a batch that
+creates our table: its inert scaffold (table, counters, sets with their elements, chains
+without a hook) goes through our own netlink writer (`nlbatch.py`), which skips
+libnftables' parse of every element, and its base chain and rules follow in one libnftables
+batch, so what packets see still changes at once. Every read goes over netlink
+(`netlink.py`), because a libnftables listing loads every set element into its cache first.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from op25b_ctl.errors import KernelError, TableNotFound
-from op25b_ctl.kernel import netlink
+from op25b_ctl.kernel import netlink, nlbatch
 from op25b_ctl.kernel.base import Counter, RuleDigests, commit_batches
 from op25b_ctl.plan.offenders import Element
 from op25b_ctl.plan.render import render
@@ -181,4 +184,13 @@ class NftKernel:
             commit_batches(tx, self._commit)
 
     def _commit(self, batch: Transaction) -> None:
-        self._cmd(render(batch))
+        split = nlbatch.scaffold_ops(batch.ops)
+        if split is None:
+            self._cmd(render(batch))
+            return
+        nlbatch.commit(nlbatch.encode(batch.family, batch.table, split), batch.spec)
+        try:
+            self._cmd(render(Transaction(batch.family, batch.table, split.rest)))
+        except KernelError:
+            nlbatch.delete_table(batch.family, batch.table)  # as before: no table at all
+            raise

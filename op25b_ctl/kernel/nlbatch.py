@@ -1,0 +1,382 @@
+"""Our own netlink writer, for the one commit libnftables is slow at: a new table's scaffold.
+
+Creating the table from nothing (at boot, after `nft flush ruleset`) means 110,000 set
+elements at 1,000 pools; libnftables spends ~0.6 s parsing and evaluating their text before
+the kernel sees one byte (docs/performance.md). The elements need none of that: they are
+canonical prefixes already. So the inert part of a new table -- the table, its counters, its
+non-base chains (empty), its sets and maps with their elements -- goes over netlink as one
+batch of our own, and the base chain and every rule follow in one small libnftables batch
+(`nft.py`). No packet meets the scaffold: without a base chain nothing in the table is
+reached, so what packets see still changes in one transaction.
+
+The messages are the ones nft 1.0.6 sends for the same script (`nft --debug=mnl`), attribute
+for attribute, so the kernel holds the same objects either way; an end-to-end test compares
+the kernel's dumps after both. Anything this writer does not know (another op, flag or key
+type, overlapping elements) makes `scaffold_ops` say no, and libnftables commits the whole
+transaction as before.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from op25b_ctl.errors import KernelError
+from op25b_ctl.kernel.nlcodec import NFNL_SUBSYS_NFTABLES, NLM_F_REQUEST, family_number, nla
+from op25b_ctl.plan.table import NamedSet
+from op25b_ctl.plan.transaction import AddChain, AddCounter, AddRule, AddSet, AddTable, Op
+
+__all__ = ["Scaffold", "commit", "delete_table", "encode", "scaffold_ops"]
+
+_NETLINK_NETFILTER = 12
+_SO_SNDBUFFORCE = 32  # Linux; not in Python's socket module
+_NLM_F_ACK, _NLM_F_EXCL, _NLM_F_CREATE = 0x4, 0x200, 0x400
+_NLMSG_ERROR = 2
+_BATCH_BEGIN, _BATCH_END = 16, 17  # NFNL_MSG_BATCH_BEGIN/END
+_NEWTABLE, _DELTABLE, _NEWCHAIN, _NEWSET, _NEWSETELEM, _NEWOBJ = 0, 2, 3, 9, 12, 18
+_NESTED = 0x8000
+
+_TABLE_NAME, _TABLE_FLAGS, _TABLE_USERDATA = 1, 2, 6
+_CHAIN_TABLE, _CHAIN_NAME = 1, 3
+_OBJ_TABLE, _OBJ_NAME, _OBJ_TYPE, _OBJ_DATA = 1, 2, 3, 4
+_COUNTER_BYTES, _COUNTER_PACKETS = 1, 2
+_SET_TABLE, _SET_NAME, _SET_FLAGS, _SET_KEY_TYPE, _SET_KEY_LEN = 1, 2, 3, 4, 5
+_SET_DATA_TYPE, _SET_DATA_LEN, _SET_DESC, _SET_ID, _SET_TIMEOUT = 6, 7, 9, 10, 11
+_SET_USERDATA, _SET_EXPR, _SET_DESC_SIZE = 13, 17, 1
+_LIST_TABLE, _LIST_SET, _LIST_ELEMENTS, _LIST_SET_ID = 1, 2, 3, 4
+# NFTA_LIST_ELEM, nested: each element inside NFTA_SET_ELEM_LIST_ELEMENTS (libnftnl numbers
+# them 1, 2, 3, ...; the kernel reads the type of none of them)
+_LIST_ELEM = 1 | 0x8000
+_ELEM_KEY, _ELEM_DATA, _ELEM_FLAGS, _ELEM_USERDATA = 1, 2, 3, 6
+_DATA_VALUE, _DATA_VERDICT, _VERDICT_CODE, _VERDICT_CHAIN = 1, 2, 1, 2
+_EXPR_NAME, _EXPR_DATA = 1, 2
+_NFT_JUMP = -3
+_NFT_DATA_VERDICT = 0xFFFFFF00
+_OBJECT_COUNTER = 1
+_ELEM_INTERVAL_END = 1
+
+# set flags (nf_tables.h) by the name nft gives them
+_SET_FLAG = {"interval": 0x4, "timeout": 0x10, "dynamic": 0x20}
+_SET_MAP = 0x8
+# datatype ids and key lengths of nft's ipv4_addr / ipv6_addr (TYPE_IPADDR, TYPE_IP6ADDR)
+_KEY_TYPES = {"ipv4_addr": (7, 4), "ipv6_addr": (8, 16)}
+# libnftnl's userdata TLVs: u8 type, u8 length, value (u32 in host order)
+_UD_KEYBYTEORDER, _UD_DATABYTEORDER, _UD_DATA_INTERVAL = 0, 1, 6
+_UD_ELEM_FLAGS, _UD_ELEM_INTERVAL_OPEN = 1, 1
+_BIG_ENDIAN = 2  # nft's BYTEORDER_BIG_ENDIAN
+# An attribute's length is 16 bits: one message's element list stays well below 64 KiB.
+_LIST_BYTES = 60_000
+_SCAFFOLD_OPS = (AddTable, AddCounter, AddChain, AddSet)
+
+
+Ranges = list[tuple[int, int, str | None]]  # sorted [low, high) and jump target (maps)
+
+
+@dataclass(frozen=True)
+class Scaffold:
+    """A new table's transaction, split: `inert` for our writer, `rest` for libnftables;
+    `ranges` holds each interval set's elements as `encode` sends them."""
+
+    inert: tuple[Op, ...]
+    rest: tuple[Op, ...]
+    ranges: dict[str, Ranges]
+
+
+def scaffold_ops(ops: Sequence[Op]) -> Scaffold | None:
+    """Split a batch that creates our table into its inert part and the rest, or None if
+    this writer cannot take it (then libnftables commits all of it)."""
+    if not ops or not isinstance(ops[0], AddTable):
+        return None
+    inert: list[Op] = []
+    rest: list[Op] = []
+    ranges: dict[str, Ranges] = {}
+    for op in ops:
+        if isinstance(op, AddRule) or (isinstance(op, AddChain) and op.hook is not None):
+            rest.append(op)
+        elif isinstance(op, AddSet):
+            found = _writable(op.set)
+            if found is None:
+                return None
+            ranges[op.set.name] = found
+            inert.append(op)
+        elif isinstance(op, _SCAFFOLD_OPS):
+            inert.append(op)
+        else:
+            return None
+    return Scaffold(tuple(inert), tuple(rest), ranges)
+
+
+def _writable(s: NamedSet) -> Ranges | None:
+    """A set's elements as ranges if this writer encodes its declaration exactly as nft
+    does and no two elements overlap (nft refuses those with its own message: leave them to
+    it); else None."""
+    if s.key_type not in _KEY_TYPES or not s.flags <= _SET_FLAG.keys():
+        return None
+    if s.dynamic:
+        return [] if not s.elements and not s.verdict_map else None
+    if "interval" not in s.flags or s.timeout or s.size or s.counter:
+        return None
+    return _intervals(s)
+
+
+# -- encoding -----------------------------------------------------------------------------
+
+
+def _string(value: str) -> bytes:
+    return value.encode() + b"\0"
+
+
+def _u32(value: int) -> bytes:
+    return struct.pack("!I", value)
+
+
+def _nest(kind: int, *parts: bytes) -> bytes:
+    return nla(kind | _NESTED, b"".join(parts))
+
+
+def _udata(kind: int, value: int) -> bytes:
+    return struct.pack("=BBI", kind, 4, value)
+
+
+def _message(kind: int, flags: int, family: int, body: bytes) -> tuple[int, int, bytes]:
+    return (NFNL_SUBSYS_NFTABLES << 8) | kind, flags, struct.pack("=BBH", family, 0, 0) + body
+
+
+def _intervals(s: NamedSet) -> Ranges | None:
+    """The elements as sorted [low, high) ranges with their jump targets; None if two
+    overlap or one is not a prefix of the set's family."""
+    af, width = (socket.AF_INET, 4) if s.key_type == "ipv4_addr" else (socket.AF_INET6, 16)
+    bits = 8 * width
+    ranges: Ranges = []
+    big, pton = int.from_bytes, socket.inet_pton
+    try:
+        for prefix, target in s.elements.items():
+            address, _, length = prefix.partition("/")
+            low = big(pton(af, address))
+            size = 1 << (bits - int(length or bits))
+            if low % size:
+                return None
+            ranges.append((low, low + size, target))
+    except (OSError, ValueError):
+        return None
+    ranges.sort()
+    for (_, high, _), (low, _, _) in zip(ranges, ranges[1:], strict=False):
+        if low < high:
+            return None
+    return ranges
+
+
+def _elements(s: NamedSet, ranges: Ranges) -> list[bytes]:
+    """Each element as nft 1.0.6 sends it for an interval set: a leading end element at the
+    zero address unless a range starts there; each range's start (with its verdict in a
+    map); its end (the first address after it, even where the next range starts), except
+    where the range runs to the top of the address space: its start is then marked open."""
+    width = 4 if s.key_type == "ipv4_addr" else 16
+    top = 1 << (8 * width)
+    key_head = struct.pack("=HHHH", 8 + width, _ELEM_KEY | _NESTED, 4 + width, _DATA_VALUE)
+    flags_end = nla(_ELEM_FLAGS, _u32(_ELEM_INTERVAL_END))
+    end_head = struct.pack("=HH", 4 + len(flags_end) + len(key_head) + width, _LIST_ELEM)
+    end_head += flags_end + key_head
+    open_mark = nla(_ELEM_USERDATA, struct.pack("=BBI", _UD_ELEM_FLAGS, 4, _UD_ELEM_INTERVAL_OPEN))
+    data: dict[str | None, bytes] = {None: b""}
+    out: list[bytes] = []
+    if ranges and ranges[0][0] != 0:
+        out.append(end_head + bytes(width))
+    for low, high, target in ranges:
+        verdict = data.get(target)
+        if verdict is None:
+            assert target is not None
+            verdict = data[target] = _nest(
+                _ELEM_DATA,
+                _nest(
+                    _DATA_VERDICT,
+                    nla(_VERDICT_CODE, struct.pack("!i", _NFT_JUMP)),
+                    nla(_VERDICT_CHAIN, _string(target)),
+                ),
+            )
+        tail = verdict + (open_mark if high == top else b"")
+        body = key_head + low.to_bytes(width, "big") + tail
+        out.append(struct.pack("=HH", 4 + len(body), _LIST_ELEM) + body)
+        if high != top:
+            out.append(end_head + high.to_bytes(width, "big"))
+    return out
+
+
+def _table(family: int, name: str, comment: str) -> tuple[int, int, bytes]:
+    body = nla(_TABLE_NAME, _string(name)) + nla(_TABLE_FLAGS, _u32(0))
+    if comment:
+        raw = _string(comment)
+        body += nla(_TABLE_USERDATA, struct.pack("=BB", 0, len(raw)) + raw)
+    return _message(_NEWTABLE, _NLM_F_CREATE | _NLM_F_EXCL, family, body)
+
+
+def _set(family: int, table: str, s: NamedSet, set_id: int) -> tuple[int, int, bytes]:
+    key_type, key_len = _KEY_TYPES[s.key_type]
+    flags = sum(_SET_FLAG[f] for f in s.flags) | (_SET_MAP if s.verdict_map else 0)
+    body = nla(_SET_TABLE, _string(table)) + nla(_SET_NAME, _string(s.name))
+    body += nla(_SET_FLAGS, _u32(flags)) + nla(_SET_KEY_TYPE, _u32(key_type))
+    body += nla(_SET_KEY_LEN, _u32(key_len))
+    udata = _udata(_UD_KEYBYTEORDER, _BIG_ENDIAN)
+    if s.verdict_map:
+        body += nla(_SET_DATA_TYPE, _u32(_NFT_DATA_VERDICT)) + nla(_SET_DATA_LEN, _u32(0))
+        udata += _udata(_UD_DATABYTEORDER, 0) + _udata(_UD_DATA_INTERVAL, 0)
+    body += nla(_SET_ID, _u32(set_id))
+    if s.size:
+        body += _nest(_SET_DESC, nla(_SET_DESC_SIZE, _u32(s.size)))
+    if s.timeout:
+        body += nla(_SET_TIMEOUT, struct.pack("!Q", s.timeout * 1000))
+    body += nla(_SET_USERDATA, udata)
+    if s.counter:
+        body += _nest(_SET_EXPR, nla(_EXPR_NAME, _string("counter")), _nest(_EXPR_DATA))
+    return _message(_NEWSET, _NLM_F_CREATE, family, body)
+
+
+def _element_messages(
+    family: int, table: str, s: NamedSet, set_id: int, ranges: Ranges
+) -> Iterator[tuple[int, int, bytes]]:
+    head = nla(_LIST_TABLE, _string(table)) + nla(_LIST_SET, _string(s.name))
+    head += nla(_LIST_SET_ID, _u32(set_id))
+    chunk: list[bytes] = []
+    size = 0
+    for elem in _elements(s, ranges):
+        if size + len(elem) > _LIST_BYTES:
+            yield _message(_NEWSETELEM, _NLM_F_CREATE, family, head + _nest(_LIST_ELEMENTS, *chunk))
+            chunk, size = [], 0
+        chunk.append(elem)
+        size += len(elem)
+    if chunk:
+        yield _message(_NEWSETELEM, _NLM_F_CREATE, family, head + _nest(_LIST_ELEMENTS, *chunk))
+
+
+def encode(family: str, table: str, scaffold: Scaffold) -> list[tuple[int, int, bytes]]:
+    """The scaffold's messages (type, flags, payload), in the order nft sends them: each set
+    is followed by its elements."""
+    fam = family_number(family)
+    out: list[tuple[int, int, bytes]] = []
+    set_id = 0
+    for op in scaffold.inert:
+        if isinstance(op, AddTable):
+            out.append(_table(fam, table, op.comment))
+        elif isinstance(op, AddCounter):
+            data = nla(_COUNTER_BYTES, struct.pack("!Q", op.bytes))
+            data += nla(_COUNTER_PACKETS, struct.pack("!Q", op.packets))
+            body = nla(_OBJ_TABLE, _string(table)) + nla(_OBJ_NAME, _string(op.name))
+            body += nla(_OBJ_TYPE, _u32(_OBJECT_COUNTER)) + _nest(_OBJ_DATA, data)
+            out.append(_message(_NEWOBJ, _NLM_F_CREATE, fam, body))
+        elif isinstance(op, AddChain):
+            body = nla(_CHAIN_TABLE, _string(table)) + nla(_CHAIN_NAME, _string(op.name))
+            out.append(_message(_NEWCHAIN, _NLM_F_CREATE, fam, body))
+        elif isinstance(op, AddSet):
+            set_id += 1
+            out.append(_set(fam, table, op.set, set_id))
+            if op.set.elements:
+                out += _element_messages(fam, table, op.set, set_id, scaffold.ranges[op.set.name])
+        else:  # pragma: no cover - scaffold_ops lets no other op through
+            raise TypeError(f"not a scaffold op: {op!r}")
+    return out
+
+
+# -- the socket ---------------------------------------------------------------------------
+
+
+def _batch(messages: Sequence[tuple[int, int, bytes]]) -> bytes:
+    """BATCH_BEGIN, the messages (sequence numbers 1..n, the last one acknowledged), END."""
+    res_id = struct.pack("=BBH", 0, 0, socket.htons(NFNL_SUBSYS_NFTABLES))
+    parts = [struct.pack("=IHHII", 20, _BATCH_BEGIN, NLM_F_REQUEST, 0, 0) + res_id]
+    last = len(messages)
+    for seq, (kind, flags, payload) in enumerate(messages, 1):
+        flags |= NLM_F_REQUEST | (_NLM_F_ACK if seq == last else 0)
+        parts.append(struct.pack("=IHHII", 16 + len(payload), kind, flags, seq, 0))
+        parts.append(payload + b"\0" * (-len(payload) % 4))
+    parts.append(struct.pack("=IHHII", 20, _BATCH_END, NLM_F_REQUEST, last + 1, 0) + res_id)
+    return b"".join(parts)
+
+
+def _describe(kind: int, payload: bytes) -> str:
+    names = {_NEWTABLE: "table", _DELTABLE: "table", _NEWCHAIN: "chain", _NEWSET: "set"}
+    names |= {_NEWSETELEM: "elements of set", _NEWOBJ: "counter"}
+    what = names.get(kind & 0xFF, "object")
+    name_attr = 1 if kind & 0xFF in (_NEWTABLE, _DELTABLE) else 2
+    if kind & 0xFF == _NEWCHAIN:
+        name_attr = _CHAIN_NAME
+    offset = 4
+    while offset + 4 <= len(payload):
+        length, attr = struct.unpack_from("=HH", payload, offset)
+        if length < 4:
+            break
+        if attr & 0x3FFF == name_attr:
+            name = payload[offset + 4 : offset + length].rstrip(b"\0").decode()
+            return f"{what} {name}"
+        offset += (length + 3) & ~3
+    return what
+
+
+def commit(messages: Sequence[tuple[int, int, bytes]], what: str) -> None:
+    """Send `messages` as one nf_tables batch; the kernel commits all of it or none of it.
+    Raise KernelError with the first refused message's error if it refuses."""
+    if not messages:
+        return
+    batch = _batch(messages)
+    try:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER)
+    except OSError as e:
+        raise KernelError(f"cannot open a netlink socket for {what}: {e}") from e
+    with sock:
+        try:
+            sock.bind((0, 0))
+            want = len(batch) + (1 << 16)
+            try:  # above net.core.wmem_max only with CAP_NET_ADMIN, which a commit needs anyway
+                sock.setsockopt(socket.SOL_SOCKET, _SO_SNDBUFFORCE, want)
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, want)
+            sock.sendall(batch)
+            # The kernel processes a batch inside sendmsg: every answer is queued by now.
+            refusals, acknowledged = _answers(sock, len(messages))
+        except OSError as e:
+            raise KernelError(f"{what} failed: {e}") from e
+    if refusals:
+        seq, code = refusals[0]
+        where = _describe(*messages[seq - 1][::2]) if 0 < seq <= len(messages) else "the batch"
+        more = f" (and {len(refusals) - 1} more)" if len(refusals) > 1 else ""
+        raise KernelError(f"nftables refused the transaction: {where}: {os.strerror(-code)}{more}")
+    if not acknowledged:
+        raise KernelError(f"{what}: the kernel did not acknowledge the batch")
+
+
+def _answers(sock: socket.socket, last: int) -> tuple[list[tuple[int, int]], bool]:
+    """(sequence number, error code) of each refusal, and whether message `last` was
+    acknowledged, from what the kernel queued."""
+    refusals: list[tuple[int, int]] = []
+    acknowledged = False
+    while True:
+        try:
+            buf = sock.recv(1 << 20, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return refusals, acknowledged
+        offset = 0
+        while offset + 16 <= len(buf):
+            length, kind = struct.unpack_from("=IH", buf, offset)
+            if length < 16:
+                break
+            if kind == _NLMSG_ERROR and offset + 36 <= len(buf):
+                code, _, _, _, seq = struct.unpack_from("=iIHHI", buf, offset + 16)
+                if code:
+                    refusals.append((seq, code))
+                elif seq == last:
+                    acknowledged = True
+            offset += (length + 3) & ~3
+
+
+def delete_table(family: str, table: str) -> None:
+    """Remove a scaffold whose rules libnftables refused, so the failed apply leaves no
+    table, as before it. A table already gone is not an error."""
+    body = nla(_TABLE_NAME, _string(table))
+    try:
+        commit([_message(_DELTABLE, 0, family_number(family), body)], f"delete table {table}")
+    except KernelError as e:
+        if os.strerror(errno.ENOENT) not in str(e):
+            raise

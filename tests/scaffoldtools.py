@@ -1,0 +1,143 @@
+"""Run inside a test's namespace: commit one new table either way, or dump what the kernel holds.
+
+    python -m tests.scaffoldtools ours|nft|dump|fail-rules
+
+`ours` commits the transaction through `NftKernel` (the netlink scaffold, then libnftables
+for the rest); `nft` pipes the same transaction's script to `nft -f -`, the way it was
+committed before. `dump` prints the kernel's own dumps of the table as JSON, handles left
+out, so two namespaces can be compared byte for byte. `fail-rules` commits a new table
+whose rules libnftables refuses.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+from dataclasses import replace
+
+from bench.inventory import desired
+from op25b_ctl.errors import KernelError
+from op25b_ctl.kernel import nlcodec
+from op25b_ctl.kernel.nft import NftKernel
+from op25b_ctl.plan.diff import diff
+from op25b_ctl.plan.render import render
+from op25b_ctl.plan.table import NamedSet, Rule
+from op25b_ctl.plan.transaction import AddChain, AddCounter, AddRule, AddSet, AddTable, Transaction
+from op25b_ctl.policy.loader import load_policy
+from tests.policytools import EXAMPLE
+
+TABLE = "op25b"
+
+# Shapes the NMTnet policy does not have: a range at the zero address and one to the top of
+# each family, adjacent ranges in a set and in a map (same and different targets), single
+# addresses, a counter that starts above zero.
+EDGES = (
+    AddCounter("carried", packets=5, bytes=700),
+    AddSet(
+        NamedSet(
+            "edge_v4",
+            "ipv4_addr",
+            elements={
+                "0.0.0.0/8": None,
+                "10.0.0.0/8": None,
+                "11.0.0.0/8": None,
+                "192.0.2.1/32": None,
+                "255.0.0.0/8": None,
+            },
+        )
+    ),
+    AddSet(
+        NamedSet(
+            "edge_v6",
+            "ipv6_addr",
+            elements={
+                "::/16": None,
+                "2001:db8::/32": None,
+                "2001:db9::/32": None,
+                "2001:dba::1/128": None,
+                "ffff::/16": None,
+            },
+        )
+    ),
+    AddSet(NamedSet("empty_v4", "ipv4_addr")),
+)
+
+
+def edge_map(chains: list[str]) -> AddSet:
+    a, b = chains[0], chains[1]
+    return AddSet(
+        NamedSet(
+            "edge_map_v4",
+            "ipv4_addr",
+            True,
+            elements={
+                "203.0.113.0/26": a,
+                "203.0.113.64/26": a,
+                "203.0.113.128/26": b,
+                "255.255.255.0/24": b,
+            },
+        )
+    )
+
+
+def transaction() -> Transaction:
+    """The NMTnet table from nothing, with the edge shapes among its inert ops."""
+    tx = diff(None, desired(load_policy(EXAMPLE)))
+    ops = list(tx.ops)
+    pools = [op.name for op in ops if isinstance(op, AddChain) and op.name.startswith("pool_")]
+    first_set = next(i for i, op in enumerate(ops) if isinstance(op, AddSet))
+    ops[first_set:first_set] = [*EDGES, edge_map(pools)]
+    return replace(tx, ops=tuple(ops), breaks=())
+
+
+_HANDLES = {1: 4, 4: 2, 10: 16, 19: 6, 7: 3}  # GET message -> its NFTA_*_HANDLE attribute
+
+
+def _without_handle(msg: bytes, handle: int) -> str:
+    return b"".join(
+        nlcodec.nla(kind, payload) for kind, payload in nlcodec.attrs(msg) if kind != handle
+    ).hex()
+
+
+def dump() -> dict[str, list[str]]:
+    body = struct.pack("=BBH", nlcodec.FAMILIES["inet"], 0, 0)
+    body += nlcodec.nla(1, TABLE.encode() + b"\0")  # NFTA_*_TABLE / NFTA_TABLE_NAME
+    out: dict[str, list[str]] = {}
+    for kind, name in ((1, "tables"), (4, "chains"), (10, "sets"), (19, "objects"), (7, "rules")):
+        msgs = nlcodec.dump(kind, body, name)
+        out[name] = [_without_handle(m, _HANDLES[kind]) for m in msgs]
+    for raw in list(nlcodec.dump(10, body, "sets")):
+        name = dict(nlcodec.attrs(raw))[2].rstrip(b"\0").decode()
+        sel = body + nlcodec.nla(2, name.encode() + b"\0")
+        out[f"elements of {name}"] = [m.hex() for m in nlcodec.dump(13, sel, name)]
+    return out
+
+
+def main(argv: list[str]) -> int:
+    what = argv[0]
+    if what == "ours":
+        NftKernel().apply(transaction())
+    elif what == "nft":
+        subprocess.run(["nft", "-f", "-"], input=render(transaction()), text=True, check=True)
+    elif what == "dump":
+        json.dump(dump(), sys.stdout)
+    elif what == "fail-rules":
+        tx = Transaction(
+            "inet",
+            TABLE,
+            (AddTable("test"), AddChain("a"), AddRule("a", Rule.of("ip saddr @nosuch drop"))),
+        )
+        try:
+            NftKernel().apply(tx)
+        except KernelError as e:
+            print(e)
+            return 3
+    else:
+        raise SystemExit(f"unknown: {what}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
