@@ -33,13 +33,16 @@ _BIG = 1 << 20  # scripts above this size leave megabytes of freed heap behind
 _READ_ATTEMPTS = 3  # a full read is retried if a commit lands between its dumps
 
 
-def release_memory() -> None:
+def release_memory(*, collect: bool = True) -> None:
     """Give freed heap back to the OS after a large libnftables call or a full read.
 
     glibc keeps freed memory in its arenas; a long-running daemon would otherwise stay at
     its peak after a 100,000-element apply or listing (docs/benchmarks.md, memory).
+    `collect=False` skips the garbage collection (tens of ms on a 110,000-prefix heap)
+    where nothing cyclic was made.
     """
-    gc.collect()  # a listing's cyclic garbage first, so its memory is free to return
+    if collect:
+        gc.collect()  # a listing's cyclic garbage first, so its memory is free to return
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:  # not glibc: nothing to trim
@@ -188,9 +191,12 @@ class NftKernel:
         if split is None:
             self._cmd(render(batch))
             return
-        nlbatch.commit(nlbatch.encode(batch.family, batch.table, split), batch.spec)
+        rest = Transaction(batch.family, batch.table, split.rest)
+        nlbatch.commit_scaffold(batch.family, batch.table, split)
+        del split
+        release_memory(collect=False)  # the batch's megabytes, before a daemon sleeps on them
         try:
-            self._cmd(render(Transaction(batch.family, batch.table, split.rest)))
+            self._cmd(render(rest))
         except KernelError:
             nlbatch.delete_table(batch.family, batch.table)  # as before: no table at all
             raise

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import errno
 import os
+import queue
 import socket
 import struct
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -30,7 +32,15 @@ from op25b_ctl.kernel.nlcodec import NFNL_SUBSYS_NFTABLES, NLM_F_REQUEST, family
 from op25b_ctl.plan.table import NamedSet
 from op25b_ctl.plan.transaction import AddChain, AddCounter, AddRule, AddSet, AddTable, Op
 
-__all__ = ["Scaffold", "commit", "delete_table", "encode", "scaffold_ops"]
+__all__ = [
+    "Message",
+    "Scaffold",
+    "commit",
+    "commit_scaffold",
+    "delete_table",
+    "encode",
+    "scaffold_ops",
+]
 
 _NETLINK_NETFILTER = 12
 _SO_SNDBUFFORCE = 32  # Linux; not in Python's socket module
@@ -71,6 +81,10 @@ _BIG_ENDIAN = 2  # nft's BYTEORDER_BIG_ENDIAN
 # An attribute's length is 16 bits: one message's element list stays well below 64 KiB.
 _LIST_BYTES = 60_000
 _SCAFFOLD_OPS = (AddTable, AddCounter, AddChain, AddSet)
+# One commit of the scaffold carries about this much; the next is encoded while it is sent.
+_BATCH_BYTES = 1 << 20
+
+Message = tuple[int, int, bytes]  # netlink message type, flags, payload
 
 
 Ranges = list[tuple[int, int, str | None]]  # sorted [low, high) and jump target (maps)
@@ -142,7 +156,7 @@ def _udata(kind: int, value: int) -> bytes:
     return struct.pack("=BBI", kind, 4, value)
 
 
-def _message(kind: int, flags: int, family: int, body: bytes) -> tuple[int, int, bytes]:
+def _message(kind: int, flags: int, family: int, body: bytes) -> Message:
     return (NFNL_SUBSYS_NFTABLES << 8) | kind, flags, struct.pack("=BBH", family, 0, 0) + body
 
 
@@ -170,7 +184,7 @@ def _intervals(s: NamedSet) -> Ranges | None:
     return ranges
 
 
-def _elements(s: NamedSet, ranges: Ranges) -> list[bytes]:
+def _elements(s: NamedSet, ranges: Ranges) -> Iterator[bytes]:
     """Each element as nft 1.0.6 sends it for an interval set: a leading end element at the
     zero address unless a range starts there; each range's start (with its verdict in a
     map); its end (the first address after it, even where the next range starts), except
@@ -183,9 +197,8 @@ def _elements(s: NamedSet, ranges: Ranges) -> list[bytes]:
     end_head += flags_end + key_head
     open_mark = nla(_ELEM_USERDATA, struct.pack("=BBI", _UD_ELEM_FLAGS, 4, _UD_ELEM_INTERVAL_OPEN))
     data: dict[str | None, bytes] = {None: b""}
-    out: list[bytes] = []
     if ranges and ranges[0][0] != 0:
-        out.append(end_head + bytes(width))
+        yield end_head + bytes(width)
     for low, high, target in ranges:
         verdict = data.get(target)
         if verdict is None:
@@ -200,13 +213,12 @@ def _elements(s: NamedSet, ranges: Ranges) -> list[bytes]:
             )
         tail = verdict + (open_mark if high == top else b"")
         body = key_head + low.to_bytes(width, "big") + tail
-        out.append(struct.pack("=HH", 4 + len(body), _LIST_ELEM) + body)
+        yield struct.pack("=HH", 4 + len(body), _LIST_ELEM) + body
         if high != top:
-            out.append(end_head + high.to_bytes(width, "big"))
-    return out
+            yield end_head + high.to_bytes(width, "big")
 
 
-def _table(family: int, name: str, comment: str) -> tuple[int, int, bytes]:
+def _table(family: int, name: str, comment: str) -> Message:
     body = nla(_TABLE_NAME, _string(name)) + nla(_TABLE_FLAGS, _u32(0))
     if comment:
         raw = _string(comment)
@@ -214,7 +226,7 @@ def _table(family: int, name: str, comment: str) -> tuple[int, int, bytes]:
     return _message(_NEWTABLE, _NLM_F_CREATE | _NLM_F_EXCL, family, body)
 
 
-def _set(family: int, table: str, s: NamedSet, set_id: int) -> tuple[int, int, bytes]:
+def _set(family: int, table: str, s: NamedSet, set_id: int) -> Message:
     key_type, key_len = _KEY_TYPES[s.key_type]
     flags = sum(_SET_FLAG[f] for f in s.flags) | (_SET_MAP if s.verdict_map else 0)
     body = nla(_SET_TABLE, _string(table)) + nla(_SET_NAME, _string(s.name))
@@ -237,7 +249,7 @@ def _set(family: int, table: str, s: NamedSet, set_id: int) -> tuple[int, int, b
 
 def _element_messages(
     family: int, table: str, s: NamedSet, set_id: int, ranges: Ranges
-) -> Iterator[tuple[int, int, bytes]]:
+) -> Iterator[Message]:
     head = nla(_LIST_TABLE, _string(table)) + nla(_LIST_SET, _string(s.name))
     head += nla(_LIST_SET_ID, _u32(set_id))
     chunk: list[bytes] = []
@@ -252,48 +264,96 @@ def _element_messages(
         yield _message(_NEWSETELEM, _NLM_F_CREATE, family, head + _nest(_LIST_ELEMENTS, *chunk))
 
 
-def encode(family: str, table: str, scaffold: Scaffold) -> list[tuple[int, int, bytes]]:
+def encode(family: str, table: str, scaffold: Scaffold) -> Iterator[Message]:
     """The scaffold's messages (type, flags, payload), in the order nft sends them: each set
     is followed by its elements."""
     fam = family_number(family)
-    out: list[tuple[int, int, bytes]] = []
     set_id = 0
     for op in scaffold.inert:
         if isinstance(op, AddTable):
-            out.append(_table(fam, table, op.comment))
+            yield _table(fam, table, op.comment)
         elif isinstance(op, AddCounter):
             data = nla(_COUNTER_BYTES, struct.pack("!Q", op.bytes))
             data += nla(_COUNTER_PACKETS, struct.pack("!Q", op.packets))
             body = nla(_OBJ_TABLE, _string(table)) + nla(_OBJ_NAME, _string(op.name))
             body += nla(_OBJ_TYPE, _u32(_OBJECT_COUNTER)) + _nest(_OBJ_DATA, data)
-            out.append(_message(_NEWOBJ, _NLM_F_CREATE, fam, body))
+            yield _message(_NEWOBJ, _NLM_F_CREATE, fam, body)
         elif isinstance(op, AddChain):
             body = nla(_CHAIN_TABLE, _string(table)) + nla(_CHAIN_NAME, _string(op.name))
-            out.append(_message(_NEWCHAIN, _NLM_F_CREATE, fam, body))
+            yield _message(_NEWCHAIN, _NLM_F_CREATE, fam, body)
         elif isinstance(op, AddSet):
             set_id += 1
-            out.append(_set(fam, table, op.set, set_id))
+            yield _set(fam, table, op.set, set_id)
             if op.set.elements:
-                out += _element_messages(fam, table, op.set, set_id, scaffold.ranges[op.set.name])
+                yield from _element_messages(
+                    fam, table, op.set, set_id, scaffold.ranges[op.set.name]
+                )
         else:  # pragma: no cover - scaffold_ops lets no other op through
             raise TypeError(f"not a scaffold op: {op!r}")
-    return out
+
+
+def commit_scaffold(family: str, table: str, scaffold: Scaffold) -> None:
+    """Create the scaffold in the kernel: batches of about a megabyte, each sent by a second
+    thread while this one encodes the next (the kernel works inside sendmsg, without the
+    GIL: ~0.2 s of rbtree inserts at 110,000 prefixes, beside ~0.1 s of encoding). Several
+    commits are safe here because nothing in the table is reachable yet; if one after the
+    first is refused, the table the first created is deleted again, so a refusal leaves no
+    table, as before. Raises KernelError with the kernel's reason."""
+    what = f"table {family} {table}"
+    batches: queue.Queue[list[Message] | None] = queue.Queue(maxsize=2)
+    failure: list[KernelError] = []
+    committed: list[int] = []
+
+    def send() -> None:
+        while (batch := batches.get()) is not None:
+            if failure:
+                continue  # drain: the encoder stops at its next batch
+            try:
+                commit(batch, what)
+                committed.append(len(batch))
+            except KernelError as e:
+                failure.append(e)
+
+    sender = threading.Thread(target=send, name="op25b-scaffold", daemon=True)
+    sender.start()
+    try:
+        chunk: list[Message] = []
+        size = 0
+        for message in encode(family, table, scaffold):
+            chunk.append(message)
+            size += len(message[2])
+            if size >= _BATCH_BYTES:
+                batches.put(chunk)
+                chunk, size = [], 0
+                if failure:
+                    break
+        if chunk and not failure:
+            batches.put(chunk)
+    finally:
+        batches.put(None)
+        sender.join()
+    if failure:
+        if committed:
+            delete_table(family, table)
+        raise failure[0]
 
 
 # -- the socket ---------------------------------------------------------------------------
 
 
-def _batch(messages: Sequence[tuple[int, int, bytes]]) -> bytes:
-    """BATCH_BEGIN, the messages (sequence numbers 1..n, the last one acknowledged), END."""
+def _batch(messages: Sequence[Message]) -> bytearray:
+    """BATCH_BEGIN, the messages (sequence numbers 1..n, the last one acknowledged), END;
+    written into one buffer in place (at 110,000 elements it is ~9 MB: no second copy)."""
     res_id = struct.pack("=BBH", 0, 0, socket.htons(NFNL_SUBSYS_NFTABLES))
-    parts = [struct.pack("=IHHII", 20, _BATCH_BEGIN, NLM_F_REQUEST, 0, 0) + res_id]
+    buf = bytearray(struct.pack("=IHHII", 20, _BATCH_BEGIN, NLM_F_REQUEST, 0, 0) + res_id)
     last = len(messages)
     for seq, (kind, flags, payload) in enumerate(messages, 1):
         flags |= NLM_F_REQUEST | (_NLM_F_ACK if seq == last else 0)
-        parts.append(struct.pack("=IHHII", 16 + len(payload), kind, flags, seq, 0))
-        parts.append(payload + b"\0" * (-len(payload) % 4))
-    parts.append(struct.pack("=IHHII", 20, _BATCH_END, NLM_F_REQUEST, last + 1, 0) + res_id)
-    return b"".join(parts)
+        buf += struct.pack("=IHHII", 16 + len(payload), kind, flags, seq, 0)
+        buf += payload
+        buf += bytes(-len(payload) % 4)
+    buf += struct.pack("=IHHII", 20, _BATCH_END, NLM_F_REQUEST, last + 1, 0) + res_id
+    return buf
 
 
 def _describe(kind: int, payload: bytes) -> str:
@@ -315,7 +375,7 @@ def _describe(kind: int, payload: bytes) -> str:
     return what
 
 
-def commit(messages: Sequence[tuple[int, int, bytes]], what: str) -> None:
+def commit(messages: Sequence[Message], what: str) -> None:
     """Send `messages` as one nf_tables batch; the kernel commits all of it or none of it.
     Raise KernelError with the first refused message's error if it refuses."""
     if not messages:

@@ -124,7 +124,7 @@ def renumbered(payload: bytes) -> bytes:
 def test_the_messages_are_the_ones_nft_sends_for_the_same_script() -> None:
     scaffold = nlbatch.scaffold_ops(SCRIPT_OPS)
     assert scaffold is not None and scaffold.rest == ()
-    ours = nlbatch.encode("inet", "op25b", scaffold)
+    ours = list(nlbatch.encode("inet", "op25b", scaffold))
     assert [kind for kind, _, _ in ours] == [kind for kind, _ in NFT_SENT]
     for (_, _, payload), (_, sent) in zip(ours, NFT_SENT, strict=True):
         padded = payload + bytes(-len(payload) % 4)
@@ -180,7 +180,7 @@ def element_keys(s: NamedSet) -> list[tuple[str, bool]]:
     scaffold = nlbatch.scaffold_ops([AddTable(""), AddSet(s)])
     assert scaffold is not None
     out = []
-    for kind, _, payload in nlbatch.encode("inet", "t", scaffold)[2:]:
+    for kind, _, payload in list(nlbatch.encode("inet", "t", scaffold))[2:]:
         assert kind == (10 << 8) | 12  # NFT_MSG_NEWSETELEM
         elements = dict(attrs(payload[4:]))[3]
         for _, elem in attrs(elements):
@@ -218,7 +218,7 @@ def test_a_large_set_is_split_into_messages_below_the_attribute_limit() -> None:
     s = NamedSet("big", "ipv4_addr", True, elements=elements)
     scaffold = nlbatch.scaffold_ops([AddTable(""), AddChain("pool_a"), AddSet(s)])
     assert scaffold is not None
-    messages = nlbatch.encode("inet", "t", scaffold)[3:]
+    messages = list(nlbatch.encode("inet", "t", scaffold))[3:]
     assert len(messages) > 10
     assert all(len(payload) < 65_536 for _, _, payload in messages)
     sent = sum(len(list(attrs(dict(attrs(p[4:]))[3]))) for _, _, p in messages)
