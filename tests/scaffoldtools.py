@@ -1,12 +1,14 @@
 """Run inside a test's namespace: commit one new table either way, or dump what the kernel holds.
 
-    python -m tests.scaffoldtools ours|nft|dump|fail-rules
+    python -m tests.scaffoldtools ours|nft|refill-ours|refill-nft|dump|fail-rules|fail-late|fail-refill
 
 `ours` commits the transaction through `NftKernel` (the netlink scaffold, then libnftables
 for the rest); `nft` pipes the same transaction's script to `nft -f -`, the way it was
-committed before. `dump` prints the kernel's own dumps of the table as JSON, handles left
+committed before. `refill-ours` and `refill-nft` start from the NMTnet table (by `nft -f`)
+and commit an edit of its pools and relays, the one way or the other. `dump` prints the kernel's own dumps of the table as JSON, handles left
 out, so two namespaces can be compared byte for byte. `fail-rules` commits a new table
-whose rules libnftables refuses.
+whose rules libnftables refuses; `fail-late` one whose scaffold the kernel refuses in a
+commit after the first.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ from dataclasses import replace
 
 from bench.inventory import desired
 from op25b_ctl.errors import KernelError
-from op25b_ctl.kernel import nlcodec
+from op25b_ctl.kernel import nlbatch, nlcodec
 from op25b_ctl.kernel.nft import NftKernel
 from op25b_ctl.plan.diff import diff
 from op25b_ctl.plan.render import render
-from op25b_ctl.plan.table import NamedSet, Rule
+from op25b_ctl.plan.table import NamedSet, Rule, Table
 from op25b_ctl.plan.transaction import AddChain, AddCounter, AddRule, AddSet, AddTable, Transaction
 from op25b_ctl.policy.loader import load_policy
 from tests.policytools import EXAMPLE
@@ -82,6 +84,30 @@ def edge_map(chains: list[str]) -> AddSet:
     )
 
 
+def edited(table: Table) -> Table:
+    """`table` after an edit of the pools and relays: one prefix fewer, two more (one at the
+    zero address), another relay."""
+    pools = table.sets["pools_v4"]
+    elements = dict(pools.elements)
+    first, target = next(iter(elements.items()))
+    del elements[first]
+    elements["0.0.0.0/8"] = target
+    elements["203.0.113.128/25"] = target
+    relays = table.sets["relays_v4"]
+    sets = {
+        **table.sets,
+        "pools_v4": replace(pools, elements=elements),
+        "relays_v4": replace(relays, elements={**relays.elements, "192.0.2.200/32": None}),
+    }
+    return replace(table, sets=sets, counters=table.counters | {"carried"})
+
+
+def refill() -> Transaction:
+    """What the planner commits for that edit: flushes, refills, a counter added."""
+    before = desired(load_policy(EXAMPLE))
+    return diff(before, edited(before))
+
+
 def transaction() -> Transaction:
     """The NMTnet table from nothing, with the edge shapes among its inert ops."""
     tx = diff(None, desired(load_policy(EXAMPLE)))
@@ -92,13 +118,22 @@ def transaction() -> Transaction:
     return replace(tx, ops=tuple(ops), breaks=())
 
 
-_HANDLES = {1: 4, 4: 2, 10: 16, 19: 6, 7: 3}  # GET message -> its NFTA_*_HANDLE attribute
+# GET message -> its attributes that hold handles (NFTA_*_HANDLE; NFTA_RULE_POSITION, the
+# handle of the rule before): they depend on how many objects the table has seen
+_HANDLES = {1: {4}, 4: {2}, 10: {16}, 19: {6}, 7: {3, 6}}
 
 
-def _without_handle(msg: bytes, handle: int) -> str:
-    return b"".join(
-        nlcodec.nla(kind, payload) for kind, payload in nlcodec.attrs(msg) if kind != handle
-    ).hex()
+def _without_handle(msg: bytes, handles: set[int]) -> str:
+    """The message's bytes as the kernel wrote them, but its handle attributes."""
+    out, offset = bytearray(), 0
+    while offset + 4 <= len(msg):
+        length, kind = struct.unpack_from("=HH", msg, offset)
+        if length < 4:
+            break
+        if kind & 0x3FFF not in handles:
+            out += msg[offset : offset + ((length + 3) & ~3)]
+        offset += (length + 3) & ~3
+    return out.hex()
 
 
 def dump() -> dict[str, list[str]]:
@@ -121,6 +156,46 @@ def main(argv: list[str]) -> int:
         NftKernel().apply(transaction())
     elif what == "nft":
         subprocess.run(["nft", "-f", "-"], input=render(transaction()), text=True, check=True)
+    elif what == "refill-ours":
+        subprocess.run(
+            ["nft", "-f", "-"],
+            input=render(diff(None, desired(load_policy(EXAMPLE)))),
+            text=True,
+            check=True,
+        )
+        tx = refill()
+        assert nlbatch.refill_ops(tx.ops) is not None, tx
+        NftKernel().apply(tx)
+    elif what == "refill-nft":
+        subprocess.run(
+            ["nft", "-f", "-"],
+            input=render(diff(None, desired(load_policy(EXAMPLE)))),
+            text=True,
+            check=True,
+        )
+        subprocess.run(["nft", "-f", "-"], input=render(refill()), text=True, check=True)
+    elif what == "fail-refill":
+        # an edit whose last element jumps to no chain: refused whole, nothing flushed
+        start = desired(load_policy(EXAMPLE))
+        subprocess.run(["nft", "-f", "-"], input=render(diff(None, start)), text=True, check=True)
+        after = edited(start)
+        pools = after.sets["pools_v4"]
+        bad = replace(pools, elements={**pools.elements, "203.0.113.0/25": "nosuch"})
+        tx = diff(start, replace(after, sets={**after.sets, "pools_v4": bad}))
+        assert nlbatch.refill_ops(tx.ops) is not None, tx
+        before = nlcodec.element_dump(TABLE, "pools_v4", "inet")
+        try:
+            NftKernel().apply(tx)
+        except KernelError as e:
+            print(
+                json.dumps(
+                    {
+                        "error": str(e),
+                        "kept": nlcodec.element_dump(TABLE, "pools_v4", "inet") == before,
+                    }
+                )
+            )
+            return 3
     elif what == "dump":
         json.dump(dump(), sys.stdout)
     elif what == "fail-rules":
@@ -128,6 +203,27 @@ def main(argv: list[str]) -> int:
             "inet",
             TABLE,
             (AddTable("test"), AddChain("a"), AddRule("a", Rule.of("ip saddr @nosuch drop"))),
+        )
+        try:
+            NftKernel().apply(tx)
+        except KernelError as e:
+            print(e)
+            return 3
+    elif what == "fail-late":
+        # A map large enough for several commits whose last element jumps to no chain: the
+        # kernel refuses a commit after the first, which created the table.
+        elements: dict[str, str | None] = {
+            f"10.{i >> 8}.{i & 255}.0/24": "a" for i in range(30_000)
+        }
+        elements["203.0.113.0/24"] = "nosuch"
+        tx = Transaction(
+            "inet",
+            TABLE,
+            (
+                AddTable("test"),
+                AddChain("a"),
+                AddSet(NamedSet("m", "ipv4_addr", True, elements=elements)),
+            ),
         )
         try:
             NftKernel().apply(tx)

@@ -1,11 +1,12 @@
 """The real kernel: writes through python-nftables (libnftables), reads over netlink.
 
 libnftables is the writer: a transaction is rendered to nft text and committed as one batch,
-which the kernel validates whole and commits or refuses whole. The exception is a batch that
-creates our table: its inert scaffold (table, counters, sets with their elements, chains
-without a hook) goes through our own netlink writer (`nlbatch.py`), which skips
-libnftables' parse of every element, and its base chain and rules follow in one libnftables
-batch, so what packets see still changes at once. Every read goes over netlink
+which the kernel validates whole and commits or refuses whole. Two kinds of batch go through
+our own netlink writer (`nlbatch.py`) instead, which skips libnftables' parse of every
+element: one that creates our table -- its inert scaffold (table, counters, sets with their
+elements, chains without a hook) first, then its base chain and rules in one libnftables
+batch, so what packets see still changes at once -- and one that only refills sets and
+swaps counters (an edit of the pools or relays), sent as one batch like libnftables'. Every read goes over netlink
 (`netlink.py`), because a libnftables listing loads every set element into its cache first.
 """
 
@@ -187,6 +188,12 @@ class NftKernel:
             commit_batches(tx, self._commit)
 
     def _commit(self, batch: Transaction) -> None:
+        refill = nlbatch.refill_ops(batch.ops)
+        if refill is not None:  # one batch of ours: the same single transaction
+            nlbatch.commit(nlbatch.encode_refill(batch.family, batch.table, refill), batch.spec)
+            del refill
+            release_memory(collect=False)
+            return
         split = nlbatch.scaffold_ops(batch.ops)
         if split is None:
             self._cmd(render(batch))

@@ -25,20 +25,35 @@ import socket
 import struct
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from op25b_ctl.errors import KernelError
 from op25b_ctl.kernel.nlcodec import NFNL_SUBSYS_NFTABLES, NLM_F_REQUEST, family_number, nla
+from op25b_ctl.plan.ruleset import FINGERPRINT_PREFIX
 from op25b_ctl.plan.table import NamedSet
-from op25b_ctl.plan.transaction import AddChain, AddCounter, AddRule, AddSet, AddTable, Op
+from op25b_ctl.plan.transaction import (
+    AddChain,
+    AddCounter,
+    AddElements,
+    AddRule,
+    AddSet,
+    AddTable,
+    DeleteCounter,
+    FlushSet,
+    Op,
+)
 
 __all__ = [
+    "PENDING",
     "Message",
+    "Refill",
     "Scaffold",
     "commit",
     "commit_scaffold",
     "delete_table",
     "encode",
+    "encode_refill",
+    "refill_ops",
     "scaffold_ops",
 ]
 
@@ -48,6 +63,7 @@ _NLM_F_ACK, _NLM_F_EXCL, _NLM_F_CREATE = 0x4, 0x200, 0x400
 _NLMSG_ERROR = 2
 _BATCH_BEGIN, _BATCH_END = 16, 17  # NFNL_MSG_BATCH_BEGIN/END
 _NEWTABLE, _DELTABLE, _NEWCHAIN, _NEWSET, _NEWSETELEM, _NEWOBJ = 0, 2, 3, 9, 12, 18
+_DELSETELEM, _DELOBJ = 14, 20
 _NESTED = 0x8000
 
 _TABLE_NAME, _TABLE_FLAGS, _TABLE_USERDATA = 1, 2, 6
@@ -85,6 +101,8 @@ _SCAFFOLD_OPS = (AddTable, AddCounter, AddChain, AddSet)
 _BATCH_BYTES = 1 << 20
 
 Message = tuple[int, int, bytes]  # netlink message type, flags, payload
+# The fingerprint counter a scaffold carries until its last element is in (`encode`).
+PENDING = FINGERPRINT_PREFIX + "pending"
 
 
 Ranges = list[tuple[int, int, str | None]]  # sorted [low, high) and jump target (maps)
@@ -122,6 +140,44 @@ def scaffold_ops(ops: Sequence[Op]) -> Scaffold | None:
         else:
             return None
     return Scaffold(tuple(inert), tuple(rest), ranges)
+
+
+@dataclass(frozen=True)
+class Refill:
+    """A batch that only refills interval sets (a flush, then every element again) and
+    swaps counters: what an edit of pools.yaml or relays.yaml commits. One batch, so one
+    transaction, as libnftables would send it; `ranges` as in `Scaffold`."""
+
+    ops: tuple[Op, ...]
+    ranges: dict[str, Ranges]
+    sets: dict[str, NamedSet]  # each refilled set's declaration (the flushed live set)
+
+
+def refill_ops(ops: Sequence[Op]) -> Refill | None:
+    """`ops` as a Refill, or None if it does anything else (then libnftables commits it).
+
+    Elements are taken only as the whole new content of a set flushed earlier in the batch:
+    then they are laid out as in a new set, which is what nft sends after its flush too."""
+    if not any(isinstance(op, FlushSet) for op in ops):
+        return None
+    flushed: dict[str, NamedSet] = {}
+    ranges: dict[str, Ranges] = {}
+    for op in ops:
+        if isinstance(op, FlushSet):
+            declared = replace(op.set, elements={})
+            if op.set.dynamic or _writable(declared) is None or op.set.name in flushed:
+                return None
+            flushed[op.set.name] = declared
+        elif isinstance(op, AddElements):
+            if op.set not in flushed or op.set in ranges:
+                return None
+            found = _writable(replace(flushed[op.set], elements=op.elements))
+            if found is None:
+                return None
+            ranges[op.set] = found
+        elif not isinstance(op, AddCounter | DeleteCounter):
+            return None
+    return Refill(tuple(ops), ranges, flushed)
 
 
 def _writable(s: NamedSet) -> Ranges | None:
@@ -248,10 +304,11 @@ def _set(family: int, table: str, s: NamedSet, set_id: int) -> Message:
 
 
 def _element_messages(
-    family: int, table: str, s: NamedSet, set_id: int, ranges: Ranges
+    family: int, table: str, s: NamedSet, set_id: int | None, ranges: Ranges
 ) -> Iterator[Message]:
     head = nla(_LIST_TABLE, _string(table)) + nla(_LIST_SET, _string(s.name))
-    head += nla(_LIST_SET_ID, _u32(set_id))
+    if set_id is not None:  # a set created in this batch (nft sends it for others too: moot)
+        head += nla(_LIST_SET_ID, _u32(set_id))
     chunk: list[bytes] = []
     size = 0
     for elem in _elements(s, ranges):
@@ -265,19 +322,23 @@ def _element_messages(
 
 
 def encode(family: str, table: str, scaffold: Scaffold) -> Iterator[Message]:
-    """The scaffold's messages (type, flags, payload), in the order nft sends them: each set
-    is followed by its elements."""
+    """The scaffold's messages (type, flags, payload), in the order nft sends them (each set
+    followed by its elements), except the elements-fingerprint counter: it says "these sets
+    hold exactly the desired elements" (ops/applier.py trusts it and skips reading them), so
+    it comes last, after every element. Until then the table carries `PENDING`, a
+    fingerprint that matches no digest: a scaffold cut short (killed between its commits) is
+    still ours, and its sets are read in full and repaired by the next pass."""
     fam = family_number(family)
     set_id = 0
+    fingerprints: list[AddCounter] = []
     for op in scaffold.inert:
         if isinstance(op, AddTable):
             yield _table(fam, table, op.comment)
+            yield _counter(fam, table, AddCounter(PENDING))
+        elif isinstance(op, AddCounter) and op.name.startswith(FINGERPRINT_PREFIX):
+            fingerprints.append(op)
         elif isinstance(op, AddCounter):
-            data = nla(_COUNTER_BYTES, struct.pack("!Q", op.bytes))
-            data += nla(_COUNTER_PACKETS, struct.pack("!Q", op.packets))
-            body = nla(_OBJ_TABLE, _string(table)) + nla(_OBJ_NAME, _string(op.name))
-            body += nla(_OBJ_TYPE, _u32(_OBJECT_COUNTER)) + _nest(_OBJ_DATA, data)
-            yield _message(_NEWOBJ, _NLM_F_CREATE, fam, body)
+            yield _counter(fam, table, op)
         elif isinstance(op, AddChain):
             body = nla(_CHAIN_TABLE, _string(table)) + nla(_CHAIN_NAME, _string(op.name))
             yield _message(_NEWCHAIN, _NLM_F_CREATE, fam, body)
@@ -290,6 +351,44 @@ def encode(family: str, table: str, scaffold: Scaffold) -> Iterator[Message]:
                 )
         else:  # pragma: no cover - scaffold_ops lets no other op through
             raise TypeError(f"not a scaffold op: {op!r}")
+    for op in fingerprints:
+        yield _counter(fam, table, op)
+    yield _delete_counter(fam, table, PENDING)
+
+
+def _delete_counter(family: int, table: str, name: str) -> Message:
+    body = nla(_OBJ_TABLE, _string(table)) + nla(_OBJ_NAME, _string(name))
+    body += nla(_OBJ_TYPE, _u32(_OBJECT_COUNTER)) + _nest(_OBJ_DATA)
+    return _message(_DELOBJ, 0, family, body)
+
+
+def encode_refill(family: str, table: str, refill: Refill) -> list[Message]:
+    """A Refill's messages, in its order: counters added, sets flushed (an element delete
+    without elements), their elements, counters deleted."""
+    fam = family_number(family)
+    out: list[Message] = []
+    for op in refill.ops:
+        if isinstance(op, AddCounter):
+            out.append(_counter(fam, table, op))
+        elif isinstance(op, DeleteCounter):
+            out.append(_delete_counter(fam, table, op.name))
+        elif isinstance(op, FlushSet):
+            body = nla(_LIST_SET, _string(op.set.name)) + nla(_LIST_TABLE, _string(table))
+            out.append(_message(_DELSETELEM, 0, fam, body))
+        elif isinstance(op, AddElements):
+            declared = replace(refill.sets[op.set], elements=op.elements)
+            out += _element_messages(fam, table, declared, None, refill.ranges[op.set])
+        else:  # pragma: no cover - refill_ops lets no other op through
+            raise TypeError(f"not a refill op: {op!r}")
+    return out
+
+
+def _counter(family: int, table: str, op: AddCounter) -> Message:
+    data = nla(_COUNTER_BYTES, struct.pack("!Q", op.bytes))
+    data += nla(_COUNTER_PACKETS, struct.pack("!Q", op.packets))
+    body = nla(_OBJ_TABLE, _string(table)) + nla(_OBJ_NAME, _string(op.name))
+    body += nla(_OBJ_TYPE, _u32(_OBJECT_COUNTER)) + _nest(_OBJ_DATA, data)
+    return _message(_NEWOBJ, _NLM_F_CREATE, family, body)
 
 
 def commit_scaffold(family: str, table: str, scaffold: Scaffold) -> None:
@@ -358,7 +457,8 @@ def _batch(messages: Sequence[Message]) -> bytearray:
 
 def _describe(kind: int, payload: bytes) -> str:
     names = {_NEWTABLE: "table", _DELTABLE: "table", _NEWCHAIN: "chain", _NEWSET: "set"}
-    names |= {_NEWSETELEM: "elements of set", _NEWOBJ: "counter"}
+    names |= {_NEWSETELEM: "elements of set", _NEWOBJ: "counter", _DELOBJ: "counter"}
+    names |= {_DELSETELEM: "elements of set"}
     what = names.get(kind & 0xFF, "object")
     name_attr = 1 if kind & 0xFF in (_NEWTABLE, _DELTABLE) else 2
     if kind & 0xFF == _NEWCHAIN:

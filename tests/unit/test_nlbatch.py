@@ -6,16 +6,21 @@ import struct
 
 import pytest
 
+from op25b_ctl.errors import KernelError
 from op25b_ctl.kernel import nlbatch
+from op25b_ctl.kernel.nlbatch import PENDING
 from op25b_ctl.kernel.nlcodec import attrs
 from op25b_ctl.plan.table import Hook, NamedSet, Rule
 from op25b_ctl.plan.transaction import (
     AddChain,
     AddCounter,
+    AddElements,
     AddRule,
     AddSet,
     AddTable,
+    DeleteCounter,
     DeleteSet,
+    FlushSet,
     Op,
 )
 
@@ -125,6 +130,11 @@ def test_the_messages_are_the_ones_nft_sends_for_the_same_script() -> None:
     scaffold = nlbatch.scaffold_ops(SCRIPT_OPS)
     assert scaffold is not None and scaffold.rest == ()
     ours = list(nlbatch.encode("inet", "op25b", scaffold))
+    # ours adds the pending fingerprint after the table and deletes it last (`encode`)
+    newobj, delobj = (10 << 8) | 18, (10 << 8) | 20
+    assert ours[1][0] == newobj and PENDING.encode() in ours[1][2]
+    assert ours[-1][0] == delobj and PENDING.encode() in ours[-1][2]
+    ours = [ours[0], *ours[2:-1]]
     assert [kind for kind, _, _ in ours] == [kind for kind, _ in NFT_SENT]
     for (_, _, payload), (_, sent) in zip(ours, NFT_SENT, strict=True):
         padded = payload + bytes(-len(payload) % 4)
@@ -180,8 +190,9 @@ def element_keys(s: NamedSet) -> list[tuple[str, bool]]:
     scaffold = nlbatch.scaffold_ops([AddTable(""), AddSet(s)])
     assert scaffold is not None
     out = []
-    for kind, _, payload in list(nlbatch.encode("inet", "t", scaffold))[2:]:
-        assert kind == (10 << 8) | 12  # NFT_MSG_NEWSETELEM
+    for kind, _, payload in nlbatch.encode("inet", "t", scaffold):
+        if kind != (10 << 8) | 12:  # NFT_MSG_NEWSETELEM
+            continue
         elements = dict(attrs(payload[4:]))[3]
         for _, elem in attrs(elements):
             a = dict(attrs(elem))
@@ -218,8 +229,141 @@ def test_a_large_set_is_split_into_messages_below_the_attribute_limit() -> None:
     s = NamedSet("big", "ipv4_addr", True, elements=elements)
     scaffold = nlbatch.scaffold_ops([AddTable(""), AddChain("pool_a"), AddSet(s)])
     assert scaffold is not None
-    messages = list(nlbatch.encode("inet", "t", scaffold))[3:]
+    newsetelem = (10 << 8) | 12
+    messages = [m for m in nlbatch.encode("inet", "t", scaffold) if m[0] == newsetelem]
     assert len(messages) > 10
     assert all(len(payload) < 65_536 for _, _, payload in messages)
     sent = sum(len(list(attrs(dict(attrs(p[4:]))[3]))) for _, _, p in messages)
     assert sent == 1 + 2 * 20_000  # the leading end, then a start and an end per prefix
+
+
+def big_scaffold(count: int) -> nlbatch.Scaffold:
+    elements: dict[str, str | None] = {f"10.{i >> 8}.{i & 255}.0/24": "a" for i in range(count)}
+    ops = [
+        AddTable(""),
+        AddChain("a"),
+        AddSet(NamedSet("big", "ipv4_addr", True, elements=elements)),
+    ]
+    scaffold = nlbatch.scaffold_ops(ops)
+    assert scaffold is not None
+    return scaffold
+
+
+@pytest.mark.parametrize("refused_at", [None, 0, 2])
+def test_the_scaffold_is_committed_in_batches_and_a_late_refusal_deletes_the_table(
+    monkeypatch: pytest.MonkeyPatch, refused_at: int | None
+) -> None:
+    sent: list[list[nlbatch.Message]] = []
+    deleted: list[tuple[str, str]] = []
+
+    def commit(messages: list[nlbatch.Message], what: str) -> None:
+        sent.append(list(messages))
+        if len(sent) - 1 == refused_at:
+            raise KernelError("nftables refused the transaction: elements of set big: boom")
+
+    monkeypatch.setattr(nlbatch, "commit", commit)
+    monkeypatch.setattr(nlbatch, "delete_table", lambda f, t: deleted.append((f, t)))
+    scaffold = big_scaffold(60_000)
+    if refused_at is None:
+        nlbatch.commit_scaffold("inet", "t", scaffold)
+        assert len(sent) > 3
+        assert [m for batch in sent for m in batch] == list(nlbatch.encode("inet", "t", scaffold))
+    else:
+        with pytest.raises(KernelError, match="boom"):
+            nlbatch.commit_scaffold("inet", "t", scaffold)
+        assert len(sent) == refused_at + 1  # nothing is sent after a refusal
+    assert sent[0][0][0] == (10 << 8) | 0  # the first commit creates the table
+    assert all(sum(len(p) for _, _, p in batch) < (1 << 20) + (1 << 16) for batch in sent)
+    assert deleted == ([("inet", "t")] if refused_at else [])
+
+
+# What nft 1.0.6 sent for this script on the table of NFT_SENT (its `add element` also
+# carries a set id, 2, that names no set of the batch; we leave it out):
+#   add counter inet op25b newfp
+#   flush map inet op25b pools_v4
+#   add element inet op25b pools_v4 { 192.0.2.0/26 : jump smtp, 198.51.100.0/25 : jump smtp }
+#   delete counter inet op25b relayed
+NFT_REFILL = [
+    (
+        2578,
+        "010000000a0001006f703235620000000a0002006e6577667000000008000300000000011c00"
+        "04800c00010000000000000000000c0002000000000000000000",
+    ),
+    (
+        2574,
+        "010000000d000200706f6f6c735f7634000000000a0001006f70323562000000",
+    ),
+    (
+        2572,
+        "010000000a0001006f703235620000000d000200706f6f6c735f763400000000080004000000"
+        "0002a40003801800018008000300000000010c00018008000100000000002c0002800c000180"
+        "08000100c00002001c0002801800028008000100fffffffd09000200736d7470000000001800"
+        "038008000300000000010c00018008000100c00002402c0004800c00018008000100c6336400"
+        "1c0002801800028008000100fffffffd09000200736d74700000000018000580080003000000"
+        "00010c00018008000100c6336480",
+    ),
+    (
+        2580,
+        "010000000a0001006f703235620000000c00020072656c6179656400080003000000000104000480",
+    ),
+]
+
+POOLS = NamedSet("pools_v4", "ipv4_addr", True, elements={"192.0.2.0/26": "smtp"})
+REFILL_ADD = AddElements("pools_v4", {"192.0.2.0/26": "smtp", "198.51.100.0/25": "smtp"})
+
+
+def without_set_id(payload: bytes) -> bytes:
+    """The payload without its NFTA_SET_ELEM_LIST_SET_ID attribute (type 4)."""
+    out, offset = bytearray(payload[:4]), 4
+    while offset + 4 <= len(payload):
+        length, kind = struct.unpack_from("=HH", payload, offset)
+        if kind != 4:
+            out += payload[offset : offset + ((length + 3) & ~3)]
+        offset += (length + 3) & ~3
+    return bytes(out)
+
+
+def test_a_refill_is_the_messages_nft_sends_for_it() -> None:
+    ops = [AddCounter("newfp"), FlushSet(POOLS), REFILL_ADD, DeleteCounter("relayed")]
+    refill = nlbatch.refill_ops(ops)
+    assert refill is not None
+    ours = nlbatch.encode_refill("inet", "op25b", refill)
+    assert [kind for kind, _, _ in ours] == [kind for kind, _ in NFT_REFILL]
+    for (kind, _, payload), (_, sent) in zip(ours, NFT_REFILL, strict=True):
+        theirs = bytes.fromhex(sent)
+        if kind == (10 << 8) | 12:
+            theirs = without_set_id(theirs)
+        assert renumbered(payload + bytes(-len(payload) % 4)) == renumbered(theirs)
+
+
+@pytest.mark.parametrize(
+    "ops",
+    [
+        [AddCounter("x")],  # nothing refilled
+        [REFILL_ADD],  # elements without the flush: libnftables merges them with the set's
+        [FlushSet(POOLS), REFILL_ADD, REFILL_ADD],
+        [FlushSet(POOLS), REFILL_ADD, AddChain("pool_x")],
+        [FlushSet(NamedSet("o", "ipv4_addr", flags=DYNAMIC)), AddCounter("x")],
+        [FlushSet(POOLS), AddElements("pools_v4", {"192.0.2.0/24": "a", "192.0.2.0/25": "b"})],
+    ],
+    ids=["no-flush", "no-flush-add", "twice", "chain", "dynamic", "overlap"],
+)
+def test_only_whole_refills_are_taken(ops: list[Op]) -> None:
+    assert nlbatch.refill_ops(ops) is None
+
+
+def test_the_fingerprint_comes_after_every_element() -> None:
+    """A scaffold cut short between its commits must not carry the fingerprint that makes
+    the next pass trust its sets without reading them (ops/applier.py, read_live)."""
+    fingerprint = AddCounter("elements_0123456789abcdef")
+    ops = [AddTable(""), fingerprint, AddCounter("relayed"), *SCRIPT_OPS[2:]]
+    scaffold = nlbatch.scaffold_ops(ops)
+    assert scaffold is not None
+    names = [
+        (kind & 0xFF, dict(attrs(payload[4:])).get(2, b"").rstrip(b"\0").decode())
+        for kind, _, payload in nlbatch.encode("inet", "op25b", scaffold)
+    ]
+    last_element = max(i for i, (kind, _) in enumerate(names) if kind == 12)
+    assert names.index((18, fingerprint.name)) > last_element
+    assert names.index((18, PENDING)) < names.index((9, "relays_v4"))
+    assert names[-1] == (20, PENDING)
