@@ -1,11 +1,12 @@
 """Run inside a test's namespace: commit one new table either way, or dump what the kernel holds.
 
-    python -m tests.scaffoldtools ours|nft|refill-ours|refill-nft|dump|fail-rules|fail-late|fail-refill
+    python -m tests.scaffoldtools ours|nft|refill-ours|refill-nft|cut-short|dump|fail-rules|fail-late|fail-refill
 
 `ours` commits the transaction through `NftKernel` (the netlink scaffold, then libnftables
 for the rest); `nft` pipes the same transaction's script to `nft -f -`, the way it was
 committed before. `refill-ours` and `refill-nft` start from the NMTnet table (by `nft -f`)
-and commit an edit of its pools and relays, the one way or the other. `dump` prints the kernel's own dumps of the table as JSON, handles left
+and commit an edit of its pools and relays, the one way or the other. `cut-short` dies
+between two commits of the NMTnet table's scaffold. `dump` prints the kernel's own dumps of the table as JSON, handles left
 out, so two namespaces can be compared byte for byte. `fail-rules` commits a new table
 whose rules libnftables refuses; `fail-late` one whose scaffold the kernel refuses in a
 commit after the first.
@@ -14,6 +15,7 @@ commit after the first.
 from __future__ import annotations
 
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -196,6 +198,21 @@ def main(argv: list[str]) -> int:
                 )
             )
             return 3
+    elif what == "cut-short":
+        # the NMTnet table's scaffold in commits of a few hundred bytes, the process gone
+        # (as by kill -9) after the second: no cleanup, no rules
+        real, sent = nlbatch.commit, []
+
+        def commit(messages: list[nlbatch.Message], what: str) -> None:
+            real(messages, what)
+            sent.append(len(messages))
+            if len(sent) == 2:
+                os._exit(9)
+
+        nlbatch._BATCH_BYTES = 300
+        nlbatch.commit = commit  # type: ignore[assignment]
+        NftKernel().apply(diff(None, desired(load_policy(EXAMPLE))))
+        return 1  # not reached
     elif what == "dump":
         json.dump(dump(), sys.stdout)
     elif what == "fail-rules":

@@ -94,6 +94,33 @@ def test_a_refill_leaves_the_kernel_as_nft_f_of_the_same_edit(
     assert "0.0.0.0/8 : jump" in listing and "192.0.2.200" in listing
 
 
+def ctl(ns: str, state: Path, command: str) -> subprocess.CompletedProcess[str]:
+    """`op25b-ctl COMMAND` on the NMTnet example policy in `ns`, state and cache in `state`."""
+    env = {**os.environ, "OP25B_DAEMON": "off", "OP25B_CACHE_DIR": str(state / "cache")}
+    argv = [str(ROOT / ".venv" / "bin" / "op25b-ctl"), command, "-o", "json"]
+    argv += ["--policy", str(ROOT / "policies" / "nmtnet"), "--state-dir", str(state)]
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, env=env, check=False
+    )
+
+
+def test_a_scaffold_cut_short_is_ours_and_the_next_apply_completes_it(
+    netns: str, second_netns: str, tmp_path: Path
+) -> None:
+    cp = tool(netns, "cut-short", check=False)
+    assert cp.returncode == 9, cp.stderr
+    partial = nft(netns, "list", "table", "inet", "op25b")
+    assert "elements_pending" in partial and "hook forward" not in partial
+    for command in ("apply", "plan"):
+        done = ctl(netns, tmp_path / "a", command)
+        assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["changes"] == 0  # the plan after the apply
+    assert ctl(second_netns, tmp_path / "b", "apply").returncode == 0  # a fresh apply
+    ours, theirs = dump(netns), dump(second_netns)
+    assert sorted(ours.pop("objects")) == sorted(theirs.pop("objects"))
+    assert ours == theirs
+
+
 def test_a_refused_rule_batch_leaves_no_table(netns: str) -> None:
     cp = tool(netns, "fail-rules", check=False)
     assert cp.returncode == 3, cp.stderr
