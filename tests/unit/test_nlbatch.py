@@ -239,7 +239,7 @@ def test_a_large_set_is_split_into_messages_below_the_attribute_limit() -> None:
 
 def big_scaffold(count: int) -> nlbatch.Scaffold:
     elements: dict[str, str | None] = {f"10.{i >> 8}.{i & 255}.0/24": "a" for i in range(count)}
-    ops = [
+    ops: list[Op] = [
         AddTable(""),
         AddChain("a"),
         AddSet(NamedSet("big", "ipv4_addr", True, elements=elements)),
@@ -324,7 +324,7 @@ def without_set_id(payload: bytes) -> bytes:
 
 
 def test_a_refill_is_the_messages_nft_sends_for_it() -> None:
-    ops = [AddCounter("newfp"), FlushSet(POOLS), REFILL_ADD, DeleteCounter("relayed")]
+    ops: list[Op] = [AddCounter("newfp"), FlushSet(POOLS), REFILL_ADD, DeleteCounter("relayed")]
     refill = nlbatch.refill_ops(ops)
     assert refill is not None
     ours = nlbatch.encode_refill("inet", "op25b", refill)
