@@ -400,7 +400,8 @@ def commit_scaffold(family: str, table: str, scaffold: Scaffold) -> None:
     table, as before. Raises KernelError with the kernel's reason."""
     what = f"table {family} {table}"
     batches: queue.Queue[list[Message] | None] = queue.Queue(maxsize=2)
-    failure: list[KernelError] = []
+    failure: list[BaseException] = []
+    refused: list[bool] = []  # the kernel said no (anything else: not ours to clean up)
     committed: list[int] = []
 
     def send() -> None:
@@ -411,6 +412,9 @@ def commit_scaffold(family: str, table: str, scaffold: Scaffold) -> None:
                 commit(batch, what)
                 committed.append(len(batch))
             except KernelError as e:
+                failure.append(e)
+                refused.append(True)
+            except BaseException as e:  # noqa: BLE001 - raised in the caller's thread below
                 failure.append(e)
 
     sender = threading.Thread(target=send, name="op25b-scaffold", daemon=True)
@@ -432,7 +436,7 @@ def commit_scaffold(family: str, table: str, scaffold: Scaffold) -> None:
         batches.put(None)
         sender.join()
     if failure:
-        if committed:
+        if committed and refused:
             delete_table(family, table)
         raise failure[0]
 

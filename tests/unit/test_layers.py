@@ -33,9 +33,11 @@ BASE, LAYERS = readme_order()
 # the protocol (base.py) and everything above the kernel package never do.
 KERNEL_PRIVATE = {
     "op25b_ctl.kernel.netlink": ("op25b_ctl.kernel.nft",),
+    "op25b_ctl.kernel.nlbatch": ("op25b_ctl.kernel.nft",),
     "op25b_ctl.kernel.nlcodec": (
         "op25b_ctl.kernel.netlink",
         "op25b_ctl.kernel.nft",
+        "op25b_ctl.kernel.nlbatch",  # the writer shares its constants and attribute packing
         "op25b_ctl.kernel.discovery",  # the rtnetlink reads share its request loop
     ),
     "pyroute2": ("op25b_ctl.kernel.netlink",),
@@ -144,14 +146,16 @@ def test_no_isinstance_on_a_kernel() -> None:
 
 def test_unit_tests_cannot_reach_the_host_kernel() -> None:
     from op25b_ctl.kernel.nft import NftKernel
-    from op25b_ctl.plan.transaction import AddTable, Transaction
+    from op25b_ctl.plan.transaction import AddCounter, AddTable, Transaction
 
     kernel = NftKernel()
     with pytest.raises(AssertionError, match="must not reach the host kernel"):
         kernel.generation()
     with pytest.raises(AssertionError, match="must not reach the host kernel"):
         kernel.counters("inet", "op25b")
-    with pytest.raises(ImportError):
+    with pytest.raises(ImportError):  # libnftables
+        kernel.apply(Transaction("inet", "op25b", (AddCounter("x"),)))
+    with pytest.raises(AssertionError, match="must not reach the host kernel"):  # nlbatch
         kernel.apply(Transaction("inet", "op25b", (AddTable("x"),)))
 
 
