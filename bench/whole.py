@@ -45,15 +45,16 @@ DAEMON_READY_S = 180.0
 POOL = inv.pool_name(inv.CHANGE_POOL)
 EXPLAIN = ("explain", "192.0.2.10", "--to", "203.0.113.99")
 
-# key -> (what the README and the report call it, target: ("abs", seconds) | ("ratio", x))
+# key -> (what the README and the report call it, target: ("abs", seconds) | ("ratio", x));
+# the empty-table and daemon-start ratios are issue 19's (1.1x warm, 1.5x cold, both)
 TARGETS: dict[str, tuple[str, tuple[str, float]]] = {
     "apply_cold": (
         "`apply` into an empty table, cache warm (after `validate`) / `nft -f`",
-        ("ratio", 1.2),
+        ("ratio", 1.1),
     ),
     "apply_cold_nocache": (
         "`apply` into an empty table, cold cache (files just edited) / `nft -f`",
-        ("ratio", 1.2),
+        ("ratio", 1.5),
     ),
     "apply_noop": ("`apply`, nothing to do", ("abs", 0.3)),
     "tick_noop": ("`rollout tick`, nothing to do", ("abs", 0.3)),
@@ -73,8 +74,8 @@ TARGETS: dict[str, tuple[str, tuple[str, float]]] = {
     "explain_daemon": ("`explain ...`, daemon running", ("abs", 0.3)),
     "rollback_daemon": ("`pool rollback`, daemon running", ("abs", 0.3)),
     "clear_daemon": ("`pool clear`, daemon running", ("abs", 0.3)),
-    "daemon_cold": ("daemon start to table live, cold cache / `nft -f`", ("ratio", 1.3)),
-    "daemon_warm": ("daemon start to table live, warm cache / `nft -f`", ("ratio", 1.3)),
+    "daemon_cold": ("daemon start to table live, cold cache / `nft -f`", ("ratio", 1.5)),
+    "daemon_warm": ("daemon start to table live, warm cache / `nft -f`", ("ratio", 1.1)),
 }
 POOL_COMMANDS = ("rollback", "monitor", "enforce", "clear")
 # commands shown against another baseline than `nft -f` (no target on that ratio)

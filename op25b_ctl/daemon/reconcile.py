@@ -288,12 +288,11 @@ class Reconciler:
             if tx:
                 before = self._read_generation()
                 self.progress()
-                self.kernel.apply(tx)
+                commits = self.kernel.apply(tx)
                 self.progress()
                 after = self._read_generation()
                 # Trust the new generation only if no other commit slipped in around ours
-                # (one generation per batch).
-                commits = len(tx.batches)
+                # (`Kernel.apply` says how many were ours).
                 gen = after if before is not None and after == before + commits else None
                 self._learn(tx, want.table)
                 self._committed(tx, want.table)

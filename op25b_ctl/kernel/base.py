@@ -91,22 +91,26 @@ class Kernel(Protocol):
         nothing."""
         ...
 
-    def apply(self, tx: Transaction) -> None:
+    def apply(self, tx: Transaction) -> int:
         """Commit `tx`'s batches in order, each one atomic (`commit_batches`); raise
-        KernelError if one is refused (the batches before it stay committed)."""
+        KernelError if one is refused (the batches before it stay committed). Returns how
+        many commits (ruleset generations) that took: one per batch, more where an adapter
+        sends a batch in parts no packet can tell apart (nft.py: a new table's scaffold)."""
         ...
 
 
-def commit_batches(tx: Transaction, commit: Callable[[Transaction], None]) -> None:
-    """Commit each of `tx`'s batches with `commit`, in order.
+def commit_batches(tx: Transaction, commit: Callable[[Transaction], int]) -> int:
+    """Commit each of `tx`'s batches with `commit` (which returns its commits), in order;
+    the commits in all.
 
     A refused first batch changed nothing. A refused later one leaves the earlier ones in:
     a complete, enforcing table (the planner's guarantee, plan/diff.py) that the next pass
     or `apply` finishes; the error says so."""
     batches = tx.batches
+    commits = 0
     for k, batch in enumerate(batches):
         try:
-            commit(batch)
+            commits += commit(batch)
         except KernelError as exc:
             if k == 0:
                 raise
@@ -115,3 +119,4 @@ def commit_batches(tx: Transaction, commit: Callable[[Transaction], None]) -> No
                 f"table {tx.spec} is complete and enforcing, the next pass or apply finishes "
                 "the change)"
             ) from exc
+    return commits

@@ -118,10 +118,10 @@ class MemoryKernel:
     def check(self, tx: Transaction) -> None:
         self._run(tx)
 
-    def apply(self, tx: Transaction) -> None:
-        commit_batches(tx, self._commit)
+    def apply(self, tx: Transaction) -> int:
+        return commit_batches(tx, self._commit)
 
-    def _commit(self, tx: Transaction) -> None:
+    def _commit(self, tx: Transaction) -> int:
         """One batch: all of it or nothing, one generation."""
         result = self._run(tx)
         if self.fail_next:
@@ -145,6 +145,7 @@ class MemoryKernel:
                 self.values[op.name] = (op.packets, op.bytes)
         self.applied.append(tx)
         self.gen += 1
+        return 1
 
     # -- someone else at the nft prompt
 

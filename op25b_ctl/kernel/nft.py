@@ -183,27 +183,29 @@ class NftKernel:
         if tx:
             self._cmd(render(tx), dry_run=True)
 
-    def apply(self, tx: Transaction) -> None:
-        if tx:
-            commit_batches(tx, self._commit)
+    def apply(self, tx: Transaction) -> int:
+        return commit_batches(tx, self._commit) if tx else 0
 
-    def _commit(self, batch: Transaction) -> None:
+    def _commit(self, batch: Transaction) -> int:
         refill = nlbatch.refill_ops(batch.ops)
         if refill is not None:  # one batch of ours: the same single transaction
             nlbatch.commit(nlbatch.encode_refill(batch.family, batch.table, refill), batch.spec)
             del refill
             release_memory(collect=False)
-            return
+            return 1
         split = nlbatch.scaffold_ops(batch.ops)
         if split is None:
             self._cmd(render(batch))
-            return
+            return 1
         rest = Transaction(batch.family, batch.table, split.rest)
-        nlbatch.commit_scaffold(batch.family, batch.table, split)
+        commits = nlbatch.commit_scaffold(batch.family, batch.table, split)
         del split
         release_memory(collect=False)  # the batch's megabytes, before a daemon sleeps on them
+        if not rest:
+            return commits
         try:
             self._cmd(render(rest))
         except KernelError:
             nlbatch.delete_table(batch.family, batch.table)  # as before: no table at all
             raise
+        return commits + 1

@@ -391,13 +391,14 @@ def _counter(family: int, table: str, op: AddCounter) -> Message:
     return _message(_NEWOBJ, _NLM_F_CREATE, family, body)
 
 
-def commit_scaffold(family: str, table: str, scaffold: Scaffold) -> None:
+def commit_scaffold(family: str, table: str, scaffold: Scaffold) -> int:
     """Create the scaffold in the kernel: batches of about a megabyte, each sent by a second
     thread while this one encodes the next (the kernel works inside sendmsg, without the
     GIL: ~0.2 s of rbtree inserts at 110,000 prefixes, beside ~0.1 s of encoding). Several
     commits are safe here because nothing in the table is reachable yet; if one after the
     first is refused, the table the first created is deleted again, so a refusal leaves no
-    table, as before. Raises KernelError with the kernel's reason."""
+    table, as before. Returns the number of commits; raises KernelError with the kernel's
+    reason."""
     what = f"table {family} {table}"
     batches: queue.Queue[list[Message] | None] = queue.Queue(maxsize=2)
     failure: list[BaseException] = []
@@ -439,6 +440,7 @@ def commit_scaffold(family: str, table: str, scaffold: Scaffold) -> None:
         if committed and refused:
             delete_table(family, table)
         raise failure[0]
+    return len(committed)
 
 
 # -- the socket ---------------------------------------------------------------------------

@@ -106,14 +106,23 @@ def apply_to(
     reaches the kernel too, so it would only repeat the same checks and double the cost).
     `dry_run` runs only that check, of all the batches as one.
     """
+    return apply_counting(kernel, live, desired, dry_run=dry_run)[0]
+
+
+def apply_counting(
+    kernel: Kernel, live: Table | None, desired: Table, *, dry_run: bool = False
+) -> tuple[Transaction, int]:
+    """`apply_to`, and the commits it took (`Kernel.apply`): what a caller that trusts the
+    ruleset generation afterwards must expect it to have moved by."""
     ensure_ours(live)
     tx = diff(live, desired)
+    commits = 0
     if tx:
         if dry_run:
             kernel.check(tx)
         else:
-            kernel.apply(tx)
-    return tx
+            commits = kernel.apply(tx)
+    return tx, commits
 
 
 def teardown(kernel: Kernel, family: str, name: str) -> bool:
@@ -164,14 +173,16 @@ def remember_statements(kernel: Kernel, tx: Transaction, desired: Table, path: P
         rulerefs.save(path, learned)
 
 
-def check_statements(kernel: Kernel, desired: Table, path: Path | None) -> Transaction:
+def check_statements(kernel: Kernel, desired: Table, path: Path | None) -> tuple[Transaction, int]:
     """For a one-shot command whose diff was empty: rewrite (then learn) the chains whose rules
-    were edited in place, are unreadable, or have no reference yet."""
+    were edited in place, are unreadable, or have no reference yet; and the commits that
+    took."""
     reference = rulerefs.load(path)
     live = kernel.rule_digests(desired.family, desired.name, None)
     verdict = rulerefs.judge(live, reference, desired.chains)
     tx = rewrite_chains(desired, verdict.tampered | verdict.unverified)
+    commits = 0
     if tx:
-        kernel.apply(tx)
+        commits = kernel.apply(tx)
         rulerefs.save(path, learn_statements(kernel, tx, desired, reference))
-    return tx
+    return tx, commits

@@ -59,6 +59,7 @@ class Outcome:
     expired: list[Override] = field(default_factory=list)
     # what the live `exempt` chain held before, read when the transaction rewrites it
     exempt_before: tuple[str, ...] = ()
+    commits: int = 0  # ruleset generations our commits took (`Kernel.apply`)
 
     def exemptions_added(self) -> list[str]:
         if not rewrites(self.tx, EXEMPT_CHAIN):
@@ -191,22 +192,27 @@ def converge(
         if had is not None and had.rule_ids != want.table.chains[EXEMPT_CHAIN].rule_ids
         else ()
     )
-    tx = applier.apply_to(kernel, live, want.table, dry_run=dry_run)
+    tx, commits = applier.apply_counting(kernel, live, want.table, dry_run=dry_run)
     if state is not None and not dry_run:
-        commits = len(tx.batches) if tx else 0  # one generation per batch
         reference = rulerefs.path_in(state.path)
         if tx:
             applier.remember_statements(kernel, tx, want.table, reference)
         elif live is not None and not known:
-            tx = applier.check_statements(kernel, want.table, reference)
-            commits = len(tx.batches) if tx else 0  # one generation per batch
+            tx, commits = applier.check_statements(kernel, want.table, reference)
         _remember_live(kernel, state, ruleset, start, commits, want, record)
     changes: dict[str, tuple[Mode | None, Mode]] = {
         name: (before[name], d.mode)
         for name, d in want.decisions.items()
         if name in before and before[name] != d.mode
     }
-    return Outcome(want, tx, changes, applied=bool(tx) and not dry_run, exempt_before=exempt_before)
+    return Outcome(
+        want,
+        tx,
+        changes,
+        applied=bool(tx) and not dry_run,
+        exempt_before=exempt_before,
+        commits=commits,
+    )
 
 
 def rewrites(tx: Transaction, chain: str) -> bool:
@@ -430,7 +436,7 @@ def remember_tick(
     ruleset: str | None,
 ) -> None:
     """Record the tick for `tick_is_idle`, unless another commit slipped in around ours."""
-    if ruleset is None or after - before > (1 if out.applied else 0):
+    if ruleset is None or after - before > out.commits:
         state.forget_tick_cache()
         return
     nxt = out.desired.next_change
