@@ -365,7 +365,7 @@ def test_idle_tick_cache(tmp_path: Path) -> None:
     RS = "boot:namespace"  # noqa: N806
     assert not operate.tick_is_idle(state, digest, now, 7, RS)  # no cache yet
     want = from_policy(load_policy(policy_dir), now)
-    applied = operate.Outcome(want, Transaction("inet", "op25b", ()), {}, applied=True)
+    applied = operate.Outcome(want, Transaction("inet", "op25b", ()), {}, applied=True, commits=1)
     operate.remember_tick(state, digest, now, applied, before=6, after=7, ruleset=RS)
     assert operate.tick_is_idle(state, digest, now, 7, RS)
     later = datetime.fromisoformat("2011-01-17T09:59:59+09:00")
