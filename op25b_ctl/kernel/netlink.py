@@ -20,7 +20,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from op25b_ctl.errors import KernelError, TableNotFound
@@ -74,6 +74,7 @@ class RuleInfo:
     chain: str
     handle: int
     comment: str | None
+    expressions: bytes = b""  # NFTA_RULE_EXPRESSIONS as dumped, for `skeleton_digests`
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ class TableSkeleton:
     rules: tuple[RuleInfo, ...]
     sets: tuple[SetInfo, ...]  # named sets and maps only; anonymous `{ 25, 465 }` sets left out
     counters: frozenset[str]
+    generation: int = -1  # the ruleset generation every dump of it came from
 
 
 def read_counters(table: str, family: str = "inet") -> dict[str, Counter]:
@@ -190,7 +192,7 @@ def read_skeleton(table: str, family: str = "inet") -> TableSkeleton | None:
         before = _generation()
         skeleton = _skeleton(table, family)
         if _generation() == before:
-            return skeleton
+            return None if skeleton is None else replace(skeleton, generation=before)
     raise KernelError(f"ruleset kept changing while reading table {family} {table}")
 
 
@@ -207,6 +209,18 @@ def read_rule_digests(
     filters): one chain's rules instead of every pool's (docs/benchmarks.md).
     """
     return nlcodec.rule_dump(table, family, chains)
+
+
+def skeleton_digests(skeleton: TableSkeleton, chains: Iterable[str] | None = None) -> RuleDigests:
+    """`read_rule_digests` from a skeleton's own rule dump (the same messages: valid while
+    the ruleset generation is still the skeleton's), without dumping the rules again."""
+    wanted = None if chains is None else set(chains)
+    out: dict[tuple[str, str], list[str]] = {}
+    for r in skeleton.rules:
+        if wanted is None or r.chain in wanted:
+            key = (r.chain, nlcodec.rule_key(r.comment, r.handle))
+            out.setdefault(key, []).append(nlcodec.expressions_digest(r.expressions))
+    return {k: tuple(v) for k, v in out.items()}
 
 
 # -- internals ---------------------------------------------------------------------------------
@@ -267,7 +281,8 @@ def _messages(
     return [dict(nlcodec.attrs(msg)) for msg in nlcodec.dump(msg_type, body, what)]
 
 
-_RULE_KINDS = frozenset({_RULE_TABLE, _RULE_CHAIN, _RULE_HANDLE, _RULE_USERDATA})
+_RULE_EXPRESSIONS = 4
+_RULE_KINDS = frozenset({_RULE_TABLE, _RULE_CHAIN, _RULE_HANDLE, _RULE_USERDATA, _RULE_EXPRESSIONS})
 _SET_KINDS = frozenset(
     {_SET_TABLE, _SET_NAME, _SET_FLAGS, _SET_KEY_TYPE, _SET_KEY_LEN, _SET_DATA_TYPE}
     | {_SET_DESC, _SET_TIMEOUT, _SET_EXPR, _SET_EXPRESSIONS}
@@ -301,6 +316,7 @@ def _skeleton(table: str, family: str) -> TableSkeleton | None:
             chain=_text(r.get(_RULE_CHAIN)),
             handle=_be64(r.get(_RULE_HANDLE)),
             comment=nlcodec.rule_comment(r.get(_RULE_USERDATA)),
+            expressions=bytes(r.get(_RULE_EXPRESSIONS, b"")),
         )
         for r in rule_msgs
     )

@@ -51,11 +51,8 @@ def release_memory(*, collect: bool = True) -> None:
     libc.malloc_trim(0)
 
 
-def _skeleton_table(family: str, name: str) -> Table | None:
+def _skeleton_table(skeleton: netlink.TableSkeleton, family: str, name: str) -> Table:
     """Our table without set elements, from a few netlink dumps (no libnftables cache)."""
-    skeleton = netlink.read_skeleton(name, family)
-    if skeleton is None:
-        return None
     rules: dict[str, list[Rule]] = {}
     for r in skeleton.rules:
         rules.setdefault(r.chain, []).append(Rule.live(r.comment, r.handle))
@@ -137,11 +134,18 @@ class NftKernel:
             raise KernelError(f"nftables refused the transaction: {msg or f'exit status {rc}'}")
         return str(out)
 
+    # The last skeleton read (family, table, skeleton): its rule dump also answers
+    # `rule_digests` while the ruleset generation has not moved (one dump of 3,000 rules
+    # instead of two, ~40 ms at 1,000 pools).
+    _seen: tuple[str, str, netlink.TableSkeleton] | None = None
+
     def read(self, family: str, name: str, *, elements: bool = True) -> Table | None:
         """All dumps of one read come from one ruleset generation (retried otherwise)."""
         for _ in range(_READ_ATTEMPTS):
             before = netlink.ruleset_generation()
-            table = _skeleton_table(family, name)
+            skeleton = netlink.read_skeleton(name, family)
+            self._seen = None if skeleton is None else (family, name, skeleton)
+            table = None if skeleton is None else _skeleton_table(skeleton, family, name)
             if table is None or not elements:
                 return table
             try:
@@ -171,6 +175,13 @@ class NftKernel:
     def rule_digests(
         self, family: str, name: str, chains: Iterable[str] | None = None
     ) -> RuleDigests:
+        seen = self._seen
+        if (
+            seen is not None
+            and seen[:2] == (family, name)
+            and seen[2].generation == netlink.ruleset_generation()
+        ):
+            return netlink.skeleton_digests(seen[2], chains)
         return netlink.read_rule_digests(name, family, chains)
 
     def rule_elements(self, family: str, name: str, chain: str) -> list[str]:
@@ -184,6 +195,7 @@ class NftKernel:
             self._cmd(render(tx), dry_run=True)
 
     def apply(self, tx: Transaction) -> int:
+        self._seen = None  # out of date after any commit of ours
         return commit_batches(tx, self._commit) if tx else 0
 
     def _commit(self, batch: Transaction) -> int:

@@ -390,9 +390,10 @@ def rule_dump(table: str, family: str, chains: Iterable[str] | None = None) -> R
                 name = a.get(_NFTA_RULE_CHAIN, b"").rstrip(b"\0").decode()
                 if chain is not None and name != chain:
                     continue
-                key = rule_comment(a.get(_NFTA_RULE_USERDATA))
-                if key is None:
-                    key = f"handle:{struct.unpack('!Q', a.get(_NFTA_RULE_HANDLE, bytes(8)))[0]}"
+                key = rule_key(
+                    rule_comment(a.get(_NFTA_RULE_USERDATA)),
+                    struct.unpack("!Q", a.get(_NFTA_RULE_HANDLE, bytes(8)))[0],
+                )
                 digest = expressions_digest(a.get(_NFTA_RULE_EXPRESSIONS, b""))
                 out.setdefault((name, key), []).append(digest)
         except TableNotFound:
@@ -404,6 +405,11 @@ _RULE_DIGEST_KINDS = frozenset(
     {_NFTA_RULE_TABLE, _NFTA_RULE_CHAIN, _NFTA_RULE_HANDLE, _NFTA_RULE_USERDATA}
     | {_NFTA_RULE_EXPRESSIONS}
 )
+
+
+def rule_key(comment: str | None, handle: int) -> str:
+    """How `RuleDigests` names a rule: its comment, else `handle:<n>`."""
+    return comment if comment is not None else f"handle:{handle}"
 
 
 def expressions_digest(raw: bytes) -> str:

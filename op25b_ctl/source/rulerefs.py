@@ -23,12 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from op25b_ctl.kernel.base import UNREADABLE, RuleDigests
-from op25b_ctl.plan.table import RULE_TAG
+from op25b_ctl.plan.table import RULE_TAG, Table
 from op25b_ctl.source.state import write_atomic
 
 log = logging.getLogger("op25b_ctl.rulerefs")
 
 FILE = ".rule-digests.json"
+NOT_LEARNED = "not-learned"  # `as_read`'s digest of a rule the reference does not hold
 FORMAT = 1
 _MAX_BYTES = 16 << 20  # ~100 bytes a rule: far beyond any real policy
 
@@ -82,6 +83,19 @@ def learn(
             out[key[len(RULE_TAG) :]] = digests[0]
     wanted = set(keep)
     return {k: v for k, v in out.items() if k in wanted}
+
+
+def as_read(table: Table, reference: Mapping[str, str]) -> RuleDigests:
+    """The digests a read of `table`'s rules would give, when nothing has committed since
+    they were read back into `reference`; a rule not in it gets a digest no reference
+    holds, so `judge` calls it unverified, as after a read."""
+    out: dict[tuple[str, str], list[str]] = {}
+    for chain in table.chains.values():
+        for rule in chain.rules:
+            out.setdefault((chain.name, rule.comment), []).append(
+                reference.get(rule.id, NOT_LEARNED)
+            )
+    return {key: tuple(v) for key, v in out.items()}
 
 
 def path_in(state_dir: Path | None) -> Path | None:

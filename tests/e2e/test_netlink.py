@@ -102,6 +102,12 @@ try:
         out = None
         if skel is not None:
             out = dataclasses.asdict(skel) | {"counters": sorted(skel.counters)}
+            for r in out["rules"]:
+                r["expressions"] = len(r["expressions"])
+            # the skeleton's own rule dump answers the digests as a second dump would
+            digests = netlink.read_rule_digests(*args)
+            out["digests_match"] = netlink.skeleton_digests(skel) == digests
+            out["digests"] = len(digests)
     else:
         raise SystemExit(f"unknown op {op}")
 except netlink.TableNotFound as e:
@@ -224,6 +230,8 @@ def test_skeleton(loaded: str) -> None:
     assert sets["pools_v4"]["flags"] & 0x8  # NFT_SET_MAP
 
     assert skel["counters"] == ["pool_a", "pool_b", "unused"]
+    assert all(r["expressions"] > 0 for r in skel["rules"])
+    assert skel["digests_match"] and skel["digests"] == 3
 
     # nothing from the other tables leaked in
     text = json.dumps(skel)

@@ -51,3 +51,22 @@ def test_saved_reference_round_trips_and_garbage_means_none(tmp_path: Path) -> N
     assert rulerefs.load(None) == {} and rulerefs.load(tmp_path / "missing") == {}
     rulerefs.save(tmp_path / "no-such-dir" / rulerefs.FILE, {"a": "1"})  # never creates it
     assert not (tmp_path / "no-such-dir").exists()
+
+
+def test_as_read_judges_a_known_table_as_a_read_of_it_would() -> None:
+    """`status` with a current live record judges without reading the rules: the kernel
+    holds what was read back into the reference, so that is what a read would give."""
+    from op25b_ctl.plan.table import Chain, Rule, Table
+
+    a, b, c = Rule.of("counter name x drop"), Rule.of("jump smtp"), Rule.of("accept")
+    table = Table("inet", "op25b", {"p": Chain("p", (a, b)), "q": Chain("q", (c,))})
+    reference = {a.id: "d-a", b.id: "d-b"}  # c was never learned
+    read = {("p", a.comment): ("d-a",), ("p", b.comment): ("d-b",), ("q", c.comment): ("zz",)}
+    assert rulerefs.as_read(table, reference) == {
+        ("p", a.comment): ("d-a",),
+        ("p", b.comment): ("d-b",),
+        ("q", c.comment): (rulerefs.NOT_LEARNED,),
+    }
+    assert rulerefs.judge(rulerefs.as_read(table, reference), reference, ["p", "q"]) == (
+        rulerefs.judge(read, reference, ["p", "q"])
+    )
