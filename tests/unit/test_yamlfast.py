@@ -95,11 +95,13 @@ def check(text: str) -> bool:
     assert not [p for p in doc.problems if p.message != "duplicate key"], doc.problems
     data, lines, dupes = fast
     assert typed(data) == typed(doc.data)
-    assert lines == doc.lines
+    assert lines.full() == doc.lines
+    assert all(lines[path] == line and path in lines for path, line in doc.lines.items())
     assert [(format_path(p), at) for p, at in dupes] == [(p.where, p.line) for p in doc.problems]
     # and the loader itself, taking the fast path, ends up with the same document
     taken = loader._Doc("f.yaml", text)
-    assert typed(taken.data) == typed(doc.data) and taken.lines == doc.lines
+    assert isinstance(taken.lines, yamlfast.Lines)
+    assert typed(taken.data) == typed(doc.data) and taken.lines.full() == doc.lines
     assert taken.problems == doc.problems
     return True
 
