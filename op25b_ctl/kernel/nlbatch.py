@@ -28,7 +28,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from op25b_ctl.errors import KernelError
-from op25b_ctl.kernel.nlcodec import NFNL_SUBSYS_NFTABLES, NLM_F_REQUEST, family_number, nla
+from op25b_ctl.kernel.nlcodec import (
+    NFNL_SUBSYS_NFTABLES,
+    NLM_F_REQUEST,
+    family_number,
+    nla,
+    open_socket,
+)
 from op25b_ctl.plan.ruleset import FINGERPRINT_PREFIX
 from op25b_ctl.plan.table import NamedSet
 from op25b_ctl.plan.transaction import (
@@ -487,11 +493,7 @@ def commit(messages: Sequence[Message], what: str) -> None:
     if not messages:
         return
     batch = _batch(messages)
-    try:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER)
-    except OSError as e:
-        raise KernelError(f"cannot open a netlink socket for {what}: {e}") from e
-    with sock:
+    with open_socket(_NETLINK_NETFILTER, what) as sock:
         try:
             sock.bind((0, 0))
             want = len(batch) + (1 << 16)

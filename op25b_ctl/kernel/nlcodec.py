@@ -110,6 +110,14 @@ def _exchange(msg_type: int, flags: int, body: bytes, what: str) -> Iterator[byt
         yield buf[start + 4 : end]
 
 
+def open_socket(protocol: int, what: str) -> socket.socket:
+    """A netlink socket of `protocol`; KernelError (saying for what) if none can be had."""
+    try:
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
+    except OSError as e:
+        raise KernelError(f"cannot open a netlink socket for {what}: {e}") from e
+
+
 def exchange(
     protocol: int, msg_type: int, flags: int, body: bytes, what: str, *, strict: bool = False
 ) -> Iterator[tuple[int, bytes, int, int]]:
@@ -118,11 +126,7 @@ def exchange(
     message), so a caller reads what it needs in place. ENOENT raises TableNotFound, other
     errors KernelError. `strict`: ask for kernel-filtered dumps (NETLINK_GET_STRICT_CHK,
     Linux 4.20+; older kernels answer unfiltered, so callers check each reply anyway)."""
-    try:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
-    except OSError as e:
-        raise KernelError(f"cannot open a netlink socket for {what}: {e}") from e
-    with sock:
+    with open_socket(protocol, what) as sock:
         try:
             if strict:
                 with contextlib.suppress(OSError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -49,8 +50,8 @@ def lab(make_lab: Callable[[], Lab]) -> Lab:
     return make_lab()
 
 
-@pytest.fixture
-def netns() -> Iterator[str]:
+@contextlib.contextmanager
+def fresh_netns() -> Iterator[str]:
     """A fresh, empty network namespace, deleted by name afterwards."""
     name = f"op25b-t-{secrets.token_hex(4)}"
     subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
@@ -58,6 +59,20 @@ def netns() -> Iterator[str]:
         yield name
     finally:
         subprocess.run(["ip", "netns", "delete", name], check=False, capture_output=True)
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    """A fresh, empty network namespace, deleted by name afterwards."""
+    with fresh_netns() as name:
+        yield name
+
+
+@pytest.fixture
+def second_netns() -> Iterator[str]:
+    """Another one, for a test that compares two namespaces."""
+    with fresh_netns() as name:
+        yield name
 
 
 @pytest.fixture

@@ -45,16 +45,6 @@ def dump(ns: str) -> dict[str, Any]:
     return out
 
 
-@pytest.fixture
-def second_netns() -> Any:
-    name = f"op25b-t2-{os.urandom(4).hex()}"
-    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], check=False, capture_output=True)
-
-
 def nft(ns: str, *args: str) -> str:
     cp = subprocess.run(
         ["ip", "netns", "exec", ns, "nft", *args], capture_output=True, text=True, check=True
