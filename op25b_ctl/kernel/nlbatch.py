@@ -1,6 +1,6 @@
 """Our own netlink writer, for the one commit libnftables is slow at: a new table's scaffold.
 
-Creating the table from nothing (at boot, after `nft flush ruleset`) means 110,000 set
+Creating the table from nothing (at boot, after the whole ruleset was flushed) means 110,000 set
 elements at 1,000 pools; libnftables spends ~0.6 s parsing and evaluating their text before
 the kernel sees one byte (docs/performance.md). The elements need none of that: they are
 canonical prefixes already. So the inert part of a new table -- the table, its counters, its
