@@ -1,19 +1,21 @@
-"""Our own netlink writer, for the one commit libnftables is slow at: a new table's scaffold.
+"""Our own netlink writer, for the commits libnftables is slow at: a new table, a refill.
 
-Creating the table from nothing (at boot, after the whole ruleset was flushed) means 110,000 set
-elements at 1,000 pools; libnftables spends ~0.6 s parsing and evaluating their text before
-the kernel sees one byte (docs/performance.md). The elements need none of that: they are
-canonical prefixes already. So the inert part of a new table -- the table, its counters, its
-non-base chains (empty), its sets and maps with their elements -- goes over netlink as one
-batch of our own, and the base chain and every rule follow in one small libnftables batch
-(`nft.py`). No packet meets the scaffold: without a base chain nothing in the table is
-reached, so what packets see still changes in one transaction.
+Creating the table from nothing (at boot, after the whole ruleset was flushed) means 110,000
+set elements at 1,000 pools; libnftables spends ~0.6 s parsing and evaluating their text
+before the kernel sees one byte (docs/performance.md). The elements need none of that: they
+are canonical prefixes already. So the inert part of a new table -- the table, its counters,
+its non-base chains (empty), its sets and maps with their elements -- goes over netlink in
+commits of our own (`commit_scaffold`), and the base chain and every rule follow in one small
+libnftables batch (`nft.py`). No packet meets the scaffold: without a base chain nothing in
+the table is reached, so what packets see still changes in one transaction. A batch that only
+refills sets and swaps counters (an edit of the pools or relays: `refill_ops`) goes as one
+batch of ours, the same single transaction libnftables would send.
 
 The messages are the ones nft 1.0.6 sends for the same script (`nft --debug=mnl`), attribute
 for attribute, so the kernel holds the same objects either way; an end-to-end test compares
 the kernel's dumps after both. Anything this writer does not know (another op, flag or key
-type, overlapping elements) makes `scaffold_ops` say no, and libnftables commits the whole
-transaction as before.
+type, overlapping elements) makes `scaffold_ops` / `refill_ops` say no, and libnftables
+commits the whole transaction as before.
 """
 
 from __future__ import annotations
