@@ -1,13 +1,14 @@
-"""Run inside a test's namespace: commit one new table either way, or dump what the kernel holds.
+"""Run inside a test's namespace: commit a table (or an edit) either way, or dump the kernel's.
 
-    python -m tests.scaffoldtools ours|nft|refill-ours|refill-nft|cut-short|dump|fail-rules|fail-late|fail-refill
+    python -m tests.scaffoldtools ours|nft|refill-ours|refill-nft|cut-short|dump
+    python -m tests.scaffoldtools fail-rules|fail-late|fail-refill
 
 `ours` commits the transaction through `NftKernel` (the netlink scaffold, then libnftables
 for the rest); `nft` pipes the same transaction's script to `nft -f -`, the way it was
 committed before. `refill-ours` and `refill-nft` start from the NMTnet table (by `nft -f`)
 and commit an edit of its pools and relays, the one way or the other. `cut-short` dies
-between two commits of the NMTnet table's scaffold. `dump` prints the kernel's own dumps of the table as JSON, handles left
-out, so two namespaces can be compared byte for byte. `fail-rules` commits a new table
+between two commits of the NMTnet table's scaffold. `dump` prints the kernel's own dumps of
+the table as JSON, handles left out, so two namespaces can be compared byte for byte. `fail-rules` commits a new table
 whose rules libnftables refuses; `fail-late` one whose scaffold the kernel refuses in a
 commit after the first.
 """

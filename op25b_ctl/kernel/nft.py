@@ -6,8 +6,9 @@ our own netlink writer (`nlbatch.py`) instead, which skips libnftables' parse of
 element: one that creates our table -- its inert scaffold (table, counters, sets with their
 elements, chains without a hook) first, then its base chain and rules in one libnftables
 batch, so what packets see still changes at once -- and one that only refills sets and
-swaps counters (an edit of the pools or relays), sent as one batch like libnftables'. Every read goes over netlink
-(`netlink.py`), because a libnftables listing loads every set element into its cache first.
+swaps counters (an edit of the pools or relays), sent as one batch like libnftables'. Every
+read goes over netlink (`netlink.py`), because a libnftables listing loads every set element
+into its cache first.
 """
 
 from __future__ import annotations

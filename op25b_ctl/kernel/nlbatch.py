@@ -31,8 +31,30 @@ from dataclasses import dataclass, replace
 
 from op25b_ctl.errors import KernelError
 from op25b_ctl.kernel.nlcodec import (
+    NETLINK_NETFILTER,
     NFNL_SUBSYS_NFTABLES,
+    NFT_OBJECT_COUNTER,
+    NFTA_COUNTER_BYTES,
+    NFTA_COUNTER_PACKETS,
+    NFTA_DATA_VALUE,
+    NFTA_DATA_VERDICT,
+    NFTA_EXPR_DATA,
+    NFTA_EXPR_NAME,
+    NFTA_OBJ_DATA,
+    NFTA_OBJ_NAME,
+    NFTA_OBJ_TABLE,
+    NFTA_OBJ_TYPE,
+    NFTA_SET_ELEM_DATA,
+    NFTA_SET_ELEM_FLAGS,
+    NFTA_SET_ELEM_KEY,
+    NFTA_SET_ELEM_LIST_ELEMENTS,
+    NFTA_SET_ELEM_LIST_SET,
+    NFTA_SET_ELEM_LIST_TABLE,
+    NFTA_VERDICT_CHAIN,
+    NFTA_VERDICT_CODE,
+    NLM_F_ACK,
     NLM_F_REQUEST,
+    NLMSG_ERROR,
     family_number,
     nla,
     open_socket,
@@ -65,10 +87,8 @@ __all__ = [
     "scaffold_ops",
 ]
 
-_NETLINK_NETFILTER = 12
 _SO_SNDBUFFORCE = 32  # Linux; not in Python's socket module
-_NLM_F_ACK, _NLM_F_EXCL, _NLM_F_CREATE = 0x4, 0x200, 0x400
-_NLMSG_ERROR = 2
+_NLM_F_EXCL, _NLM_F_CREATE = 0x200, 0x400
 _BATCH_BEGIN, _BATCH_END = 16, 17  # NFNL_MSG_BATCH_BEGIN/END
 _NEWTABLE, _DELTABLE, _NEWCHAIN, _NEWSET, _NEWSETELEM, _NEWOBJ = 0, 2, 3, 9, 12, 18
 _DELSETELEM, _DELOBJ = 14, 20
@@ -76,21 +96,16 @@ _NESTED = 0x8000
 
 _TABLE_NAME, _TABLE_FLAGS, _TABLE_USERDATA = 1, 2, 6
 _CHAIN_TABLE, _CHAIN_NAME = 1, 3
-_OBJ_TABLE, _OBJ_NAME, _OBJ_TYPE, _OBJ_DATA = 1, 2, 3, 4
-_COUNTER_BYTES, _COUNTER_PACKETS = 1, 2
 _SET_TABLE, _SET_NAME, _SET_FLAGS, _SET_KEY_TYPE, _SET_KEY_LEN = 1, 2, 3, 4, 5
 _SET_DATA_TYPE, _SET_DATA_LEN, _SET_DESC, _SET_ID, _SET_TIMEOUT = 6, 7, 9, 10, 11
 _SET_USERDATA, _SET_EXPR, _SET_DESC_SIZE = 13, 17, 1
-_LIST_TABLE, _LIST_SET, _LIST_ELEMENTS, _LIST_SET_ID = 1, 2, 3, 4
+_LIST_SET_ID = 4  # NFTA_SET_ELEM_LIST_SET_ID
 # NFTA_LIST_ELEM, nested: each element inside NFTA_SET_ELEM_LIST_ELEMENTS (libnftnl numbers
 # them 1, 2, 3, ...; the kernel reads the type of none of them)
 _LIST_ELEM = 1 | 0x8000
-_ELEM_KEY, _ELEM_DATA, _ELEM_FLAGS, _ELEM_USERDATA = 1, 2, 3, 6
-_DATA_VALUE, _DATA_VERDICT, _VERDICT_CODE, _VERDICT_CHAIN = 1, 2, 1, 2
-_EXPR_NAME, _EXPR_DATA = 1, 2
+_ELEM_USERDATA = 6
 _NFT_JUMP = -3
 _NFT_DATA_VERDICT = 0xFFFFFF00
-_OBJECT_COUNTER = 1
 _ELEM_INTERVAL_END = 1
 
 # set flags (nf_tables.h) by the name nft gives them
@@ -104,7 +119,8 @@ _UD_ELEM_FLAGS, _UD_ELEM_INTERVAL_OPEN = 1, 1
 _BIG_ENDIAN = 2  # nft's BYTEORDER_BIG_ENDIAN
 # An attribute's length is 16 bits: one message's element list stays well below 64 KiB.
 _LIST_BYTES = 60_000
-_SCAFFOLD_OPS = (AddTable, AddCounter, AddChain, AddSet)
+_SCAFFOLD_OPS = AddTable | AddCounter | AddChain | AddSet
+_REFILL_OPS = FlushSet | AddElements | AddCounter | DeleteCounter
 # One commit of the scaffold carries about this much; the next is encoded while it is sent.
 _BATCH_BYTES = 1 << 20
 
@@ -131,22 +147,21 @@ def scaffold_ops(ops: Sequence[Op]) -> Scaffold | None:
     this writer cannot take it (then libnftables commits all of it)."""
     if not ops or not isinstance(ops[0], AddTable):
         return None
+    if not all(isinstance(op, _SCAFFOLD_OPS | AddRule) for op in ops):
+        return None  # decided before any set's elements are parsed
     inert: list[Op] = []
     rest: list[Op] = []
     ranges: dict[str, Ranges] = {}
     for op in ops:
         if isinstance(op, AddRule) or (isinstance(op, AddChain) and op.hook is not None):
             rest.append(op)
-        elif isinstance(op, AddSet):
+            continue
+        if isinstance(op, AddSet):
             found = _writable(op.set)
             if found is None:
                 return None
             ranges[op.set.name] = found
-            inert.append(op)
-        elif isinstance(op, _SCAFFOLD_OPS):
-            inert.append(op)
-        else:
-            return None
+        inert.append(op)
     return Scaffold(tuple(inert), tuple(rest), ranges)
 
 
@@ -166,8 +181,10 @@ def refill_ops(ops: Sequence[Op]) -> Refill | None:
 
     Elements are taken only as the whole new content of a set flushed earlier in the batch:
     then they are laid out as in a new set, which is what nft sends after its flush too."""
-    if not any(isinstance(op, FlushSet) for op in ops):
-        return None
+    if not any(isinstance(op, FlushSet) for op in ops) or not all(
+        isinstance(op, _REFILL_OPS) for op in ops
+    ):
+        return None  # decided before any set's elements are parsed
     flushed: dict[str, NamedSet] = {}
     ranges: dict[str, Ranges] = {}
     for op in ops:
@@ -183,8 +200,6 @@ def refill_ops(ops: Sequence[Op]) -> Refill | None:
             if found is None:
                 return None
             ranges[op.set] = found
-        elif not isinstance(op, AddCounter | DeleteCounter):
-            return None
     return Refill(tuple(ops), ranges, flushed)
 
 
@@ -226,7 +241,8 @@ def _message(kind: int, flags: int, family: int, body: bytes) -> Message:
 
 def _intervals(s: NamedSet) -> Ranges | None:
     """The elements as sorted [low, high) ranges with their jump targets; None if two
-    overlap or one is not a prefix of the set's family."""
+    overlap or one is not a prefix of the set's family. (`policy.model.parse_net` reads a
+    prefix the same way, but builds a Net per prefix: +25 ms at 110,000 on this path.)"""
     af, width = (socket.AF_INET, 4) if s.key_type == "ipv4_addr" else (socket.AF_INET6, 16)
     bits = 8 * width
     ranges: Ranges = []
@@ -255,11 +271,13 @@ def _elements(s: NamedSet, ranges: Ranges) -> Iterator[bytes]:
     where the range runs to the top of the address space: its start is then marked open."""
     width = 4 if s.key_type == "ipv4_addr" else 16
     top = 1 << (8 * width)
-    key_head = struct.pack("=HHHH", 8 + width, _ELEM_KEY | _NESTED, 4 + width, _DATA_VALUE)
-    flags_end = nla(_ELEM_FLAGS, _u32(_ELEM_INTERVAL_END))
+    key_head = struct.pack(
+        "=HHHH", 8 + width, NFTA_SET_ELEM_KEY | _NESTED, 4 + width, NFTA_DATA_VALUE
+    )
+    flags_end = nla(NFTA_SET_ELEM_FLAGS, _u32(_ELEM_INTERVAL_END))
     end_head = struct.pack("=HH", 4 + len(flags_end) + len(key_head) + width, _LIST_ELEM)
     end_head += flags_end + key_head
-    open_mark = nla(_ELEM_USERDATA, struct.pack("=BBI", _UD_ELEM_FLAGS, 4, _UD_ELEM_INTERVAL_OPEN))
+    open_mark = nla(_ELEM_USERDATA, _udata(_UD_ELEM_FLAGS, _UD_ELEM_INTERVAL_OPEN))
     data: dict[str | None, bytes] = {None: b""}
     if ranges and ranges[0][0] != 0:
         yield end_head + bytes(width)
@@ -268,11 +286,11 @@ def _elements(s: NamedSet, ranges: Ranges) -> Iterator[bytes]:
         if verdict is None:
             assert target is not None
             verdict = data[target] = _nest(
-                _ELEM_DATA,
+                NFTA_SET_ELEM_DATA,
                 _nest(
-                    _DATA_VERDICT,
-                    nla(_VERDICT_CODE, struct.pack("!i", _NFT_JUMP)),
-                    nla(_VERDICT_CHAIN, _string(target)),
+                    NFTA_DATA_VERDICT,
+                    nla(NFTA_VERDICT_CODE, struct.pack("!i", _NFT_JUMP)),
+                    nla(NFTA_VERDICT_CHAIN, _string(target)),
                 ),
             )
         tail = verdict + (open_mark if high == top else b"")
@@ -307,26 +325,35 @@ def _set(family: int, table: str, s: NamedSet, set_id: int) -> Message:
         body += nla(_SET_TIMEOUT, struct.pack("!Q", s.timeout * 1000))
     body += nla(_SET_USERDATA, udata)
     if s.counter:
-        body += _nest(_SET_EXPR, nla(_EXPR_NAME, _string("counter")), _nest(_EXPR_DATA))
+        body += _nest(_SET_EXPR, nla(NFTA_EXPR_NAME, _string("counter")), _nest(NFTA_EXPR_DATA))
     return _message(_NEWSET, _NLM_F_CREATE, family, body)
 
 
 def _element_messages(
     family: int, table: str, s: NamedSet, set_id: int | None, ranges: Ranges
 ) -> Iterator[Message]:
-    head = nla(_LIST_TABLE, _string(table)) + nla(_LIST_SET, _string(s.name))
+    head = nla(NFTA_SET_ELEM_LIST_TABLE, _string(table)) + nla(
+        NFTA_SET_ELEM_LIST_SET, _string(s.name)
+    )
     if set_id is not None:  # a set created in this batch (nft sends it for others too: moot)
         head += nla(_LIST_SET_ID, _u32(set_id))
     chunk: list[bytes] = []
     size = 0
     for elem in _elements(s, ranges):
         if size + len(elem) > _LIST_BYTES:
-            yield _message(_NEWSETELEM, _NLM_F_CREATE, family, head + _nest(_LIST_ELEMENTS, *chunk))
+            yield _message(
+                _NEWSETELEM,
+                _NLM_F_CREATE,
+                family,
+                head + _nest(NFTA_SET_ELEM_LIST_ELEMENTS, *chunk),
+            )
             chunk, size = [], 0
         chunk.append(elem)
         size += len(elem)
     if chunk:
-        yield _message(_NEWSETELEM, _NLM_F_CREATE, family, head + _nest(_LIST_ELEMENTS, *chunk))
+        yield _message(
+            _NEWSETELEM, _NLM_F_CREATE, family, head + _nest(NFTA_SET_ELEM_LIST_ELEMENTS, *chunk)
+        )
 
 
 def encode(family: str, table: str, scaffold: Scaffold) -> Iterator[Message]:
@@ -365,8 +392,8 @@ def encode(family: str, table: str, scaffold: Scaffold) -> Iterator[Message]:
 
 
 def _delete_counter(family: int, table: str, name: str) -> Message:
-    body = nla(_OBJ_TABLE, _string(table)) + nla(_OBJ_NAME, _string(name))
-    body += nla(_OBJ_TYPE, _u32(_OBJECT_COUNTER)) + _nest(_OBJ_DATA)
+    body = nla(NFTA_OBJ_TABLE, _string(table)) + nla(NFTA_OBJ_NAME, _string(name))
+    body += nla(NFTA_OBJ_TYPE, _u32(NFT_OBJECT_COUNTER)) + _nest(NFTA_OBJ_DATA)
     return _message(_DELOBJ, 0, family, body)
 
 
@@ -381,7 +408,9 @@ def encode_refill(family: str, table: str, refill: Refill) -> list[Message]:
         elif isinstance(op, DeleteCounter):
             out.append(_delete_counter(fam, table, op.name))
         elif isinstance(op, FlushSet):
-            body = nla(_LIST_SET, _string(op.set.name)) + nla(_LIST_TABLE, _string(table))
+            body = nla(NFTA_SET_ELEM_LIST_SET, _string(op.set.name)) + nla(
+                NFTA_SET_ELEM_LIST_TABLE, _string(table)
+            )
             out.append(_message(_DELSETELEM, 0, fam, body))
         elif isinstance(op, AddElements):
             declared = replace(refill.sets[op.set], elements=op.elements)
@@ -392,10 +421,10 @@ def encode_refill(family: str, table: str, refill: Refill) -> list[Message]:
 
 
 def _counter(family: int, table: str, op: AddCounter) -> Message:
-    data = nla(_COUNTER_BYTES, struct.pack("!Q", op.bytes))
-    data += nla(_COUNTER_PACKETS, struct.pack("!Q", op.packets))
-    body = nla(_OBJ_TABLE, _string(table)) + nla(_OBJ_NAME, _string(op.name))
-    body += nla(_OBJ_TYPE, _u32(_OBJECT_COUNTER)) + _nest(_OBJ_DATA, data)
+    data = nla(NFTA_COUNTER_BYTES, struct.pack("!Q", op.bytes))
+    data += nla(NFTA_COUNTER_PACKETS, struct.pack("!Q", op.packets))
+    body = nla(NFTA_OBJ_TABLE, _string(table)) + nla(NFTA_OBJ_NAME, _string(op.name))
+    body += nla(NFTA_OBJ_TYPE, _u32(NFT_OBJECT_COUNTER)) + _nest(NFTA_OBJ_DATA, data)
     return _message(_NEWOBJ, _NLM_F_CREATE, family, body)
 
 
@@ -461,7 +490,7 @@ def _batch(messages: Sequence[Message]) -> bytearray:
     buf = bytearray(struct.pack("=IHHII", 20, _BATCH_BEGIN, NLM_F_REQUEST, 0, 0) + res_id)
     last = len(messages)
     for seq, (kind, flags, payload) in enumerate(messages, 1):
-        flags |= NLM_F_REQUEST | (_NLM_F_ACK if seq == last else 0)
+        flags |= NLM_F_REQUEST | (NLM_F_ACK if seq == last else 0)
         buf += struct.pack("=IHHII", 16 + len(payload), kind, flags, seq, 0)
         buf += payload
         buf += bytes(-len(payload) % 4)
@@ -495,7 +524,7 @@ def commit(messages: Sequence[Message], what: str) -> None:
     if not messages:
         return
     batch = _batch(messages)
-    with open_socket(_NETLINK_NETFILTER, what) as sock:
+    with open_socket(NETLINK_NETFILTER, what) as sock:
         try:
             sock.bind((0, 0))
             want = len(batch) + (1 << 16)
@@ -532,7 +561,7 @@ def _answers(sock: socket.socket, last: int) -> tuple[list[tuple[int, int]], boo
             length, kind = struct.unpack_from("=IH", buf, offset)
             if length < 16:
                 break
-            if kind == _NLMSG_ERROR and offset + 36 <= len(buf):
+            if kind == NLMSG_ERROR and offset + 36 <= len(buf):
                 code, _, _, _, seq = struct.unpack_from("=iIHHI", buf, offset + 16)
                 if code:
                     refusals.append((seq, code))

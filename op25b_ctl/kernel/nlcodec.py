@@ -5,7 +5,8 @@ every named counter (a metrics scrape) and every element of a 100,000-prefix set
 parsed by walking the attribute TLVs directly, which costs microseconds a message where
 generic attribute decoding costs a tenth of a millisecond (docs/benchmarks.md has the
 figures). The rule-comment and rule-expression parsers live here too: they read the same
-TLV formats. Used only by `netlink.py`.
+TLV formats. Used by the kernel package only: `netlink.py` and `discovery.py` read with it,
+`nlbatch.py` writes with its constants and attribute packing.
 """
 
 from __future__ import annotations
@@ -34,17 +35,17 @@ NFT_MSG_GETRULE = 7
 NFT_MSG_GETSETELEM = 13
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 
-_NETLINK_NETFILTER = 12
+NETLINK_NETFILTER = 12
 _SOL_NETLINK, _NETLINK_GET_STRICT_CHK = 270, 12
-_NLMSG_ERROR, _NLMSG_DONE = 2, 3
-_NLM_F_ACK = 0x4
-_NFTA_OBJ_TABLE, _NFTA_OBJ_NAME, _NFTA_OBJ_TYPE, _NFTA_OBJ_DATA, _NFTA_OBJ_USE = 1, 2, 3, 4, 5
-_NFTA_COUNTER_BYTES, _NFTA_COUNTER_PACKETS = 1, 2
-_NFTA_SET_ELEM_LIST_TABLE, _NFTA_SET_ELEM_LIST_SET, _NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
-_NFTA_SET_ELEM_KEY, _NFTA_SET_ELEM_DATA, _NFTA_SET_ELEM_FLAGS = 1, 2, 3
-_NFTA_DATA_VALUE, _NFTA_DATA_VERDICT = 1, 2
-_NFTA_VERDICT_CODE, _NFTA_VERDICT_CHAIN = 1, 2
-_NFTA_EXPR_NAME, _NFTA_EXPR_DATA = 1, 2
+NLMSG_ERROR, _NLMSG_DONE = 2, 3
+NLM_F_ACK = 0x4
+NFTA_OBJ_TABLE, NFTA_OBJ_NAME, NFTA_OBJ_TYPE, NFTA_OBJ_DATA, _NFTA_OBJ_USE = 1, 2, 3, 4, 5
+NFTA_COUNTER_BYTES, NFTA_COUNTER_PACKETS = 1, 2
+NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
+NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_DATA, NFTA_SET_ELEM_FLAGS = 1, 2, 3
+NFTA_DATA_VALUE, NFTA_DATA_VERDICT = 1, 2
+NFTA_VERDICT_CODE, NFTA_VERDICT_CHAIN = 1, 2
+NFTA_EXPR_NAME, NFTA_EXPR_DATA = 1, 2
 _NFTA_RULE_TABLE, _NFTA_RULE_CHAIN, _NFTA_RULE_HANDLE = 1, 2, 3
 _NFTA_RULE_EXPRESSIONS, _NFTA_RULE_USERDATA = 4, 7
 _NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
@@ -100,13 +101,13 @@ def dump(msg_type: int, body: bytes, what: str) -> Iterator[bytes]:
 def request(msg_type: int, body: bytes, what: str) -> list[bytes]:
     """Send one nf_tables request (not a dump) and wait for its acknowledgement; the replies'
     attributes (after nfgenmsg). Errors as `dump`."""
-    return list(_exchange(msg_type, NLM_F_REQUEST | _NLM_F_ACK, body, what))
+    return list(_exchange(msg_type, NLM_F_REQUEST | NLM_F_ACK, body, what))
 
 
 def _exchange(msg_type: int, flags: int, body: bytes, what: str) -> Iterator[bytes]:
     """One nf_tables request; each reply's attributes (after its 4-byte nfgenmsg)."""
     header = (NFNL_SUBSYS_NFTABLES << 8) | msg_type
-    for _, buf, start, end in exchange(_NETLINK_NETFILTER, header, flags, body, what):
+    for _, buf, start, end in exchange(NETLINK_NETFILTER, header, flags, body, what):
         yield buf[start + 4 : end]
 
 
@@ -142,7 +143,7 @@ def exchange(
                         raise KernelError(f"malformed netlink reply reading {what}")
                     if kind == _NLMSG_DONE:
                         return
-                    if kind == _NLMSG_ERROR:
+                    if kind == NLMSG_ERROR:
                         (code,) = struct.unpack_from("=i", buf, offset + 16)
                         if code == 0:  # the acknowledgement: every reply came before it
                             return
@@ -162,8 +163,8 @@ def counter_dump(table: str, family: str) -> dict[str, Counter]:
     """NFT_MSG_GETOBJ dump of one table's named counters; {} if none or no such table (the
     kernel answers both with an empty dump or ENOENT: the caller tells them apart)."""
     body = struct.pack("=BBH", family_number(family), 0, 0)  # nfgenmsg: family, version, res_id
-    body += nla(_NFTA_OBJ_TABLE, table.encode() + b"\0")
-    body += nla(_NFTA_OBJ_TYPE, struct.pack("!I", NFT_OBJECT_COUNTER))
+    body += nla(NFTA_OBJ_TABLE, table.encode() + b"\0")
+    body += nla(NFTA_OBJ_TYPE, struct.pack("!I", NFT_OBJECT_COUNTER))
     counters: dict[str, Counter] = {}
     try:
         for msg in dump(NFT_MSG_GETOBJ, body, f"counters of table {table}"):
@@ -175,15 +176,15 @@ def counter_dump(table: str, family: str) -> dict[str, Counter]:
 
 def _add_counter(counters: dict[str, Counter], msg: bytes, table: str) -> None:
     a = dict(attrs(msg))
-    if a.get(_NFTA_OBJ_TABLE, b"").rstrip(b"\0").decode() != table:
+    if a.get(NFTA_OBJ_TABLE, b"").rstrip(b"\0").decode() != table:
         return
-    if struct.unpack("!I", a.get(_NFTA_OBJ_TYPE, b"\0\0\0\0"))[0] != NFT_OBJECT_COUNTER:
+    if struct.unpack("!I", a.get(NFTA_OBJ_TYPE, b"\0\0\0\0"))[0] != NFT_OBJECT_COUNTER:
         return
-    data = dict(attrs(a.get(_NFTA_OBJ_DATA, b"")))
-    packets = data.get(_NFTA_COUNTER_PACKETS, b"\0" * 8)
-    nbytes = data.get(_NFTA_COUNTER_BYTES, b"\0" * 8)
+    data = dict(attrs(a.get(NFTA_OBJ_DATA, b"")))
+    packets = data.get(NFTA_COUNTER_PACKETS, b"\0" * 8)
+    nbytes = data.get(NFTA_COUNTER_BYTES, b"\0" * 8)
     use = a.get(_NFTA_OBJ_USE, b"\0\0\0\0")
-    counters[a[_NFTA_OBJ_NAME].rstrip(b"\0").decode()] = Counter(
+    counters[a[NFTA_OBJ_NAME].rstrip(b"\0").decode()] = Counter(
         packets=struct.unpack("!Q", packets)[0],
         bytes=struct.unpack("!Q", nbytes)[0],
         refs=struct.unpack("!I", use)[0],
@@ -205,17 +206,17 @@ def element_dump(
     set does not exist.
     """
     body = struct.pack("=BBH", family_number(family), 0, 0)
-    body += nla(_NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
-    body += nla(_NFTA_SET_ELEM_LIST_SET, set_name.encode() + b"\0")
+    body += nla(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
+    body += nla(NFTA_SET_ELEM_LIST_SET, set_name.encode() + b"\0")
     points: list[tuple[int, int, str | None]] = []  # (key, 0 = end / 1 = start, target)
     width = 0
     for msg in dump(NFT_MSG_GETSETELEM, body, f"set {set_name}"):
-        for _, elem in attrs(dict(attrs(msg)).get(_NFTA_SET_ELEM_LIST_ELEMENTS, b"")):
+        for _, elem in attrs(dict(attrs(msg)).get(NFTA_SET_ELEM_LIST_ELEMENTS, b"")):
             e = dict(attrs(elem))
-            raw = dict(attrs(e.get(_NFTA_SET_ELEM_KEY, b""))).get(_NFTA_DATA_VALUE, b"")
+            raw = dict(attrs(e.get(NFTA_SET_ELEM_KEY, b""))).get(NFTA_DATA_VALUE, b"")
             width = len(raw)
             flags = (
-                struct.unpack("!I", e[_NFTA_SET_ELEM_FLAGS])[0] if _NFTA_SET_ELEM_FLAGS in e else 0
+                struct.unpack("!I", e[NFTA_SET_ELEM_FLAGS])[0] if NFTA_SET_ELEM_FLAGS in e else 0
             )
             points.append((int.from_bytes(raw, "big"), 0 if flags & 1 else 1, _verdict(e)))
     out: dict[str, str | None] = {}
@@ -239,13 +240,13 @@ def element_dump(
 
 def _verdict(elem: dict[int, bytes]) -> str | None:
     """A map element's jump/goto target; other verdicts as `verdict:<code>`; None for sets."""
-    if _NFTA_SET_ELEM_DATA not in elem:
+    if NFTA_SET_ELEM_DATA not in elem:
         return None
-    verdict = dict(attrs(dict(attrs(elem[_NFTA_SET_ELEM_DATA])).get(_NFTA_DATA_VERDICT, b"")))
-    chain = verdict.get(_NFTA_VERDICT_CHAIN, b"").rstrip(b"\0").decode()
+    verdict = dict(attrs(dict(attrs(elem[NFTA_SET_ELEM_DATA])).get(NFTA_DATA_VERDICT, b"")))
+    chain = verdict.get(NFTA_VERDICT_CHAIN, b"").rstrip(b"\0").decode()
     if chain:
         return chain
-    return f"verdict:{struct.unpack('!i', verdict.get(_NFTA_VERDICT_CODE, bytes(4)))[0]}"
+    return f"verdict:{struct.unpack('!i', verdict.get(NFTA_VERDICT_CODE, bytes(4)))[0]}"
 
 
 def _prefixes(lo: int, hi: int, width: int) -> list[str]:
@@ -276,12 +277,12 @@ def dynamic_dump(table: str, set_name: str, family: str) -> list[tuple[bytes, in
     is walked attribute by attribute instead.
     """
     body = struct.pack("=BBH", family_number(family), 0, 0)
-    body += nla(_NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
-    body += nla(_NFTA_SET_ELEM_LIST_SET, set_name.encode() + b"\0")
+    body += nla(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
+    body += nla(NFTA_SET_ELEM_LIST_SET, set_name.encode() + b"\0")
     out: list[tuple[bytes, int, int, int]] = []
     for msg in dump(NFT_MSG_GETSETELEM, body, f"set {set_name}"):
         for kind, elems in attrs(msg):
-            if kind == _NFTA_SET_ELEM_LIST_ELEMENTS:
+            if kind == NFTA_SET_ELEM_LIST_ELEMENTS:
                 out += _fast_elements(elems) or _walk_elements(elems)
     return out
 
@@ -291,17 +292,17 @@ def _element_pattern(width: int, timeout: bool) -> tuple[re.Pattern[bytes], int]
     writes it, with the key, packets, timeout and expiration as groups; and its length."""
     counter = (
         struct.pack("=HH", 44, _NFTA_SET_ELEM_EXPR)
-        + struct.pack("=HH", 12, _NFTA_EXPR_NAME)
+        + struct.pack("=HH", 12, NFTA_EXPR_NAME)
         + _COUNTER
-        + struct.pack("=HH", 28, _NFTA_EXPR_DATA)
-        + struct.pack("=HH", 12, _NFTA_COUNTER_BYTES)
+        + struct.pack("=HH", 28, NFTA_EXPR_DATA)
+        + struct.pack("=HH", 12, NFTA_COUNTER_BYTES)
     )
     parts = [
-        re.escape(struct.pack("=HH", 4 + width, _NFTA_DATA_VALUE)),
+        re.escape(struct.pack("=HH", 4 + width, NFTA_DATA_VALUE)),
         b"(.{%d})" % width,
         re.escape(counter),
         b".{8}",
-        re.escape(struct.pack("=HH", 12, _NFTA_COUNTER_PACKETS)),
+        re.escape(struct.pack("=HH", 12, NFTA_COUNTER_PACKETS)),
         b"(.{8})",
     ]
     length = 4 + 4 + 4 + width + 44 + 12  # element, key, value, counter, expiration
@@ -311,7 +312,7 @@ def _element_pattern(width: int, timeout: bool) -> tuple[re.Pattern[bytes], int]
     else:
         parts.append(b"()")
     parts += [re.escape(struct.pack("=HH", 12, _NFTA_SET_ELEM_EXPIRATION)), b"(.{8})"]
-    head = struct.pack("=HH", length, 1) + struct.pack("=HH", 8 + width, _NFTA_SET_ELEM_KEY)
+    head = struct.pack("=HH", length, 1) + struct.pack("=HH", 8 + width, NFTA_SET_ELEM_KEY)
     return re.compile(re.escape(head) + b"".join(parts), re.S), length
 
 
@@ -338,7 +339,7 @@ def _walk_elements(elems: bytes) -> list[tuple[bytes, int, int, int]]:
     out: list[tuple[bytes, int, int, int]] = []
     for _, elem in attrs(elems):
         e = dict(attrs(elem))
-        key = dict(attrs(e.get(_NFTA_SET_ELEM_KEY, b""))).get(_NFTA_DATA_VALUE, b"")
+        key = dict(attrs(e.get(NFTA_SET_ELEM_KEY, b""))).get(NFTA_DATA_VALUE, b"")
         timeout = e.get(_NFTA_SET_ELEM_TIMEOUT)
         expires = e.get(_NFTA_SET_ELEM_EXPIRATION)
         packets = 0
@@ -361,9 +362,9 @@ def _counter_packets(raw: bytes, kind: int) -> int:
     exprs = [e for _, e in attrs(raw)] if kind == _NFTA_SET_ELEM_EXPRESSIONS else [raw]
     for expr in exprs:
         parts = dict(attrs(expr))
-        if parts.get(_NFTA_EXPR_NAME) == _COUNTER:
-            data = dict(attrs(parts.get(_NFTA_EXPR_DATA, b"")))
-            return int(struct.unpack("!Q", data.get(_NFTA_COUNTER_PACKETS, bytes(8)))[0])
+        if parts.get(NFTA_EXPR_NAME) == _COUNTER:
+            data = dict(attrs(parts.get(NFTA_EXPR_DATA, b"")))
+            return int(struct.unpack("!Q", data.get(NFTA_COUNTER_PACKETS, bytes(8)))[0])
     return 0
 
 
@@ -438,9 +439,9 @@ def expressions_digest(raw: bytes) -> str:
             if alen < 4:
                 break
             kind &= _NLA_TYPE_MASK
-            if kind == _NFTA_EXPR_NAME:
+            if kind == NFTA_EXPR_NAME:
                 name = raw[pos + 4 : pos + alen]
-            elif kind == _NFTA_EXPR_DATA:
+            elif kind == NFTA_EXPR_DATA:
                 data = raw[pos + 4 : pos + alen]
             pos += (alen + 3) & ~3
         if not name:
@@ -470,8 +471,8 @@ def chain_matches(table: str, family: str, chain: str) -> list[str | tuple[bytes
             width, mask = 0, b""  # the address loaded last (4 or 16 bytes), its mask
             for _, elem in attrs(a.get(_NFTA_RULE_EXPRESSIONS, b"")):
                 expr = dict(attrs(elem))
-                name = expr.get(_NFTA_EXPR_NAME, b"").rstrip(b"\0")
-                data = dict(attrs(expr.get(_NFTA_EXPR_DATA, b"")))
+                name = expr.get(NFTA_EXPR_NAME, b"").rstrip(b"\0")
+                data = dict(attrs(expr.get(NFTA_EXPR_DATA, b"")))
                 if name == b"lookup" and data.get(_NFTA_LOOKUP_SET):
                     out.append(data[_NFTA_LOOKUP_SET].rstrip(b"\0").decode())
                 elif name == b"payload":
@@ -495,7 +496,7 @@ def chain_matches(table: str, family: str, chain: str) -> list[str | tuple[bytes
 
 
 def _data_value(raw: bytes | None) -> bytes:
-    return dict(attrs(raw or b"")).get(_NFTA_DATA_VALUE, b"")
+    return dict(attrs(raw or b"")).get(NFTA_DATA_VALUE, b"")
 
 
 _NFTA_LOOKUP_SET = 1
